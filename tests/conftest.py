@@ -1,0 +1,88 @@
+"""Shared fixtures: small Fashion-MNIST-format files and tiny CLI runs."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_vit.data import RAW_FILES
+
+# No test may reach a model hub: pretrained=True must fail fast and clearly.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TRAIN_IMAGES = 640
+TEST_IMAGES = 160
+
+
+def write_idx(path: Path, data: torch.Tensor) -> None:
+    """Write a uint8 tensor as a gzipped IDX file, the format of the originals."""
+    magic = 0x0800 | data.dim()
+    header = struct.pack(">I", magic) + struct.pack(f">{data.dim()}I", *data.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + data.contiguous().numpy().tobytes())
+
+
+def make_images(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """28x28 uint8 images whose bright block's position encodes the label."""
+    images = torch.randint(0, 40, (len(labels), 28, 28), generator=generator, dtype=torch.uint8)
+    for index, label in enumerate(labels.tolist()):
+        row, col = 4 + 8 * (label // 4), 2 + 6 * (label % 4)
+        images[index, row : row + 8, col : col + 6] = 230
+    return images
+
+
+@pytest.fixture(scope="session")
+def fake_fashion_mnist(tmp_path_factory) -> Path:
+    """A folder with the four original file names, in the original format."""
+    folder = tmp_path_factory.mktemp("fashion_mnist_gz")
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", TRAIN_IMAGES), ("t10k", TEST_IMAGES)):
+        labels = torch.arange(count, dtype=torch.uint8) % 10
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", make_images(labels, generator))
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{n}.gz" for n in RAW_FILES)
+    return folder
+
+
+def tiny_run_args(tmp_path: Path, system_dir: Path, *extra: str) -> list[str]:
+    """CLI arguments for a 2-layer, 32-wide ViT on the small files, a few batches."""
+    return [
+        "--config",
+        "configs/smoke.yaml",
+        f"--data.system_dir={system_dir}",
+        f"--data.data_dir={tmp_path / 'data'}",
+        "--data.val_size=128",
+        "--data.batch_size=32",
+        "--model.embed_dim=32",
+        "--model.depth=2",
+        "--model.num_heads=2",
+        "--model.mlp_ratio=2",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        "--trainer.limit_train_batches=4",
+        "--trainer.limit_val_batches=2",
+        "--trainer.limit_test_batches=2",
+        "--trainer.limit_predict_batches=2",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        *extra,
+    ]
+
+
+def read_events(run_dir: Path):
+    """The TensorBoard event data of one run directory, fully loaded."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def run_dirs(logs: Path) -> list[Path]:
+    """Version directories under ``logs``, oldest first."""
+    return sorted(logs.glob("*/version_*"), key=lambda path: int(path.name.split("_")[1]))
