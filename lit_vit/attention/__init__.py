@@ -1,0 +1,50 @@
+"""Model-agnostic attention analysis for timm-style Vision Transformers.
+
+Torch and timm only (no Lightning): capture the attention of every block,
+then compute rollout and the measures defined in ``docs/attention.md``.
+"""
+
+from lit_vit.attention.capture import AttentionRecorder, AttentionRecording
+from lit_vit.attention.faithfulness import FaithfulnessResult, deletion_insertion_auc
+from lit_vit.attention.layout import TokenLayout, find_vit
+from lit_vit.attention.metrics import (
+    AttentionDistance,
+    AttentionEntropy,
+    ObjectMass,
+    attention_entropy,
+    coverage,
+    focus_score,
+    foreground_mask,
+    head_diversity,
+    mean_attention_distance,
+    object_mass,
+    query_distribution,
+)
+from lit_vit.attention.resolution import ResolutionResult, resolution_sweep
+from lit_vit.attention.rollout import QueryAttention, cls_attention, gradient_rollout, rollout
+
+__all__ = [
+    "AttentionDistance",
+    "AttentionEntropy",
+    "AttentionRecorder",
+    "AttentionRecording",
+    "FaithfulnessResult",
+    "ObjectMass",
+    "QueryAttention",
+    "ResolutionResult",
+    "TokenLayout",
+    "attention_entropy",
+    "cls_attention",
+    "coverage",
+    "deletion_insertion_auc",
+    "find_vit",
+    "focus_score",
+    "foreground_mask",
+    "gradient_rollout",
+    "head_diversity",
+    "mean_attention_distance",
+    "object_mass",
+    "query_distribution",
+    "resolution_sweep",
+    "rollout",
+]

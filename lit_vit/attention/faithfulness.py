@@ -1,0 +1,249 @@
+"""Deletion / insertion AUC of a patch saliency map (Petsiuk et al., BMVC 2018).
+
+Patch level: patches are ordered by decreasing saliency; for the fractions
+``0, 1/T, ..., 1`` of the ``G`` patches, the most salient ones are replaced by a
+baseline (deletion) or revealed on an all-baseline image (insertion), and the
+softmax probability of the class predicted on the clean image is recorded. The
+score is the trapezoidal area under that curve over the fraction axis, both end
+points included. A good saliency map gives a *low* deletion AUC (the evidence
+goes first) and a *high* insertion AUC (the evidence comes first). Both are
+always computed beside the same AUC for a random patch order (seeded): a number
+means something only next to that reference.
+
+All masked copies (saliency / random order x deletion / insertion x ``T + 1``
+fractions x ``B`` images) are described by one boolean patch mask; the pixel
+images are built from it chunk by chunk (the mask upsampled with
+``repeat_interleave``), and each chunk of at most ``max_batch`` images is one
+forward pass. The predicted class comes from the fraction-0 deletion copies
+(the clean images), so no extra forward pass is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from lit_vit.attention.layout import TokenLayout
+
+__all__ = ["FaithfulnessResult", "deletion_insertion_auc"]
+
+# Order of the four variants along the first axis of the patch mask.
+_VARIANTS = ("deletion", "insertion", "random_deletion", "random_insertion")
+
+
+@dataclass(frozen=True)
+class FaithfulnessResult:
+    """Deletion / insertion scores of a batch of saliency maps.
+
+    Attributes:
+        deletion: ``(B,)`` AUC of the deletion curve in the saliency order (lower is better).
+        insertion: ``(B,)`` AUC of the insertion curve in the saliency order (higher is better).
+        random_deletion: ``(B,)`` deletion AUC for a random patch order (seeded).
+        random_insertion: ``(B,)`` insertion AUC for the same random order.
+        fractions: ``(T + 1,)`` nominal fractions ``0, 1/T, ..., 1`` (the x axis of the AUC).
+        deletion_curve: ``(B, T + 1)`` softmax probability of the clean-predicted class.
+        insertion_curve: ``(B, T + 1)`` same, insertion.
+        random_deletion_curve: ``(B, T + 1)`` deletion curve of the random order.
+        random_insertion_curve: ``(B, T + 1)`` insertion curve of the random order.
+        predicted: ``(B,)`` class predicted on the clean images (the class whose
+            probability the curves follow).
+        baseline: ``(B,)`` baseline value used for each image.
+        forward_passes: number of model forward calls used.
+    """
+
+    deletion: Tensor
+    insertion: Tensor
+    random_deletion: Tensor
+    random_insertion: Tensor
+    fractions: Tensor
+    deletion_curve: Tensor
+    insertion_curve: Tensor
+    forward_passes: int
+    random_deletion_curve: Tensor
+    random_insertion_curve: Tensor
+    predicted: Tensor
+    baseline: Tensor
+
+
+def _patch_size(patch_size: int | tuple[int, int] | TokenLayout) -> tuple[int, int]:
+    """Normalise ``patch_size`` (an int, an ``(ph, pw)`` pair or a layout) to a pair."""
+    if hasattr(patch_size, "patch_size"):  # a TokenLayout
+        patch_size = patch_size.patch_size
+    if isinstance(patch_size, int):
+        patch_size = (patch_size, patch_size)
+    try:
+        ph, pw = (int(p) for p in patch_size)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"patch_size must be an int, a (ph, pw) pair or a TokenLayout, got {patch_size!r}"
+        ) from None
+    if ph < 1 or pw < 1:
+        raise ValueError(f"patch_size must be positive, got {(ph, pw)}")
+    return ph, pw
+
+
+def _counts(steps: int, num_patches: int) -> Tensor:
+    """Number of patches moved at each fraction: ``round(t / T * G)``, halves rounded up.
+
+    Integer arithmetic, so the end points are exactly 0 and ``G``.
+
+    Returns:
+        ``(T + 1,)`` int64.
+    """
+    t = torch.arange(steps + 1)
+    return (2 * t * num_patches + steps) // (2 * steps)
+
+
+def deletion_insertion_auc(
+    model: nn.Module,
+    images: Tensor,
+    saliency: Tensor,
+    patch_size: int | tuple[int, int] | TokenLayout,
+    *,
+    steps: int = 16,
+    baseline: float | None = None,
+    max_batch: int = 512,
+    seed: int = 0,
+) -> FaithfulnessResult:
+    """Deletion and insertion AUC of saliency maps, beside a random-order reference.
+
+    At step ``t`` of ``T = steps`` the ``round(t / T * G)`` first patches of the
+    order (ties in the saliency broken by patch index) are replaced by the
+    baseline (deletion) or are the only ones kept on an all-baseline image
+    (insertion). The curves follow the softmax probability of the class the
+    model predicts on the clean image. Deletion at fraction 1 and insertion at
+    fraction 0 are both the all-baseline image; deletion at 0 and insertion at 1
+    are the clean image.
+
+    The model runs in eval mode under ``torch.no_grad()``; the training flag of
+    every submodule is restored afterwards. Inputs are not modified.
+
+    Args:
+        model: maps ``(n, C, H, W)`` images to ``(n, num_classes)`` logits (or to
+            a tuple starting with them).
+        images: ``(B, C, H, W)`` images exactly as the model takes them (normalised).
+        saliency: ``(B, gh, gw)`` saliency over the patch grid, with
+            ``gh * ph == H`` and ``gw * pw == W``; larger means more salient.
+        patch_size: ``(ph, pw)``, an int, or a ``TokenLayout`` (its ``patch_size``).
+        steps: number ``T`` of intervals on the fraction axis; ``T + 1`` points.
+        baseline: value of removed pixels. ``None`` (default): per image, the
+            minimum of the normalised image (its background value).
+        max_batch: largest number of images in one forward pass.
+        seed: seed of the random patch order (a CPU ``torch.Generator``; the
+            global RNG is not touched).
+
+    Returns:
+        A :class:`FaithfulnessResult`. ``forward_passes`` is
+        ``ceil(4 * B * (T + 1) / max_batch)``.
+
+    Raises:
+        ValueError: ``images`` is not a non-empty 4-D batch, ``saliency`` does
+            not match the batch size or the patch grid of the images, ``steps``
+            or ``max_batch`` is smaller than 1, ``saliency`` has NaN or inf
+            values, or the model does not return
+            ``(n, num_classes)`` logits.
+    """
+    ph, pw = _patch_size(patch_size)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    b, c, h, w = images.shape
+    if b == 0:
+        raise ValueError("images is an empty batch (B = 0)")
+    if h % ph or w % pw:
+        raise ValueError(f"image size {(h, w)} is not a multiple of the patch size {(ph, pw)}")
+    gh, gw = h // ph, w // pw
+    if saliency.shape != (b, gh, gw):
+        raise ValueError(
+            f"saliency must be (B, gh, gw) = {(b, gh, gw)} for images {tuple(images.shape)} "
+            f"and patch size {(ph, pw)}, got {tuple(saliency.shape)}"
+        )
+    if not bool(torch.isfinite(saliency).all()):
+        raise ValueError("saliency has NaN or inf values; its order would be undefined")
+    num_patches = gh * gw
+    device = images.device
+
+    # Per-image baseline value, (B,), in the images' dtype.
+    if baseline is None:
+        base = images.detach().amin(dim=(1, 2, 3))
+    else:
+        base = torch.full((b,), float(baseline), dtype=images.dtype, device=device)
+
+    # Rank of every patch in each order: rank[b, j] = position of patch j.
+    sal_order = torch.argsort(
+        saliency.detach().reshape(b, num_patches).float(), dim=1, descending=True, stable=True
+    ).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    rand_order = torch.rand(b, num_patches, generator=generator).argsort(dim=1).to(device)
+    positions = torch.arange(num_patches, device=device).expand(b, -1)
+    sal_rank = torch.empty_like(sal_order).scatter_(1, sal_order, positions)
+    rand_rank = torch.empty_like(rand_order).scatter_(1, rand_order, positions)
+
+    # moved[o, b, t, j]: patch j is among the first counts[t] of order o.
+    counts = _counts(steps, num_patches).to(device)
+    ranks = torch.stack([sal_rank, rand_rank])  # (2, B, G)
+    moved = ranks[:, :, None, :] < counts[None, None, :, None]  # (2, B, T+1, G)
+    # keep[v, b, t, j]: patch j shows the image (True) or the baseline (False).
+    # Variants in _VARIANTS order: deletion keeps the non-moved patches,
+    # insertion keeps the moved ones.
+    keep = torch.stack([~moved[0], moved[0], ~moved[1], moved[1]])  # (4, B, T+1, G)
+    keep = keep.reshape(-1, gh, gw)  # (4 * B * (T+1), gh, gw)
+    image_index = torch.arange(b, device=device).repeat_interleave(steps + 1).repeat(4)
+
+    total = keep.shape[0]
+    logits_chunks: list[Tensor] = []
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, total, max_batch):
+                idx = image_index[start : start + max_batch]
+                mask = keep[start : start + max_batch]
+                mask = mask.repeat_interleave(ph, dim=1).repeat_interleave(pw, dim=2)
+                batch = torch.where(
+                    mask[:, None], images[idx], base[idx].view(-1, 1, 1, 1).to(images.dtype)
+                )
+                out = model(batch)
+                if isinstance(out, (tuple, list)) and out:
+                    out = out[0]
+                if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != len(idx):
+                    got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                    raise ValueError(
+                        f"model must return (n, num_classes) logits for n = {len(idx)} "
+                        f"images, got {got}"
+                    )
+                logits_chunks.append(out.detach().float())
+    finally:
+        for module, training in modes:
+            module.train(training)
+    forward_passes = len(logits_chunks)
+
+    logits = torch.cat(logits_chunks).view(4, b, steps + 1, -1)  # (4, B, T+1, K)
+    predicted = logits[0, :, 0].argmax(dim=-1)  # deletion at fraction 0 = clean image
+    probs = logits.softmax(dim=-1)
+    index = predicted.view(1, b, 1, 1).expand(4, b, steps + 1, 1)
+    curves = probs.gather(-1, index).squeeze(-1)  # (4, B, T+1)
+    fractions = torch.arange(steps + 1, dtype=torch.float32, device=curves.device) / steps
+    aucs = torch.trapezoid(curves, x=fractions, dim=-1)  # (4, B)
+
+    return FaithfulnessResult(
+        deletion=aucs[0],
+        insertion=aucs[1],
+        random_deletion=aucs[2],
+        random_insertion=aucs[3],
+        fractions=fractions,
+        deletion_curve=curves[0],
+        insertion_curve=curves[1],
+        forward_passes=forward_passes,
+        random_deletion_curve=curves[2],
+        random_insertion_curve=curves[3],
+        predicted=predicted,
+        baseline=base.float(),
+    )

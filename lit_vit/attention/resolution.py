@@ -1,0 +1,228 @@
+"""Evaluate one trained ViT at several input resolutions.
+
+For each size the model is deep-copied and timm's own
+``VisionTransformer.set_input_size`` is called on the copy's ViT: it updates the
+patch embedding's grid and resamples the absolute position embeddings to the new
+grid with ``timm.layers.resample_abs_pos_embed`` (bicubic, antialiased), the
+same resampling as ``dynamic_img_size``. Images are resized bilinearly
+(antialiased when shrinking). The caller's model is never modified.
+
+Per size: accuracy over all images; from the attention of a probe batch, the
+relative mean attention distance, normalised entropy and effective area per
+layer (means over heads), and the focus / coverage of the rollout maps; and the
+plain forward time per image. Compare resolutions with the relative distance and
+the effective area: unlike pixel distances and normalised entropy they do not
+move merely because the same map is sampled on a finer grid.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_vit.attention.capture import AttentionRecorder
+from lit_vit.attention.layout import find_vit
+from lit_vit.attention.metrics import (
+    attention_entropy,
+    coverage,
+    focus_score,
+    mean_attention_distance,
+)
+from lit_vit.attention.rollout import rollout
+
+__all__ = ["ResolutionResult", "resolution_sweep"]
+
+
+@dataclass(frozen=True)
+class ResolutionResult:
+    """Measures of one model at one input size.
+
+    Attributes:
+        image_size: ``(h, w)`` input size in pixels.
+        grid_size: ``(gh, gw)`` patch grid at that size.
+        accuracy: top-1 accuracy over all images, in [0, 1].
+        relative_distance: ``(L,)`` relative mean attention distance per layer
+            (mean over heads); 1.0 is as global as uniform attention.
+        entropy: ``(L,)`` normalised attention entropy per layer (mean over heads).
+        effective_area: ``(L,)`` effective area per layer (mean over heads).
+        focus: ``(B',)`` focus@0.1 of the rollout map of each probe image.
+        coverage: ``(B',)`` coverage@0.5 of the rollout map of each probe image.
+        rollout_maps: ``(B', gh, gw)`` rollout maps of the probe images.
+        seconds_per_image: plain forward time per image (fused attention, no
+            recorder, eval, ``no_grad``; best of ``timing_repeats`` on the probe batch).
+
+    ``B' = min(B, batch_size)``: the probe batch is the first ``B'`` images.
+    """
+
+    image_size: tuple[int, int]
+    grid_size: tuple[int, int]
+    accuracy: float
+    relative_distance: Tensor
+    entropy: Tensor
+    effective_area: Tensor
+    focus: Tensor
+    coverage: Tensor
+    rollout_maps: Tensor
+    seconds_per_image: float
+
+
+def _as_pair(size: int | Sequence[int], what: str) -> tuple[int, int]:
+    """``int`` or ``(h, w)`` -> ``(h, w)`` of positive ints."""
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(s, int) and s > 0 for s in pair):
+        raise ValueError(f"{what} must be a positive int or an (h, w) pair, got {size!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _check_size(size: int | Sequence[int], pair: tuple[int, int], patch: tuple[int, int]) -> None:
+    """Raise a ValueError naming the nearest valid sizes if ``pair`` is off the patch grid."""
+    if pair[0] % patch[0] == 0 and pair[1] % patch[1] == 0:
+        return
+    options = []
+    for s, p in zip(pair, patch, strict=True):
+        below, above = (s // p) * p, (s // p + 1) * p
+        options.append([s] if s % p == 0 else [v for v in (below, above) if v > 0])
+    if isinstance(size, int) and patch[0] == patch[1]:
+        nearest = " or ".join(str(v) for v in options[0])
+    else:
+        nearest = " or ".join(f"({h}, {w})" for h in options[0] for w in options[1])
+    raise ValueError(
+        f"size {size!r} is not a multiple of the patch size {patch[0]}x{patch[1]}; "
+        f"nearest valid sizes: {nearest}"
+    )
+
+
+def _resize(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of ``(B, C, H, W)`` to ``size``, antialiased when any side shrinks."""
+    if tuple(images.shape[-2:]) == size:
+        return images
+    shrink = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def resolution_sweep(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    sizes: Sequence[int | tuple[int, int]],
+    *,
+    vit_name: str | None = None,
+    batch_size: int = 256,
+    timing_repeats: int = 3,
+) -> list[ResolutionResult]:
+    """Accuracy, attention measures and speed of a trained ViT at several input sizes.
+
+    Args:
+        model: a module whose forward maps images to ``(n, num_classes)``
+            logits (or a tuple starting with them): a timm ``VisionTransformer``
+            or a wrapper containing one.
+        images: ``(B, C, H, W)`` images as the model takes them (normalised),
+            at any size; they are resized to each size of the sweep.
+        labels: ``(B,)`` integer class labels.
+        sizes: input sizes, each an int (square) or ``(h, w)``, each a
+            multiple of the patch size. The training size may be included: it
+            reproduces the unmodified model.
+        vit_name: qualified name of the ViT inside ``model`` when there are
+            several (see :func:`find_vit`).
+        batch_size: images per forward pass for accuracy, and size of the probe
+            batch (the first ``batch_size`` images) whose attention is recorded.
+            The recording holds ``L * B' * H * N^2`` float32 values: lower
+            ``batch_size`` for large sizes.
+        timing_repeats: timed repeats of the plain forward; the best is kept.
+
+    Returns:
+        One :class:`ResolutionResult` per size, in the order of ``sizes``.
+
+    Raises:
+        ValueError: empty batch, ``labels`` not ``(B,)``, empty ``sizes``, a
+            size that is not a multiple of the patch size (the message names
+            the nearest valid sizes), or ``batch_size`` / ``timing_repeats`` < 1.
+        TypeError: the ViT found has no ``set_input_size`` (not a timm ViT).
+    """
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(
+            f"images must be a non-empty (B, C, H, W) batch, got {tuple(images.shape)}"
+        )
+    if labels.shape != images.shape[:1]:
+        raise ValueError(
+            f"labels must be (B,) = {tuple(images.shape[:1])}, got {tuple(labels.shape)}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if timing_repeats < 1:
+        raise ValueError(f"timing_repeats must be >= 1, got {timing_repeats}")
+    if len(sizes) == 0:
+        raise ValueError("sizes is empty")
+
+    name, vit = find_vit(model, vit_name)
+    if not hasattr(vit, "set_input_size"):
+        raise TypeError(
+            f"{type(vit).__name__} at {name!r} has no set_input_size(); "
+            "resolution_sweep needs a timm VisionTransformer"
+        )
+    patch = _as_pair(tuple(int(p) for p in vit.patch_embed.patch_size), "patch size")
+    pairs = [_as_pair(s, "size") for s in sizes]
+    for size, pair in zip(sizes, pairs, strict=True):
+        _check_size(size, pair, patch)
+
+    results = []
+    for size in pairs:
+        resized = copy.deepcopy(model)
+        resized.eval()
+        resized_vit = resized.get_submodule(name) if name else resized  # same name in the copy
+        resized_vit.set_input_size(img_size=size)
+        device = next(resized.parameters()).device
+        x = _resize(images.detach().to(device), size)
+
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                out = resized(x[start : start + batch_size])
+                logits = out[0] if isinstance(out, (tuple, list)) else out
+                pred = logits.argmax(dim=-1)
+                correct += int((pred == labels[start : start + batch_size].to(pred.device)).sum())
+        accuracy = correct / x.shape[0]
+
+        probe = x[:batch_size]
+        recording = AttentionRecorder(resized, vit_name=name).record(probe)
+        attention, layout = recording.attention, recording.layout
+        distance = mean_attention_distance(attention, layout)
+        entropy = attention_entropy(attention, layout)
+        maps = rollout(attention, layout)
+
+        best = float("inf")
+        with torch.no_grad():
+            for _ in range(timing_repeats):
+                _sync(device)
+                t0 = time.perf_counter()
+                resized(probe)
+                _sync(device)
+                best = min(best, time.perf_counter() - t0)
+
+        results.append(
+            ResolutionResult(
+                image_size=size,
+                grid_size=tuple(int(g) for g in resized_vit.patch_embed.grid_size),
+                accuracy=accuracy,
+                relative_distance=distance.relative.mean(dim=-1),
+                entropy=entropy.normalized.mean(dim=-1),
+                effective_area=entropy.effective_area.mean(dim=-1),
+                focus=focus_score(maps, k=0.1),
+                coverage=coverage(maps, m=0.5),
+                rollout_maps=maps,
+                seconds_per_image=best / probe.shape[0],
+            )
+        )
+        del resized
+    return results

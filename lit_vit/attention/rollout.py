@@ -1,0 +1,241 @@
+"""Class-token attention, attention rollout (Abnar & Zuidema 2020) and
+gradient-weighted rollout (Chefer, Gur & Wolf 2021).
+
+All functions take the whole-model attention ``(L, B, H, N, N)`` of an
+:class:`~lit_vit.attention.capture.AttentionRecording` and its ``TokenLayout``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from lit_vit.attention._validate import check_attention, renormalize
+from lit_vit.attention.layout import TokenLayout
+
+__all__ = ["QueryAttention", "cls_attention", "gradient_rollout", "rollout"]
+
+HeadFusion = Literal["mean", "max", "min"]
+
+
+class QueryAttention(NamedTuple):
+    """Where the query token looks, per layer and head.
+
+    Attributes:
+        maps: ``(L, B, H, gh, gw)`` distribution over patches (sums to 1).
+        prefix_mass: ``(L, B, H)`` attention mass on prefix tokens, in [0, 1]:
+            of the class-token row (self-attention included); without a class
+            token, the mean over patch query rows.
+    """
+
+    maps: Tensor
+    prefix_mass: Tensor
+
+
+def _query_rows(matrix: Tensor, layout: TokenLayout) -> Tensor:
+    """``(..., N, N) -> (..., N)``: the class-token row, else the mean of patch rows."""
+    if layout.has_class_token:
+        return matrix[..., 0, :]
+    return matrix[..., layout.num_prefix_tokens :, :].mean(dim=-2)
+
+
+def _start_vector(layout: TokenLayout, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """Row vector ``e_0`` (class token) or the mean of the patch basis vectors."""
+    v = torch.zeros(*shape, layout.num_tokens, device=device)
+    if layout.has_class_token:
+        v[..., 0] = 1.0
+    else:
+        v[..., layout.num_prefix_tokens :] = 1.0 / layout.num_patches
+    return v
+
+
+def _to_grid(row: Tensor, layout: TokenLayout) -> Tensor:
+    """``(..., N)`` row -> ``(..., gh, gw)`` patch part renormalised to sum 1."""
+    patches = renormalize(row[..., layout.num_prefix_tokens :])
+    return patches.reshape(*patches.shape[:-1], *layout.grid_size)
+
+
+def cls_attention(attention: Tensor, layout: TokenLayout) -> QueryAttention:
+    """Per-head attention of the query token over the patch grid.
+
+    With a class token the query is row 0; without one it is the mean of the
+    patch query rows. The patch part is renormalised to sum 1; the mass left
+    on prefix tokens is returned separately, never dropped silently.
+
+    Args:
+        attention: ``(L, B, H, N, N)`` post-softmax attention.
+        layout: token layout with ``N`` tokens.
+
+    Returns:
+        :class:`QueryAttention` with ``maps (L, B, H, gh, gw)`` and
+        ``prefix_mass (L, B, H)``.
+
+    Raises:
+        ValueError: bad attention shape, values or layout.
+    """
+    attention = check_attention(attention, layout)
+    rows = _query_rows(attention, layout)  # (L, B, H, N)
+    prefix_mass = rows[..., : layout.num_prefix_tokens].sum(dim=-1)
+    return QueryAttention(maps=_to_grid(rows, layout), prefix_mass=prefix_mass)
+
+
+def _fuse_heads(attention: Tensor, head_fusion: str) -> Tensor:
+    if head_fusion == "mean":
+        return attention.mean(dim=-3)
+    if head_fusion == "max":
+        return attention.amax(dim=-3)
+    if head_fusion == "min":
+        return attention.amin(dim=-3)
+    raise ValueError(f"head_fusion must be one of 'mean', 'max', 'min', got {head_fusion!r}.")
+
+
+def _discard(fused: Tensor, layout: TokenLayout, ratio: float) -> Tensor:
+    """Zero the smallest ``floor(ratio * N * G)`` patch-key entries of each image.
+
+    ``fused`` is ``(..., N, N)``; the count is taken over the last two dims.
+    """
+    prefix = fused[..., : layout.num_prefix_tokens]
+    patches = fused[..., layout.num_prefix_tokens :]
+    flat = patches.flatten(-2)  # (..., N * G)
+    count = math.floor(ratio * flat.shape[-1])
+    if count == 0:
+        return fused
+    index = flat.argsort(dim=-1, stable=True)[..., :count]
+    flat = flat.scatter(-1, index, 0.0)
+    return torch.cat([prefix, flat.reshape(patches.shape)], dim=-1)
+
+
+def _fused(attention: Tensor, layout: TokenLayout, head_fusion: str, ratio: float) -> Tensor:
+    """One layer's ``(B, H, N, N)`` attention fused over heads, then discarded: ``(B, N, N)``."""
+    fused = _fuse_heads(attention, head_fusion)
+    return _discard(fused, layout, ratio) if ratio > 0 else fused
+
+
+def _row_times_mixed(row: Tensor, fused: Tensor) -> Tensor:
+    """``row @ rownorm(0.5 * fused + 0.5 * I)`` without forming the ``(B, N, N)`` mix.
+
+    With ``d_i = 0.5 * sum_j fused_ij + 0.5`` the mixed matrix is
+    ``diag(1 / d) (0.5 * fused + 0.5 * I)``, so with ``w = 0.5 * row / d``
+    the product is ``w @ fused + w``: one ``(B, N) x (B, N, N)`` product.
+
+    Args:
+        row: ``(B, N)`` row vectors.
+        fused: ``(B, N, N)`` non-negative fused attention.
+
+    Returns:
+        ``(B, N)``.
+    """
+    weights = 0.5 * row / (0.5 * fused.sum(dim=-1) + 0.5)
+    return torch.bmm(weights[:, None, :], fused)[:, 0] + weights
+
+
+def rollout(
+    attention: Tensor,
+    layout: TokenLayout,
+    head_fusion: HeadFusion = "mean",
+    discard_ratio: float = 0.0,
+    start_layer: int = 0,
+    method: Literal["row", "matrix"] = "row",
+) -> Tensor:
+    """Attention rollout map over the patch grid.
+
+    Per layer: fuse heads, zero the smallest ``discard_ratio`` of patch-key
+    entries, ``Ã = rownorm(0.5 * fused + 0.5 * I)``; then
+    ``R = Ã[L-1] @ ... @ Ã[start_layer]`` and take the class-token row of
+    ``R`` (without a class token: the mean of its patch rows) over patch keys,
+    renormalised to sum 1.
+
+    Args:
+        attention: ``(L, B, H, N, N)`` post-softmax attention.
+        layout: token layout with ``N`` tokens.
+        head_fusion: ``"mean"``, ``"max"`` or ``"min"`` over heads.
+        discard_ratio: fraction in [0, 1) of patch-key entries zeroed per layer
+            and image (prefix-key entries are never discarded).
+        start_layer: first layer included, ``0 <= start_layer < L``.
+        method: ``"row"`` propagates one row vector (``O(L N^2)`` per image);
+            ``"matrix"`` forms the full product (``O(L N^3)``). Same result.
+
+    Returns:
+        ``(B, gh, gw)`` float32, non-negative, sums to 1 per image.
+
+    Raises:
+        ValueError: bad attention or layout, unknown ``head_fusion`` or
+            ``method``, ``discard_ratio`` outside [0, 1), ``start_layer`` out of
+            range.
+    """
+    if method not in ("row", "matrix"):
+        raise ValueError(f"method must be 'row' or 'matrix', got {method!r}.")
+    if head_fusion not in ("mean", "max", "min"):
+        raise ValueError(f"head_fusion must be one of 'mean', 'max', 'min', got {head_fusion!r}.")
+    if (
+        isinstance(discard_ratio, bool)
+        or not isinstance(discard_ratio, (int, float))
+        or not 0 <= discard_ratio < 1
+    ):
+        raise ValueError(f"discard_ratio must be a number in [0, 1), got {discard_ratio!r}.")
+    attention = check_attention(attention, layout)
+    num_layers, batch = attention.shape[:2]
+    if (
+        isinstance(start_layer, bool)
+        or not isinstance(start_layer, int)
+        or not 0 <= start_layer < num_layers
+    ):
+        raise ValueError(
+            f"start_layer must be an int in [0, {num_layers - 1}] (the attention has "
+            f"{num_layers} layers), got {start_layer!r}."
+        )
+    layers = range(num_layers - 1, start_layer - 1, -1)  # last layer first
+    if method == "row":
+        row = _start_vector(layout, (batch,), attention.device)  # (B, N)
+        for layer in layers:
+            fused = _fused(attention[layer], layout, head_fusion, discard_ratio)  # (B, N, N)
+            row = _row_times_mixed(row, fused)
+    else:
+        eye = torch.eye(layout.num_tokens, device=attention.device)
+        product = eye.expand(batch, -1, -1)
+        for layer in layers:
+            fused = _fused(attention[layer], layout, head_fusion, discard_ratio)  # (B, N, N)
+            mixed = 0.5 * fused + 0.5 * eye
+            product = product @ (mixed / mixed.sum(dim=-1, keepdim=True))
+        row = _query_rows(product, layout)
+    return _to_grid(row, layout)
+
+
+def gradient_rollout(attention: Tensor, attention_grad: Tensor, layout: TokenLayout) -> Tensor:
+    """Class-specific gradient-weighted rollout (Chefer et al., ICCV 2021).
+
+    ``Abar[l] = mean_h relu(dA[l] * A[l])``; ``R = I``; for each layer in
+    forward order ``R = R + Abar[l] @ R``. The map is the class-token row of
+    ``R`` (without a class token: the mean of its patch rows) over patch keys,
+    renormalised to sum 1 (uniform if it has no mass there). Computed as one
+    row vector: ``v = e_0; v = v + v @ Abar[l]`` for ``l = L-1 .. 0``.
+
+    Args:
+        attention: ``(L, B, H, N, N)`` attention of the real forward graph.
+        attention_grad: same shape, ``d logit_c / d attention``
+            (``AttentionRecording.attention_grads[i]``).
+        layout: token layout with ``N`` tokens.
+
+    Returns:
+        ``(B, gh, gw)`` float32, non-negative, sums to 1 per image.
+
+    Raises:
+        ValueError: bad attention, gradient or layout, or mismatched shapes.
+    """
+    attention = check_attention(attention, layout)
+    attention_grad = check_attention(
+        attention_grad, layout, name="attention_grad", rows_sum_to_one=False
+    )
+    if attention_grad.shape != attention.shape:
+        raise ValueError(
+            f"attention_grad has shape {tuple(attention_grad.shape)} but attention has "
+            f"{tuple(attention.shape)}; pass the gradient recorded with this attention."
+        )
+    weighted = torch.relu(attention_grad * attention).mean(dim=2)  # (L, B, N, N)
+    v = _start_vector(layout, (attention.shape[1],), attention.device)
+    for layer in reversed(range(weighted.shape[0])):
+        v = v + torch.bmm(v[:, None, :], weighted[layer])[:, 0]
+    return _to_grid(v, layout)

@@ -1,0 +1,241 @@
+"""Deletion / insertion AUC of three saliency maps, beside a random patch order."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
+
+from lit_vit.attention import (
+    AttentionRecorder,
+    FaithfulnessResult,
+    TokenLayout,
+    cls_attention,
+    deletion_insertion_auc,
+    gradient_rollout,
+    rollout,
+)
+from lit_vit.callbacks.base import AttentionCallback, ReportSection
+from lit_vit.callbacks.probe import ProbeAnalysis, iterate_batches
+from lit_vit.callbacks.report import markdown_table
+from lit_vit.plotting import faithfulness_figure
+
+# Tag suffix -> row name in the report, in this order; and the figure's legend names.
+METHODS = {
+    "rollout": "rollout",
+    "cls": "class-token attention (last layer)",
+    "grad_rollout": "gradient rollout (predicted class)",
+}
+LEGEND = {"rollout": "rollout", "cls": "class token, last layer", "grad_rollout": "grad rollout"}
+
+
+class Faithfulness(AttentionCallback):
+    """Do the attention maps point at the evidence? Deletion and insertion AUC.
+
+    Patches are ordered by decreasing saliency; growing fractions
+    ``0, 1/T, ..., 1`` of them are replaced by a baseline (deletion) or revealed
+    on an all-baseline image (insertion), and the probability of the class
+    predicted on the clean image is followed (Petsiuk et al. 2018; see
+    ``docs/attention.md``). The baseline is the default of
+    :func:`~lit_vit.attention.deletion_insertion_auc`: per image, the minimum of
+    the normalised image (its background). Low deletion and high insertion AUC
+    mean the map found the evidence. Three maps are scored:
+
+    - ``rollout``: attention rollout (mean head fusion, no discard);
+    - ``cls``: class-token attention of the last layer, heads averaged;
+    - ``grad_rollout``: gradient-weighted rollout for the predicted class;
+
+    and next to them a random patch order (``random``). The random AUC comes
+    from the rollout call: the three calls get the same images and the same
+    seed, so their random orders and random AUCs are identical.
+
+    On the probe images at due validation epochs; at test on the first
+    ``test_images`` images of the test set, batch by batch (one batch's
+    attention and attention gradients in memory at a time). Batch ``i`` uses
+    the random order of seed ``seed + i``.
+
+    Logs (means over the images):
+
+    - scalars ``attention/faithfulness/deletion_<method>`` and
+      ``attention/faithfulness/insertion_<method>`` for ``<method>`` in
+      ``rollout``, ``cls``, ``grad_rollout``, ``random``.
+    - image ``attention/faithfulness``: mean deletion and insertion curves.
+
+    Args:
+        steps: Number ``T`` of intervals on the fraction axis (``T + 1`` points).
+        test_images: Test images scored at test (at most the test set).
+        max_batch: Largest number of masked images in one forward pass.
+        probe_size, every_n_epochs, seed, module: See
+            :class:`~lit_vit.callbacks.base.AttentionCallback`.
+
+    Raises:
+        ValueError: For ``steps``, ``test_images`` or ``max_batch`` smaller than 1.
+
+    Example::
+
+        Trainer(callbacks=[Faithfulness(steps=16, test_images=256)])
+
+    .. code-block:: yaml
+
+        trainer:
+          callbacks:
+            - class_path: lit_vit.callbacks.Faithfulness
+              init_args: {steps: 16, test_images: 256, max_batch: 512}
+    """
+
+    report_order = 60
+
+    def __init__(
+        self,
+        steps: int = 16,
+        test_images: int = 256,
+        max_batch: int = 512,
+        probe_size: int = 8,
+        every_n_epochs: int = 1,
+        seed: int = 0,
+        module: str | None = None,
+    ) -> None:
+        super().__init__(probe_size, every_n_epochs, seed, module)
+        for name, value in (
+            ("steps", steps),
+            ("test_images", test_images),
+            ("max_batch", max_batch),
+        ):
+            if value < 1:
+                raise ValueError(f"Faithfulness: {name}={value} must be at least 1.")
+        self.steps = steps
+        self.test_images = test_images
+        self.max_batch = max_batch
+
+    def analyze(
+        self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
+    ) -> None:
+        if analysis.stage == "test":
+            results = self._score_test_set(trainer, pl_module)
+        else:
+            maps = {
+                "rollout": analysis.rollout,
+                "cls": analysis.query_maps[-1].mean(dim=1),
+                "grad_rollout": analysis.grad_rollout_predicted,
+            }
+            images = analysis.probe.images.to(pl_module.device)
+            results = self.score(pl_module, images, maps, analysis.recording.layout, 0)
+        aucs = {
+            f"attention/faithfulness/{kind}_{method}": float(values.mean())
+            for method, (deletion, insertion) in _aucs(results).items()
+            for kind, values in (("deletion", deletion), ("insertion", insertion))
+        }
+        self.log_scalars(pl_module, aucs)
+        path = self.log_figure(
+            trainer, analysis.stage, "faithfulness", faithfulness_figure(*_curves(results))
+        )
+        if analysis.stage == "test":
+            self.report_section = self._section(aucs, len(results["rollout"].deletion), path.name)
+
+    def score(
+        self,
+        model: LightningModule,
+        images: Tensor,
+        maps: Mapping[str, Tensor],
+        layout: TokenLayout,
+        batch_index: int,
+    ) -> dict[str, FaithfulnessResult]:
+        """:func:`~lit_vit.attention.deletion_insertion_auc` of each ``(B, gh, gw)`` map."""
+        return {
+            method: deletion_insertion_auc(
+                model,
+                images,
+                saliency.to(images.device),
+                layout,
+                steps=self.steps,
+                max_batch=self.max_batch,
+                seed=self.settings.seed + batch_index,
+            )
+            for method, saliency in maps.items()
+        }
+
+    def _score_test_set(
+        self, trainer: Trainer, pl_module: LightningModule
+    ) -> dict[str, FaithfulnessResult]:
+        recorder = AttentionRecorder(pl_module, vit_name=self.settings.module)
+        parts: list[dict[str, FaithfulnessResult]] = []
+        batches = iterate_batches(trainer, pl_module, "test", self.test_images)
+        for index, (images, _) in enumerate(batches):
+            recording = recorder.record(images, grad_targets=[None])
+            attention, layout = recording.attention, recording.layout
+            maps = {
+                "rollout": rollout(attention, layout),
+                "cls": cls_attention(attention, layout).maps[-1].mean(dim=1),
+                "grad_rollout": gradient_rollout(attention, recording.attention_grads[0], layout),
+            }
+            del recording, attention  # one batch's attention and gradients at a time
+            parts.append(self.score(pl_module, images, maps, layout, index))
+        return {method: _cat([part[method] for part in parts]) for method in METHODS}
+
+    def _section(self, aucs: dict[str, float], count: int, figure: str) -> ReportSection:
+        def auc(kind: str, method: str) -> float:
+            return aucs[f"attention/faithfulness/{kind}_{method}"]
+
+        rows = [
+            (name, auc("deletion", method), auc("insertion", method))
+            for method, name in {**METHODS, "random": "random order"}.items()
+        ]
+        body = "\n\n".join(
+            [
+                f"Deletion and insertion AUC (Petsiuk et al. 2018) on {count} test images, "
+                f"{self.steps} steps, patch level. Removed patches are set to the baseline: "
+                "each image's minimum value (its background in the normalised image). The "
+                "curves follow the probability of the class predicted on the clean image; "
+                "lower deletion and higher insertion AUC are better, and only a difference "
+                "from the random order means anything.",
+                markdown_table(["method", "deletion AUC", "insertion AUC"], rows),
+                f"![deletion and insertion curves]({figure})",
+            ]
+        )
+        facts = {
+            "deletion_rollout": auc("deletion", "rollout"),
+            "deletion_random": auc("deletion", "random"),
+        }
+        return ReportSection("Faithfulness (deletion / insertion)", self.report_order, body, facts)
+
+
+def _aucs(results: Mapping[str, FaithfulnessResult]) -> dict[str, tuple[Tensor, Tensor]]:
+    """Method -> per-image (deletion, insertion) AUC; ``random`` from the rollout call."""
+    aucs = {method: (result.deletion, result.insertion) for method, result in results.items()}
+    first = results["rollout"]
+    return {**aucs, "random": (first.random_deletion, first.random_insertion)}
+
+
+def _curves(results: Mapping[str, FaithfulnessResult]) -> tuple[Tensor, dict[str, Tensor]]:
+    """The fractions and the ``"deletion: <legend name>"`` curves of :func:`faithfulness_figure`."""
+    curves = {}
+    for method, result in results.items():
+        curves[f"deletion: {LEGEND[method]}"] = result.deletion_curve
+        curves[f"insertion: {LEGEND[method]}"] = result.insertion_curve
+    first = results["rollout"]
+    curves["deletion: random"] = first.random_deletion_curve
+    curves["insertion: random"] = first.random_insertion_curve
+    return first.fractions, curves
+
+
+def _cat(parts: list[FaithfulnessResult]) -> FaithfulnessResult:
+    """Results of several batches as one (per-image fields concatenated, on the CPU)."""
+    per_image = (
+        "deletion",
+        "insertion",
+        "random_deletion",
+        "random_insertion",
+        "deletion_curve",
+        "insertion_curve",
+        "random_deletion_curve",
+        "random_insertion_curve",
+        "predicted",
+        "baseline",
+    )
+    return FaithfulnessResult(
+        **{name: torch.cat([getattr(part, name).cpu() for part in parts]) for name in per_image},
+        fractions=parts[0].fractions.cpu(),
+        forward_passes=sum(part.forward_passes for part in parts),
+    )

@@ -1,0 +1,304 @@
+"""Focus, coverage and object mass of the rollout map, per image and per class."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from lit_vit.attention import (
+    AttentionRecorder,
+    TokenLayout,
+    coverage,
+    focus_score,
+    foreground_mask,
+    object_mass,
+    rollout,
+)
+from lit_vit.callbacks.base import AttentionCallback, ReportSection
+from lit_vit.callbacks.probe import ProbeAnalysis, class_names, iterate_batches, to_pixels
+from lit_vit.callbacks.report import markdown_table
+from lit_vit.plotting import metric_by_class_figure
+
+# Fields of SaliencyMeasures, in table-column order.
+_MEASURES = ("focus", "coverage", "object_mass", "lift")
+
+
+@dataclass(frozen=True)
+class SaliencyMeasures:
+    """Per-image measures of a batch of saliency maps, each ``(B,)`` float32 on the CPU."""
+
+    focus: Tensor
+    coverage: Tensor
+    object_mass: Tensor
+    lift: Tensor
+
+    @classmethod
+    def cat(cls, parts: Sequence[SaliencyMeasures]) -> SaliencyMeasures:
+        return cls(*(torch.cat([getattr(part, name) for part in parts]) for name in _MEASURES))
+
+    def select(self, chosen: Tensor) -> SaliencyMeasures:
+        return SaliencyMeasures(*(getattr(self, name)[chosen] for name in _MEASURES))
+
+    def values(self, index: int) -> tuple[float, ...]:
+        """The measures of image ``index``, in field order."""
+        return tuple(float(getattr(self, name)[index]) for name in _MEASURES)
+
+    def means(self) -> dict[str, float]:
+        """Mean of each measure; lift is a NaN-mean (NaN when no image has foreground)."""
+        return {name: float(getattr(self, name).nanmean()) for name in _MEASURES}
+
+
+class FocusCoverage(AttentionCallback):
+    """How concentrated the rollout map is, and how much of it lies on the object.
+
+    For the rollout map of each probe image (mean head fusion, no discard):
+    focus@k, the mass on the ``ceil(k * G)`` most salient of the ``G`` patches
+    (uniform: ``ceil(k * G) / G``, one-hot: 1); coverage@m, the fraction of the
+    grid needed, most salient first, to hold mass ``m``; object mass, the mass
+    on foreground patches (mean raw pixel value >= ``foreground_threshold``),
+    and its lift over a uniform map (1.0 = no better than uniform; NaN for an
+    image without foreground). Definitions in ``docs/attention.md``.
+
+    At test (where the probe is drawn from the test set) it also measures up to
+    ``test_images`` images of the test set, batch by batch (one batch's
+    attention in memory at a time, no gradients), and reports the means per
+    class; the report's summary quotes these test-set means.
+
+    Logs:
+
+    - scalars ``attention/focus/mean``, ``attention/coverage/mean``,
+      ``attention/object_mass/mean``, ``attention/lift/mean``: means over the
+      probe images (lift: over images with foreground; not logged when none has).
+    - image ``attention/focus_coverage``: focus, coverage and lift of every
+      probe image, with the values of a uniform map.
+    - at test, scalars ``attention/focus/test_mean``,
+      ``attention/coverage/test_mean``, ``attention/object_mass/test_mean``,
+      ``attention/lift/test_mean`` over the test images, and images
+      ``attention/focus_by_class``, ``attention/coverage_by_class``,
+      ``attention/lift_by_class`` (mean per true class).
+
+    Args:
+        k: Fraction of the patches whose mass focus counts, in (0, 1].
+        m: Mass that coverage must reach, in (0, 1].
+        foreground_threshold: Smallest mean raw pixel value (in [0, 1]) of a
+            foreground patch.
+        test_images: Test images measured per class at test; ``None`` for the
+            whole test set (the dataloader's, not limited by
+            ``limit_test_batches``).
+        probe_size, every_n_epochs, seed, module: See
+            :class:`~lit_vit.callbacks.base.AttentionCallback`.
+
+    Raises:
+        ValueError: For ``k`` or ``m`` outside (0, 1], ``foreground_threshold``
+            outside [0, 1], or ``test_images`` smaller than 1.
+
+    Example::
+
+        Trainer(callbacks=[FocusCoverage(k=0.1, m=0.5, test_images=None)])
+
+    .. code-block:: yaml
+
+        trainer:
+          callbacks:
+            - class_path: lit_vit.callbacks.FocusCoverage
+              init_args: {k: 0.1, m: 0.5, test_images: 1000}
+    """
+
+    report_order = 50
+
+    def __init__(
+        self,
+        k: float = 0.1,
+        m: float = 0.5,
+        foreground_threshold: float = 0.1,
+        test_images: int | None = 1000,
+        probe_size: int = 8,
+        every_n_epochs: int = 1,
+        seed: int = 0,
+        module: str | None = None,
+    ) -> None:
+        super().__init__(probe_size, every_n_epochs, seed, module)
+        for name, value in (("k", k), ("m", m)):
+            if not 0 < value <= 1:
+                raise ValueError(f"FocusCoverage: {name}={value} must be in (0, 1].")
+        if not 0 <= foreground_threshold <= 1:
+            raise ValueError(
+                f"FocusCoverage: foreground_threshold={foreground_threshold} must be in [0, 1] "
+                "(a mean raw pixel value)."
+            )
+        if test_images is not None and test_images < 1:
+            raise ValueError(
+                f"FocusCoverage: test_images={test_images} must be at least 1, or None for the "
+                "whole test set."
+            )
+        self.k = k
+        self.m = m
+        self.foreground_threshold = foreground_threshold
+        self.test_images = test_images
+
+    def analyze(
+        self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
+    ) -> None:
+        stage, probe, layout = analysis.stage, analysis.probe, analysis.recording.layout
+        probe_values = self.measure(analysis.rollout, probe.pixels, layout)
+        self.log_scalars(pl_module, _scalars(probe_values, "mean"))
+        names = self.class_names(trainer, analysis)
+        true_names = [names[label] for label in probe.labels]
+        predicted_names = [names[label] for label in analysis.predictions]
+        uniform = self._uniform(layout)
+        figure = _per_image_figure(
+            probe_values, true_names, predicted_names, uniform, self.k, self.m
+        )
+        probe_path = self.log_figure(trainer, stage, "focus_coverage", figure)
+        if stage != "test":
+            return
+        test_values, labels = self._measure_test_set(trainer, pl_module)
+        self.log_scalars(pl_module, _scalars(test_values, "test_mean"))
+        num_classes = analysis.recording.logits.shape[-1]
+        all_names = class_names(trainer, num_classes)
+        class_paths = []
+        for name, label in (
+            ("focus", f"focus@{self.k:g}"),
+            ("coverage", f"coverage@{self.m:g}"),
+            ("lift", "lift on the object"),
+        ):
+            figure = metric_by_class_figure(
+                getattr(test_values, name), labels, all_names, f"Rollout {label} per class", label
+            )
+            class_paths.append(self.log_figure(trainer, stage, f"{name}_by_class", figure))
+        probe_rows = [
+            (int(index), true_names[i], predicted_names[i], *probe_values.values(i))
+            for i, index in enumerate(probe.indices)
+        ]
+        class_rows = []
+        for label, name in enumerate(all_names):
+            chosen = labels == label
+            if chosen.any():
+                class_means = test_values.select(chosen).means().values()
+                class_rows.append((name, int(chosen.sum()), *class_means))
+        means = test_values.means()
+        body = "\n\n".join(
+            [
+                f"Rollout map (mean head fusion, no discard): focus@{self.k:g} is the mass on "
+                f"the top {self.k:.0%} of patches (uniform: {uniform['focus']:.3f}), "
+                f"coverage@{self.m:g} the fraction of the grid holding mass {self.m:g} (uniform: "
+                f"{uniform['coverage']:.3f}), object mass the mass on patches whose mean raw pixel "
+                f"value is at least {self.foreground_threshold:g}, lift that mass over the "
+                "foreground fraction (1.00 = uniform).",
+                "Probe images (index: position in the test dataloader's order):",
+                markdown_table(
+                    ["index", "class", "predicted", "focus", "coverage", "object mass", "lift"],
+                    probe_rows,
+                ),
+                f"![focus and coverage per probe image]({probe_path.name})",
+                f"Mean per true class over {len(labels)} test images:",
+                markdown_table(
+                    ["class", "n", "focus", "coverage", "object mass", "lift"], class_rows
+                ),
+                " ".join(f"![{path.stem}]({path.name})" for path in class_paths),
+            ]
+        )
+        facts = {
+            "focus_mean": means["focus"],
+            "focus_k": self.k,
+            "focus_uniform": uniform["focus"],
+            "coverage_mean": means["coverage"],
+            "coverage_m": self.m,
+            "lift_mean": means["lift"],
+        }
+        self.report_section = ReportSection("Focus and coverage", self.report_order, body, facts)
+
+    def measure(self, saliency: Tensor, pixels: Tensor, layout: TokenLayout) -> SaliencyMeasures:
+        """Focus, coverage, object mass and lift of ``(B, gh, gw)`` saliency maps.
+
+        ``pixels`` are the ``(B, C, H, W)`` raw images in [0, 1] (for the foreground mask).
+        """
+        saliency = saliency.detach().float().cpu()
+        mask = foreground_mask(pixels.detach().cpu(), layout, self.foreground_threshold)
+        mass = object_mass(saliency, mask)
+        return SaliencyMeasures(
+            focus=focus_score(saliency, self.k),
+            coverage=coverage(saliency, self.m),
+            object_mass=mass.mass,
+            lift=mass.lift,
+        )
+
+    def _measure_test_set(
+        self, trainer: Trainer, pl_module: LightningModule
+    ) -> tuple[SaliencyMeasures, Tensor]:
+        recorder = AttentionRecorder(pl_module, vit_name=self.settings.module)
+        limit = sys.maxsize if self.test_images is None else self.test_images
+        parts, labels = [], []
+        for images, batch_labels in iterate_batches(trainer, pl_module, "test", limit):
+            recording = recorder.record(images)
+            maps = rollout(recording.attention, recording.layout)
+            layout = recording.layout
+            del recording  # keep one batch's (L, B, H, N, N) attention at a time
+            parts.append(self.measure(maps, to_pixels(trainer, images.detach().cpu()), layout))
+            labels.append(batch_labels.detach().cpu().long())
+        return SaliencyMeasures.cat(parts), torch.cat(labels)
+
+    def _uniform(self, layout: TokenLayout) -> dict[str, float]:
+        """Focus and coverage of a uniform map: ``ceil(k G) / G`` and ``ceil(m G) / G``."""
+        flat = torch.ones(1, layout.num_patches)
+        return {
+            "focus": float(focus_score(flat, self.k)),
+            "coverage": float(coverage(flat, self.m)),
+        }
+
+
+def _scalars(values: SaliencyMeasures, suffix: str) -> dict[str, float]:
+    """Scalar tags of the means; lift left out when no image has foreground."""
+    means = values.means()
+    return {
+        f"attention/{name}/{suffix}": value
+        for name, value in means.items()
+        if not (name == "lift" and math.isnan(value))
+    }
+
+
+def _per_image_figure(
+    values: SaliencyMeasures,
+    true_names: Sequence[str],
+    predicted_names: Sequence[str],
+    uniform: dict[str, float],
+    k: float,
+    m: float,
+) -> Figure:
+    """Focus, coverage and lift of each image as horizontal bars, uniform values dashed."""
+    count = len(true_names)
+    labels = [
+        f"{i}: {true}" if true == pred else f"{i}: {true} (pred {pred})"
+        for i, (true, pred) in enumerate(zip(true_names, predicted_names, strict=True))
+    ]
+    panels = (
+        ("focus", f"focus@{k:g}", uniform["focus"]),
+        ("coverage", f"coverage@{m:g}", uniform["coverage"]),
+        ("lift", "lift on the object", 1.0),
+    )
+    fig = Figure(figsize=(9.0, max(2.2, 0.28 * count + 1.0)), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True)
+    rows = list(range(count))
+    for ax, (name, title, reference) in zip(axes, panels, strict=True):
+        data = getattr(values, name).tolist()
+        shown = [0.0 if math.isnan(value) else value for value in data]
+        bars = ax.barh(rows, shown, color="#5b3a8c", height=0.7)
+        ax.bar_label(bars, labels=[f"{value:.2f}" for value in data], fontsize=7, padding=2)
+        ax.axvline(reference, color="0.4", ls="--", lw=1)
+        high = max([reference, *(value for value in shown)])
+        ax.set_xlim(0, 1.25 * high if high > 0 else 1.0)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(labelsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].set_yticks(rows)
+    axes[0].set_yticklabels(labels)
+    axes[0].invert_yaxis()
+    fig.suptitle("Rollout map per probe image (dashed: a uniform map)", fontsize=10)
+    return fig

@@ -1,0 +1,300 @@
+"""Accuracy and attention of the trained model at several input resolutions."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lit_vit.attention import ResolutionResult, find_vit, resolution_sweep
+from lit_vit.attention.resolution import _check_size
+from lit_vit.callbacks.base import AttentionCallback, ReportSection
+from lit_vit.callbacks.probe import ProbeAnalysis, iterate_batches
+from lit_vit.callbacks.report import markdown_table
+from lit_vit.data import resize
+from lit_vit.plotting import resolution_figure
+
+# Images whose attention is recorded per size (distance, entropy, focus, coverage) and timed:
+# the recording holds L * B * H * N^2 floats, and N grows with the square of the size.
+MEASURE_BATCH = 32
+
+TABLE_HEADER = [
+    "size",
+    "grid",
+    "tokens",
+    "accuracy",
+    "rel. distance (first layer)",
+    "rel. distance (last layer)",
+    "entropy (mean)",
+    "effective area",
+    "focus",
+    "coverage",
+    "ms per image",
+]
+
+INTERPOLATION_NOTE = (
+    "Every size runs the same weights: timm's `set_input_size` resamples the learned position "
+    "embeddings bicubically from the training grid to the new one, so the model meets other "
+    "grids only through that interpolation, and the drop in accuracy away from the training "
+    "size shows how far it carries. Compare attention across sizes with the relative distance "
+    "and the effective area, which do not change merely because the grid is finer."
+)
+
+
+class ResolutionSweep(AttentionCallback):
+    """How accuracy and attention change when the input size changes.
+
+    At the end of fit (on validation images) and at test (on test images) a
+    copy of the model is evaluated at each size: the images are resized
+    (bilinear, antialiased when shrinking) and the position embeddings are
+    resampled to the new grid (see :func:`~lit_vit.attention.resolution_sweep`
+    and ``docs/attention.md``). Accuracy uses up to ``images`` images; the
+    attention measures and the timing use the first 32 of them; the figure
+    shows the rollout maps of the first ``figure_images`` probe images.
+
+    Logs (``SxS`` = the size, zero-padded to 3 digits so tags sort: ``020x020``):
+
+    - image ``attention/resolution``: probe images x sizes, rollout overlays.
+    - text ``attention/resolution/table`` (TensorBoard only): size, grid,
+      tokens, accuracy, relative distance (first and last layer), entropy and
+      effective area (means over layers and heads), focus and coverage of the
+      rollout (means over images) and milliseconds per image.
+    - at test only (Lightning allows no ``log`` in ``on_fit_end``), scalars
+      ``attention/resolution/accuracy_SxS``,
+      ``attention/resolution/distance_relative_SxS`` (mean over layers),
+      ``attention/resolution/focus_SxS`` (mean over images) and
+      ``attention/resolution/ms_per_image_SxS``.
+
+    The table is also written to ``attention/fit_end/resolution.md`` and
+    ``attention/test/resolution.md`` under the log directory, next to the figure.
+
+    Args:
+        sizes: Square input sizes, multiples of the patch size. ``None``: from
+            the training size ``S`` and the patch size ``p``, ``S - 2p``,
+            ``S - p``, ``S``, ``S + p``, ``S + 2p`` and ``2S``, keeping those of
+            at least ``2p``. The training size is added when missing: it is
+            the report's reference.
+        images: Images of the validation set (fit end) or test set (test)
+            whose accuracy is measured, at most.
+        figure_images: Probe images shown in the figure, at most ``probe_size``.
+        probe_size, seed, module: See
+            :class:`~lit_vit.callbacks.base.AttentionCallback`.
+
+    Raises:
+        ValueError: For non-positive or repeated sizes, ``images < 1``,
+            ``figure_images`` outside ``[1, probe_size]``, or at setup for a
+            size that is not a multiple of the patch size (the message names
+            the nearest valid sizes) or a ViT without timm's ``set_input_size``.
+
+    Example::
+
+        Trainer(callbacks=[ResolutionSweep(sizes=[20, 28, 36, 56], images=1024)])
+
+    .. code-block:: yaml
+
+        trainer:
+          callbacks:
+            - class_path: lit_vit.callbacks.ResolutionSweep
+              init_args: {sizes: [20, 28, 36, 56], images: 1024}
+    """
+
+    report_order = 30
+
+    def __init__(
+        self,
+        sizes: list[int] | None = None,
+        images: int = 512,
+        figure_images: int = 4,
+        probe_size: int = 8,
+        seed: int = 0,
+        module: str | None = None,
+    ) -> None:
+        super().__init__(probe_size, 1, seed, module)
+        if sizes is not None:
+            if not sizes or any(size < 1 for size in sizes):
+                raise ValueError(
+                    f"ResolutionSweep: sizes={sizes} must be a non-empty list of positive ints."
+                )
+            repeated = sorted({size for size in sizes if sizes.count(size) > 1})
+            if repeated:
+                raise ValueError(
+                    f"ResolutionSweep: sizes={sizes} repeats {repeated}; list each size once."
+                )
+        if images < 1:
+            raise ValueError(f"ResolutionSweep: images={images} must be at least 1.")
+        if not 1 <= figure_images <= probe_size:
+            raise ValueError(
+                f"ResolutionSweep: figure_images={figure_images} must be in "
+                f"[1, probe_size={probe_size}]."
+            )
+        self.sizes = sizes
+        self.images = images
+        self.figure_images = figure_images
+        self.training_size: tuple[int, int] | None = None
+        self._pairs: list[tuple[int, int]] = []
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            probe_size=self.settings.size, seed=self.settings.seed, sizes=self.sizes
+        )
+
+    # -- Lightning hooks --------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        name, vit = find_vit(pl_module, self.settings.module)
+        if not hasattr(vit, "set_input_size"):
+            raise ValueError(
+                f"ResolutionSweep: {type(vit).__name__} at {name or 'the module'!r} has no "
+                "set_input_size(); the sweep needs a timm VisionTransformer."
+            )
+        patch = tuple(int(p) for p in vit.patch_embed.patch_size)
+        self.training_size = tuple(int(s) for s in vit.patch_embed.img_size)
+        self._pairs = self._resolve_sizes(patch)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Nothing per epoch: the sweep runs once, at the end of fit."""
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._run(trainer, pl_module, "val")
+
+    def output_dir(self, trainer: Trainer, stage: str) -> Path:
+        """``<log_dir>/attention/fit_end`` for the sweep at fit end, ``.../test`` at test."""
+        if stage == "val":
+            return super().output_dir(trainer, "test").parent / "fit_end"
+        return super().output_dir(trainer, stage)
+
+    # -- analysis ---------------------------------------------------------------------
+
+    def analyze(
+        self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
+    ) -> None:
+        stage, probe = analysis.stage, analysis.probe
+        batches = list(iterate_batches(trainer, pl_module, stage, self.images))
+        images = torch.cat([images for images, _ in batches])
+        labels = torch.cat([labels for _, labels in batches]).long()
+        model = _on_accelerator(trainer, pl_module)
+        vit_name = self.settings.module
+        results = resolution_sweep(
+            model, images, labels, self._pairs, vit_name=vit_name, batch_size=MEASURE_BATCH
+        )
+        shown = probe.images[: self.figure_images]
+        # The figure's maps: the measures above are of the swept images, not the probe's.
+        shown_results = resolution_sweep(
+            model,
+            shown,
+            probe.labels[: len(shown)],
+            self._pairs,
+            vit_name=vit_name,
+            timing_repeats=1,
+        )
+        maps = [result.rollout_maps for result in shown_results]
+
+        pixels = probe.pixels[: len(shown)]
+        names = self.class_names(trainer, analysis)
+        figure = resolution_figure(
+            {_label(r.image_size): resize(pixels, r.image_size) for r in results},
+            {_label(r.image_size): m for r, m in zip(results, maps, strict=True)},
+            [names[label] for label in probe.labels[: len(shown)]],
+        )
+        figure_path = self.log_figure(trainer, stage, "resolution", figure)
+        table = self._table(results, find_vit(pl_module, vit_name)[1].num_prefix_tokens)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("attention/resolution/table", table, trainer.global_step)
+        (figure_path.parent / "resolution.md").write_text(
+            f"# Effect of input resolution ({len(images)} {stage} images)\n\n{table}\n"
+        )
+        if stage == "test":
+            self.log_scalars(pl_module, self._scalars(results))
+            self.report_section = self._section(results, len(images), figure_path, table)
+
+    def _scalars(self, results: list[ResolutionResult]) -> dict[str, float]:
+        scalars = {}
+        for result in results:
+            tag = "{:03d}x{:03d}".format(*result.image_size)
+            scalars[f"attention/resolution/accuracy_{tag}"] = result.accuracy
+            scalars[f"attention/resolution/distance_relative_{tag}"] = float(
+                result.relative_distance.mean()
+            )
+            scalars[f"attention/resolution/focus_{tag}"] = float(result.focus.mean())
+            scalars[f"attention/resolution/ms_per_image_{tag}"] = 1000 * result.seconds_per_image
+        return scalars
+
+    def _table(self, results: list[ResolutionResult], num_prefix_tokens: int) -> str:
+        rows = []
+        for result in results:
+            grid = result.grid_size
+            training = " (training)" if result.image_size == self.training_size else ""
+            rows.append(
+                (
+                    _label(result.image_size) + training,
+                    f"{grid[0]}x{grid[1]}",
+                    num_prefix_tokens + grid[0] * grid[1],
+                    result.accuracy,
+                    float(result.relative_distance[0]),
+                    float(result.relative_distance[-1]),
+                    float(result.entropy.mean()),
+                    float(result.effective_area.mean()),
+                    float(result.focus.mean()),
+                    float(result.coverage.mean()),
+                    1000 * result.seconds_per_image,
+                )
+            )
+        return markdown_table(TABLE_HEADER, rows)
+
+    def _section(
+        self, results: list[ResolutionResult], count: int, figure_path: Path, table: str
+    ) -> ReportSection:
+        training = next(r for r in results if r.image_size == self.training_size)
+        area = self.training_size[0] * self.training_size[1]
+        # Ties go to the size nearest the training size.
+        best = max(
+            results, key=lambda r: (r.accuracy, -abs(r.image_size[0] * r.image_size[1] - area))
+        )
+        body = "\n\n".join(
+            [
+                f"Accuracy on {count} test images and attention of the first "
+                f"{min(count, MEASURE_BATCH)} at each input size; the figure shows the rollout "
+                "of the same probe images at every size (each map scaled to its own range).",
+                f"![rollout by input size]({figure_path.name})",
+                table,
+                INTERPOLATION_NOTE,
+            ]
+        )
+        facts = {
+            "best_resolution": _label(best.image_size),
+            "best_resolution_accuracy": best.accuracy,
+            "training_resolution_accuracy": training.accuracy,
+        }
+        return ReportSection("Effect of input resolution", self.report_order, body, facts)
+
+    def _resolve_sizes(self, patch: tuple[int, int]) -> list[tuple[int, int]]:
+        height, width = self.training_size
+        if self.sizes is None:
+            offsets = [(height + k * patch[0], width + k * patch[1]) for k in (-2, -1, 0, 1, 2)]
+            candidates = [*offsets, (2 * height, 2 * width)]
+            return sorted(
+                {(h, w) for h, w in candidates if h >= 2 * patch[0] and w >= 2 * patch[1]}
+            )
+        for size in self.sizes:
+            try:
+                _check_size(size, (size, size), patch)
+            except ValueError as error:
+                raise ValueError(f"ResolutionSweep: sizes={self.sizes}: {error}") from None
+        pairs = [(size, size) for size in self.sizes]
+        return pairs if self.training_size in pairs else sorted([*pairs, self.training_size])
+
+
+def _label(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _on_accelerator(trainer: Trainer, pl_module: LightningModule) -> LightningModule:
+    """The module on the trainer's device: Lightning moves it to the CPU before ``on_fit_end``."""
+    device = trainer.strategy.root_device
+    return pl_module if pl_module.device == device else copy.deepcopy(pl_module).to(device)

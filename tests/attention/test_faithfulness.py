@@ -1,0 +1,240 @@
+"""Deletion / insertion AUC on hand-made cases."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from lit_vit.attention.faithfulness import deletion_insertion_auc
+
+
+class PatchModel(nn.Module):
+    """Two-class "model" whose class-0 logit is ``scale`` times the mean of one patch.
+
+    Records how it is called: batch sizes, and whether it was in training mode.
+    """
+
+    def __init__(self, rows: slice, cols: slice, scale: float = 4.0) -> None:
+        super().__init__()
+        self.rows, self.cols, self.scale = rows, cols, scale
+        self.drop = nn.Dropout(0.5)  # a submodule whose mode must be restored
+        self.batch_sizes: list[int] = []
+        self.training_flags: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(x.shape[0])
+        self.training_flags.append(self.training)
+        m = x[:, :, self.rows, self.cols].mean(dim=(1, 2, 3))
+        return torch.stack([self.scale * m, torch.zeros_like(m)], dim=-1)
+
+
+def sigmoid(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+def trapezoid(ys: list[float]) -> float:
+    dx = 1.0 / (len(ys) - 1)
+    return sum((a + b) / 2 * dx for a, b in zip(ys[:-1], ys[1:], strict=True))
+
+
+def two_by_two_image() -> torch.Tensor:
+    """(1, 1, 8, 8): patch 0 (top-left, 4x4) is 1.0, patch 3 is the minimum 0.0, others 0.5."""
+    img = torch.full((1, 1, 8, 8), 0.5)
+    img[..., :4, :4] = 1.0
+    img[..., 4:, 4:] = 0.0
+    return img
+
+
+def test_hand_computed_trapezoid_best_and_worst_order() -> None:
+    model = PatchModel(slice(0, 4), slice(0, 4), scale=4.0)
+    images = two_by_two_image()
+    best = torch.tensor([[[4.0, 3.0], [2.0, 1.0]]])  # patch 0 first
+    worst = torch.tensor([[[0.0, 3.0], [2.0, 1.0]]])  # patch 0 last
+    s = sigmoid(4.0)  # clean probability of class 0; without patch 0 it is sigmoid(0) = 0.5
+
+    res = deletion_insertion_auc(model, images, best, (4, 4), steps=4)
+    torch.testing.assert_close(res.fractions, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
+    torch.testing.assert_close(res.deletion_curve, torch.tensor([[s, 0.5, 0.5, 0.5, 0.5]]))
+    torch.testing.assert_close(res.insertion_curve, torch.tensor([[0.5, s, s, s, s]]))
+    del_best = 0.25 * ((s + 0.5) / 2 + 1.5)
+    ins_best = 0.25 * ((0.5 + s) / 2 + 3 * s)
+    assert res.deletion.item() == pytest.approx(del_best, abs=1e-6)
+    assert res.insertion.item() == pytest.approx(ins_best, abs=1e-6)
+    assert res.predicted.tolist() == [0]
+
+    bad = deletion_insertion_auc(model, images, worst, 4, steps=4)
+    assert bad.deletion.item() == pytest.approx(trapezoid([s, s, s, s, 0.5]), abs=1e-6)
+    assert bad.insertion.item() == pytest.approx(trapezoid([0.5, 0.5, 0.5, 0.5, s]), abs=1e-6)
+    # The saliency that ranks the only evidence first reaches the bounds.
+    assert res.deletion < bad.deletion and res.insertion > bad.insertion
+    for r in (res, bad):
+        assert del_best - 1e-6 <= r.random_deletion.item() <= bad.deletion.item() + 1e-6
+        assert bad.insertion.item() - 1e-6 <= r.random_insertion.item() <= ins_best + 1e-6
+
+
+def test_curve_end_points_are_clean_and_all_baseline_images() -> None:
+    torch.manual_seed(0)
+    model = PatchModel(slice(0, 4), slice(0, 4), scale=3.0)
+    images = torch.randn(3, 2, 8, 8)
+    saliency = torch.rand(3, 2, 2)
+    res = deletion_insertion_auc(model, images, saliency, 4, steps=5)
+    clean = torch.softmax(model(images), dim=-1).gather(1, res.predicted[:, None]).squeeze(1)
+    for curve in (res.deletion_curve, res.random_deletion_curve):
+        torch.testing.assert_close(curve[:, 0], clean)
+    for curve in (res.insertion_curve, res.random_insertion_curve):
+        torch.testing.assert_close(curve[:, -1], clean)
+    # Deletion at fraction 1 and insertion at fraction 0 are the same all-baseline image.
+    torch.testing.assert_close(res.deletion_curve[:, -1], res.insertion_curve[:, 0])
+    torch.testing.assert_close(res.random_deletion_curve[:, -1], res.deletion_curve[:, -1])
+    torch.testing.assert_close(res.random_insertion_curve[:, 0], res.insertion_curve[:, 0])
+
+
+def test_default_baseline_is_image_minimum_and_float_overrides() -> None:
+    model = PatchModel(slice(0, 4), slice(0, 4), scale=2.0)
+    images = torch.stack([two_by_two_image()[0] - 0.3, two_by_two_image()[0] * 2 + 1])
+    saliency = torch.rand(2, 2, 2)
+    res = deletion_insertion_auc(model, images, saliency, 4, steps=2)
+    torch.testing.assert_close(res.baseline, torch.tensor([-0.3, 1.0]))
+    # All-baseline image: logit 2 * baseline against 0, class 0 predicted on both clean images.
+    expected = torch.sigmoid(2.0 * torch.tensor([-0.3, 1.0]))
+    torch.testing.assert_close(res.deletion_curve[:, -1], expected)
+
+    res = deletion_insertion_auc(model, images, saliency, 4, steps=2, baseline=0.25)
+    torch.testing.assert_close(res.baseline, torch.tensor([0.25, 0.25]))
+    torch.testing.assert_close(res.insertion_curve[:, 0], torch.sigmoid(torch.tensor([0.5, 0.5])))
+
+
+def test_non_square_patches_follow_row_major_grid_order() -> None:
+    # Image (1, 4, 12), patch (2, 3): grid 2 x 4. The evidence is patch (1, 2): rows 2:4, cols 6:9.
+    model = PatchModel(slice(2, 4), slice(6, 9), scale=5.0)
+    images = torch.zeros(1, 1, 4, 12)
+    images[..., 2:4, 6:9] = 1.0
+    saliency = torch.zeros(1, 2, 4)
+    saliency[0, 1, 2] = 1.0  # ties among the others are broken by patch index
+    layout = SimpleNamespace(patch_size=(2, 3))
+    res = deletion_insertion_auc(model, images, saliency, layout, steps=8)
+    s = sigmoid(5.0)
+    torch.testing.assert_close(res.deletion_curve, torch.tensor([[s] + [0.5] * 8]))
+    torch.testing.assert_close(res.insertion_curve, torch.tensor([[0.5] + [s] * 8]))
+
+
+def test_random_order_uses_the_same_code_and_is_seeded() -> None:
+    torch.manual_seed(1)
+    model = PatchModel(slice(0, 4), slice(0, 4), scale=4.0)
+    images = two_by_two_image().repeat(6, 1, 1, 1)
+    saliency = torch.tensor([[4.0, 3.0], [2.0, 1.0]]).expand(6, 2, 2)
+    res = deletion_insertion_auc(model, images, saliency, 4, steps=4, seed=3)
+    s = sigmoid(4.0)
+    # Position of patch 0 in each random order, read off the random deletion curve.
+    position = (res.random_deletion_curve > (s + 0.5) / 2).sum(dim=1) - 1
+    assert len(set(position.tolist())) > 1  # the random orders differ between images
+    # Re-running with a saliency that puts patch 0 at that position gives the same AUCs
+    # (only the position of patch 0 matters to this model).
+    replay = torch.tensor([0.0, 3.0, 2.0, 1.0]).repeat(6, 1)
+    replay[:, 0] = 3.5 - position.float()
+    again = deletion_insertion_auc(model, images, replay.view(6, 2, 2), 4, steps=4, seed=3)
+    torch.testing.assert_close(again.deletion, res.random_deletion)
+    torch.testing.assert_close(again.insertion, res.random_insertion)
+    # Same seed, same reference; another seed, another one.
+    same = deletion_insertion_auc(model, images, saliency, 4, steps=4, seed=3)
+    torch.testing.assert_close(same.random_deletion, res.random_deletion)
+    other = deletion_insertion_auc(model, images, saliency, 4, steps=4, seed=4)
+    assert not torch.equal(other.random_deletion_curve, res.random_deletion_curve)
+
+
+def test_forward_passes_are_chunked_and_mode_restored() -> None:
+    model = PatchModel(slice(0, 4), slice(0, 4))
+    model.train()
+    model.drop.eval()  # mixed modes: each module's own flag must come back
+    images = torch.rand(3, 1, 8, 8)
+    saliency = torch.rand(3, 2, 2)
+    res = deletion_insertion_auc(model, images, saliency, 4, steps=4, max_batch=7)
+    total = 4 * 3 * 5
+    assert res.forward_passes == math.ceil(total / 7) == len(model.batch_sizes)
+    assert max(model.batch_sizes) <= 7 and sum(model.batch_sizes) == total
+    assert not any(model.training_flags)
+    assert model.training and not model.drop.training
+
+    model.batch_sizes.clear()
+    one = deletion_insertion_auc(model, images, saliency, 4, steps=4, max_batch=512)
+    assert one.forward_passes == 1 == len(model.batch_sizes)
+    for name in ("deletion", "insertion", "random_deletion", "random_insertion"):
+        torch.testing.assert_close(getattr(one, name), getattr(res, name))
+
+
+def test_tiny_vit_shapes_ranges_and_inputs_untouched() -> None:
+    torch.manual_seed(0)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=28,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+    )
+    images = torch.randn(4, 1, 28, 28)
+    saliency = torch.rand(4, 7, 7)
+    images_before, saliency_before = images.clone(), saliency.clone()
+    res = deletion_insertion_auc(vit, images, saliency, (4, 4), steps=6, max_batch=64)
+    assert res.forward_passes == math.ceil(4 * 4 * 7 / 64)
+    for name in ("deletion", "insertion", "random_deletion", "random_insertion"):
+        value = getattr(res, name)
+        assert value.shape == (4,) and value.dtype == torch.float32
+        assert ((value >= 0) & (value <= 1)).all()
+    assert res.deletion_curve.shape == res.insertion_curve.shape == (4, 7)
+    assert torch.equal(images, images_before) and torch.equal(saliency, saliency_before)
+    assert vit.training  # timm models are created in training mode
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"saliency": torch.rand(2, 3, 2)}, "saliency must be"),
+        ({"saliency": torch.rand(3, 2, 2)}, "saliency must be"),
+        ({"images": torch.rand(0, 1, 8, 8), "saliency": torch.rand(0, 2, 2)}, "empty"),
+        ({"images": torch.rand(2, 1, 9, 8)}, "not a multiple of the patch size"),
+        ({"images": torch.rand(1, 8, 8)}, r"\(B, C, H, W\)"),
+        ({"saliency": torch.tensor([float("nan")]).expand(2, 2, 2)}, "NaN"),
+        ({"steps": 0}, "steps"),
+        ({"max_batch": 0}, "max_batch"),
+        ({"patch_size": "x"}, "patch_size"),
+    ],
+)
+def test_errors(kwargs: dict, match: str) -> None:
+    args = {
+        "images": torch.rand(2, 1, 8, 8),
+        "saliency": torch.rand(2, 2, 2),
+        "patch_size": 4,
+    }
+    args.update(kwargs)
+    model = PatchModel(slice(0, 4), slice(0, 4))
+    with pytest.raises(ValueError, match=match):
+        deletion_insertion_auc(model, args.pop("images"), args.pop("saliency"), **args)
+
+
+def test_tuple_output_is_accepted_and_bad_output_rejected() -> None:
+    inner = PatchModel(slice(0, 4), slice(0, 4))
+    images, saliency = two_by_two_image(), torch.tensor([[[4.0, 3.0], [2.0, 1.0]]])
+    plain = deletion_insertion_auc(inner, images, saliency, 4, steps=4)
+
+    class TupleModel(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return inner(x), x
+
+    res = deletion_insertion_auc(TupleModel(), images, saliency, 4, steps=4)
+    torch.testing.assert_close(res.deletion_curve, plain.deletion_curve)
+
+    class FlatModel(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten()
+
+    with pytest.raises(ValueError, match=r"\(n, num_classes\) logits"):
+        deletion_insertion_auc(FlatModel(), images, saliency, 4, steps=4)

@@ -1,0 +1,164 @@
+"""Faithfulness through the real CLI on a tiny ViT: fit one epoch, then test its checkpoint.
+
+(Not ``test_faithfulness.py``: ``tests/attention/`` has a module of that name, and
+without ``__init__.py`` files pytest cannot import two test modules of one name.)
+
+Every logged AUC is recomputed with :func:`lit_vit.attention.deletion_insertion_auc`
+on the same images: the validation probe from the checkpoint's callback state,
+and the first test images read from the test files.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torchvision.datasets import FashionMNIST
+
+from lit_vit.attention import (
+    AttentionRecorder,
+    cls_attention,
+    deletion_insertion_auc,
+    gradient_rollout,
+    rollout,
+)
+from lit_vit.callbacks.faithfulness import Faithfulness
+from lit_vit.callbacks.probe import Probe
+from lit_vit.cli import main
+from lit_vit.data import PIXEL_MEAN, PIXEL_STD
+from lit_vit.model import LitViT
+from tests.conftest import read_events, run_dirs, tiny_run_args
+
+PROBE_SIZE, STEPS, TEST_IMAGES, MAX_BATCH, BATCH_SIZE = 4, 4, 40, 64, 32
+METHODS = ("rollout", "cls", "grad_rollout", "random")
+ROW_NAMES = {
+    "rollout": "rollout",
+    "cls": "class-token attention (last layer)",
+    "grad_rollout": "gradient rollout (predicted class)",
+    "random": "random order",
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, fake_fashion_mnist):
+    """``fit`` (1 epoch) then ``test --ckpt_path last.ckpt``, with Faithfulness."""
+    tmp_path = tmp_path_factory.mktemp("faithfulness")
+    config = tmp_path / "callbacks.yaml"
+    config.write_text(
+        "trainer:\n"
+        "  max_epochs: 1\n"
+        "  callbacks:\n"
+        "    - class_path: lit_vit.callbacks.faithfulness.Faithfulness\n"
+        f"      init_args: {{steps: {STEPS}, test_images: {TEST_IMAGES}, "
+        f"max_batch: {MAX_BATCH}, probe_size: {PROBE_SIZE}}}\n"
+    )
+    args = tiny_run_args(
+        tmp_path,
+        fake_fashion_mnist,
+        f"--data.batch_size={BATCH_SIZE}",
+        "--trainer.limit_train_batches=16",
+        "--config",
+        str(config),
+    )
+    main(["fit", *args])
+    (fit_dir,) = run_dirs(tmp_path / "logs")
+    checkpoint = fit_dir / "checkpoints" / "last.ckpt"
+    main(["test", *args, f"--ckpt_path={checkpoint}"])
+    test_dir = run_dirs(tmp_path / "logs")[-1]
+    model = LitViT.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    return SimpleNamespace(
+        data_dir=tmp_path / "data",
+        fit_dir=fit_dir,
+        test_dir=test_dir,
+        checkpoint=checkpoint,
+        model=model,
+        report=(test_dir / "attention" / "test" / "report.md").read_text(),
+    )
+
+
+def recompute(model, images: torch.Tensor, seed: int) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Method -> per-image (deletion, insertion) AUC, straight from the toolkit."""
+    recording = AttentionRecorder(model).record(images, grad_targets=[None])
+    attention, layout = recording.attention, recording.layout
+    maps = {
+        "rollout": rollout(attention, layout),
+        "cls": cls_attention(attention, layout).maps[-1].mean(dim=1),
+        "grad_rollout": gradient_rollout(attention, recording.attention_grads[0], layout),
+    }
+    results = {
+        method: deletion_insertion_auc(
+            model, images, saliency, layout, steps=STEPS, max_batch=MAX_BATCH, seed=seed
+        )
+        for method, saliency in maps.items()
+    }
+    # Same images and seed: the random reference is the same in all three calls.
+    for result in results.values():
+        torch.testing.assert_close(result.random_deletion, results["rollout"].random_deletion)
+    aucs = {method: (result.deletion, result.insertion) for method, result in results.items()}
+    first = results["rollout"]
+    return {**aucs, "random": (first.random_deletion, first.random_insertion)}
+
+
+def assert_scalars_match(run_dir, expected: dict[str, tuple[torch.Tensor, ...]]) -> None:
+    events = read_events(run_dir)
+    for method in METHODS:
+        for kind, values in zip(("deletion", "insertion"), expected[method], strict=True):
+            (event,) = events.Scalars(f"attention/faithfulness/{kind}_{method}")
+            assert event.value == pytest.approx(float(values.mean()), abs=1e-5), (kind, method)
+
+
+def test_validation_scalars_match_the_toolkit_on_the_checkpoint_probe(runs):
+    callback_state = torch.load(runs.checkpoint, weights_only=False)["callbacks"]
+    (key,) = [key for key in callback_state if key.startswith("Faithfulness")]
+    probe = Probe.from_state_dict(callback_state[key]["probe"])
+    assert len(probe.images) == PROBE_SIZE
+    assert_scalars_match(runs.fit_dir, recompute(runs.model, probe.images, seed=0))
+    assert (runs.fit_dir / "attention" / "epoch_000" / "faithfulness.png").is_file()
+    assert "attention/faithfulness" in read_events(runs.fit_dir).Tags()["images"]
+
+
+def test_test_scores_the_first_test_images_batch_by_batch(runs):
+    split = FashionMNIST(str(runs.data_dir), train=False, download=False)
+    images = (split.data[:TEST_IMAGES, None].float() / 255 - PIXEL_MEAN) / PIXEL_STD
+    parts = [
+        recompute(runs.model, batch, seed=index)
+        for index, batch in enumerate(images.split(BATCH_SIZE))
+    ]
+    expected = {
+        method: tuple(torch.cat([part[method][i] for part in parts]) for i in range(2))
+        for method in METHODS
+    }
+    assert_scalars_match(runs.test_dir, expected)
+    assert (runs.test_dir / "attention" / "test" / "faithfulness.png").is_file()
+    assert "attention/faithfulness" in read_events(runs.test_dir).Tags()["images"]
+
+    section = runs.report.split("## Faithfulness (deletion / insertion)")[1]
+    assert f"on {TEST_IMAGES} test images" in section
+    assert "each image's minimum value" in section
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| method | deletion AUC | insertion AUC |"
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+    assert [row[0] for row in rows] == [ROW_NAMES[method] for method in METHODS]
+    for row, method in zip(rows, METHODS, strict=True):
+        for column in (1, 2):
+            mean = float(expected[method][column - 1].mean())
+            assert float(row[column]) == pytest.approx(mean, abs=6e-4), (row, method)
+    deletion = float(expected["rollout"][0].mean())
+    random = float(expected["random"][0].mean())
+    assert f"AUC {deletion:.3f} against {random:.3f} for a random order" in runs.report
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": 0}, "steps=0 must be at least 1"),
+        ({"test_images": 0}, "test_images=0 must be at least 1"),
+        ({"max_batch": -2}, "max_batch=-2 must be at least 1"),
+        ({"every_n_epochs": 0}, "every_n_epochs=0 must be at least 1"),
+    ],
+)
+def test_bad_arguments_are_refused_with_a_clear_message(kwargs, message):
+    with pytest.raises(ValueError) as error:
+        Faithfulness(**kwargs)
+    assert message in str(error.value)

@@ -1,0 +1,194 @@
+"""The callbacks on LightningModules written here, around other timm ViTs."""
+
+from __future__ import annotations
+
+import resource
+import warnings
+
+import pytest
+import timm
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lit_vit.attention import capture
+from lit_vit.callbacks import AttentionCallback, AttentionMaps, AttentionRollout, HeadDiversity
+from tests.conftest import read_events
+
+
+class Classifier(LightningModule):
+    """Any timm ViT (or module holding ViTs) as a LightningModule of our own."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images):
+        return self.network(images)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        return nn.functional.cross_entropy(self(images), labels)
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(images), labels))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class TwoViTs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.student = tiny_vit("vit_tiny_patch16_224")
+        self.teacher = tiny_vit("vit_tiny_patch16_224")
+
+    def forward(self, images):
+        return self.student(images) + self.teacher(images).detach()
+
+
+def tiny_vit(name: str, **kwargs) -> nn.Module:
+    size = kwargs.pop("img_size", 32)
+    return timm.create_model(
+        name, pretrained=False, img_size=size, patch_size=8, in_chans=3, embed_dim=32,
+        depth=2, num_heads=2, num_classes=4, **kwargs,
+    )  # fmt: skip
+
+
+def loaders(size: tuple[int, int] = (32, 32), count: int = 32):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(count, 3, *size, generator=generator)
+    labels = torch.arange(count) % 4
+    dataset = TensorDataset(images, labels)
+    return DataLoader(dataset, batch_size=8), DataLoader(dataset, batch_size=8)
+
+
+def fit(module, callbacks, tmp_path, logger=None, size=(32, 32), epochs=1):
+    trainer = Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=logger if logger is not None else TensorBoardLogger(tmp_path, name="run"),
+        callbacks=callbacks,
+        limit_train_batches=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(module, *loaders(size))
+    return trainer
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "prefix"),
+    [
+        ("deit_tiny_distilled_patch16_224", {}, 2),
+        ("vit_tiny_patch16_224", {"reg_tokens": 4, "class_token": False, "global_pool": "avg"}, 4),
+        ("vit_tiny_patch16_224", {"img_size": (32, 48)}, 1),
+    ],
+    ids=["distilled", "registers_no_class_token", "non_square"],
+)
+def test_other_vits_in_our_own_module(tmp_path, name, kwargs, prefix):
+    size = kwargs.get("img_size", (32, 32))
+    network = tiny_vit(name, **kwargs)
+    assert network.num_prefix_tokens == prefix
+    callbacks = [
+        AttentionMaps(probe_size=4),
+        AttentionRollout(probe_size=4),
+        HeadDiversity(probe_size=4),
+    ]
+    trainer = fit(Classifier(network), callbacks, tmp_path, size=size)
+    events = read_events(trainer.log_dir)
+    assert {"attention/layer_maps", "attention/rollout"} <= set(events.Tags()["images"])
+    assert "attention/head_diversity/layer_01" in events.Tags()["scalars"]
+
+
+def test_one_captured_forward_per_epoch_for_all_callbacks(tmp_path, monkeypatch):
+    calls = []
+    original = capture.AttentionRecorder.record
+
+    def counting(self, images, grad_targets=()):
+        calls.append(len(images))
+        return original(self, images, grad_targets)
+
+    monkeypatch.setattr(capture.AttentionRecorder, "record", counting)
+    callbacks = [
+        AttentionMaps(probe_size=4),
+        AttentionRollout(probe_size=4),
+        HeadDiversity(probe_size=4),
+    ]
+    fit(Classifier(tiny_vit("vit_tiny_patch16_224")), callbacks, tmp_path, epochs=2)
+    assert calls == [4, 4], "the sanity check ran a probe, or callbacks did not share the capture"
+
+
+def test_module_argument_picks_one_of_several_vits(tmp_path):
+    module = Classifier(TwoViTs())
+    with pytest.raises(ValueError, match="network.student.*network.teacher|several"):
+        fit(module, [AttentionMaps(probe_size=4)], tmp_path)
+    with pytest.raises(ValueError, match="network.pupil.*network.student"):
+        fit(module, [AttentionMaps(probe_size=4, module="network.pupil")], tmp_path)
+    trainer = fit(module, [AttentionMaps(probe_size=4, module="network.teacher")], tmp_path)
+    assert "attention/layer_maps" in read_events(trainer.log_dir).Tags()["images"]
+
+
+def test_model_without_attention_is_refused_at_setup(tmp_path):
+    network = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))
+    with pytest.raises(ValueError, match="patch_embed|ViT") as error:
+        fit(Classifier(network), [HeadDiversity(probe_size=4)], tmp_path)
+    assert "Linear" in str(error.value) or "Sequential" in str(error.value)
+
+
+def test_bad_arguments_fail_at_setup(tmp_path):
+    module = Classifier(tiny_vit("vit_tiny_patch16_224"))
+    with pytest.raises(
+        ValueError, match="head_layers contains 5 but the model has 2 attention layers"
+    ):
+        fit(module, [AttentionMaps(head_layers=[5])], tmp_path)
+    with pytest.raises(ValueError, match="probe_size=64 but the val set has only 32 images"):
+        fit(module, [AttentionMaps(probe_size=64)], tmp_path)
+    with pytest.raises(ValueError, match="discard_ratio=1.0 must be in"):
+        AttentionRollout(discard_ratio=1.0)
+
+
+def test_without_tensorboard_scalars_still_logged_and_figures_saved(tmp_path):
+    logger = CSVLogger(tmp_path, name="csv")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = fit(
+            Classifier(tiny_vit("vit_tiny_patch16_224")),
+            [AttentionMaps(probe_size=4), HeadDiversity(probe_size=4)],
+            tmp_path,
+            logger=logger,
+            epochs=2,
+        )
+    mentions = [w for w in caught if "no TensorBoardLogger" in str(w.message)]
+    assert len(mentions) == 2, "expected one warning per callback, not one per figure"
+    metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
+    assert "attention/head_diversity/layer_00" in metrics
+    assert (tmp_path / "csv" / "version_0" / "attention" / "epoch_001" / "layer_maps.png").is_file()
+    assert trainer.current_epoch == 2
+
+
+def test_memory_stays_flat_over_many_epochs(tmp_path, monkeypatch):
+    module = Classifier(tiny_vit("vit_tiny_patch16_224"))
+    callbacks = [
+        AttentionMaps(probe_size=4),
+        AttentionRollout(probe_size=4),
+        HeadDiversity(probe_size=4),
+    ]
+    trainer = fit(module, callbacks, tmp_path)
+    # Outside a loop Lightning has no result collection for pl_module.log.
+    monkeypatch.setattr(AttentionCallback, "log_scalars", lambda self, pl_module, values: None)
+
+    def thirty_epochs() -> int:
+        for epoch in range(30):
+            trainer.fit_loop.epoch_progress.current.completed = epoch  # a new analysis each call
+            for callback in callbacks:
+                callback._run(trainer, module, "val")
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+
+    warm = thirty_epochs()
+    after = thirty_epochs()
+    assert after - warm < 50 * 1024, f"peak memory grew by {(after - warm) / 1024:.1f} MiB"
