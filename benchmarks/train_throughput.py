@@ -8,11 +8,14 @@ second of a slice of one training epoch of the default experiment
 (``configs/fashion_mnist.yaml``: a 12-layer, 96-wide ViT on 28x28
 Fashion-MNIST, batch 128), two ways, on the same data:
 
-* **lightning**: the Trainer exactly as ``lit-vit fit`` builds it, through
+* **lightning**: the Trainer as ``lit-vit fit`` builds it, through
   ``LitViTCLI`` with that config (progress bar, TensorBoard logger,
   ``ModelCheckpoint(monitor="val/acc")``, ``LearningRateMonitor``, model
   summary, sanity check), for ``--batches`` training batches and 2
-  validation batches in one epoch;
+  validation batches in one epoch. The config's attention callbacks are
+  left out (``--trainer.callbacks=[]``): they only work at the end of
+  validation, outside the steps timed here, and cost about a minute per
+  run; ``benchmarks/callback_overhead.py`` measures them;
 * **plain**: a ``for`` loop over the same DataLoader with the same batched
   augmentation, model, loss, AdamW parameter groups and warm-up + cosine
   schedule, and nothing else (no metrics, no logging).
@@ -170,6 +173,7 @@ def lightning_run(setting: Setting, batches: int, warmup: int, data_dir: str) ->
             save_config_kwargs={"overwrite": True},
             args=[
                 f"--config={CONFIG}",
+                "--trainer.callbacks=[]",
                 "--trainer.max_epochs=1",
                 f"--trainer.limit_train_batches={batches}",
                 f"--trainer.limit_val_batches={VAL_BATCHES}",

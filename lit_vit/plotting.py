@@ -21,6 +21,7 @@ relative to itself, not its absolute value. The quantities are defined in
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -727,6 +728,54 @@ def metric_by_class_figure(
 
 
 # --------------------------------------------------------------------------- output
+
+
+def per_image_metrics_figure(
+    values,
+    true_names: Sequence[str],
+    predicted_names: Sequence[str],
+    uniform: dict[str, float],
+    k: float,
+    m: float,
+) -> Figure:
+    """Focus, coverage and lift of each image as horizontal bars, uniform values dashed.
+
+    Args:
+        values: Per-image ``focus``, ``coverage`` and ``lift`` (``(B,)`` each;
+            NaN lift is drawn as an empty bar labelled ``nan``).
+        true_names, predicted_names: Class names per image, for the labels.
+        uniform: ``{"focus": ..., "coverage": ...}`` of a uniform map.
+        k, m: The focus and coverage parameters, for the titles.
+    """
+    count = len(true_names)
+    labels = [
+        f"{i}: {true}" if true == pred else f"{i}: {true} (pred {pred})"
+        for i, (true, pred) in enumerate(zip(true_names, predicted_names, strict=True))
+    ]
+    panels = (
+        ("focus", f"focus@{k:g}", uniform["focus"]),
+        ("coverage", f"coverage@{m:g}", uniform["coverage"]),
+        ("lift", "lift on the object", 1.0),
+    )
+    fig = Figure(figsize=(9.0, max(2.2, 0.28 * count + 1.0)), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True)
+    rows = list(range(count))
+    for ax, (name, title, reference) in zip(axes, panels, strict=True):
+        data = getattr(values, name).tolist()
+        shown = [0.0 if math.isnan(value) else value for value in data]
+        bars = ax.barh(rows, shown, color="#5b3a8c", height=0.7)
+        ax.bar_label(bars, labels=[f"{value:.2f}" for value in data], fontsize=7, padding=2)
+        ax.axvline(reference, color="0.4", ls="--", lw=1)
+        high = max([reference, *(value for value in shown)])
+        ax.set_xlim(0, 1.25 * high if high > 0 else 1.0)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(labelsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].set_yticks(rows)
+    axes[0].set_yticklabels(labels)
+    axes[0].invert_yaxis()
+    fig.suptitle("Rollout map per probe image (dashed: a uniform map)", fontsize=10)
+    return fig
 
 
 def figure_to_image(fig: Figure) -> Tensor:

@@ -1,6 +1,7 @@
 """The real ``lit-vit`` CLI on a tiny ViT and small Fashion-MNIST-format files."""
 
 import csv
+import re
 import subprocess
 import sys
 
@@ -24,7 +25,10 @@ def test_fit_keeps_best_and_last_checkpoints_and_logs(fitted, capsys):
     _, run_dir = fitted
     checkpoints = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints
-    assert any(name.startswith("epoch000-val_acc") for name in checkpoints)
+    best = [
+        name for name in checkpoints if re.fullmatch(r"epoch00[01]-val_acc\d\.\d{4}\.ckpt", name)
+    ]
+    assert len(best) == 1, checkpoints
     assert (run_dir / "config.yaml").is_file()
     scalars = set(read_events(run_dir).Tags()["scalars"])
     expected = {"train/loss_step", "train/loss_epoch", "train/acc", "val/loss", "val/acc"}

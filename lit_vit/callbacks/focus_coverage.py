@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from lit_vit.attention import (
@@ -24,7 +23,7 @@ from lit_vit.attention import (
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis, class_names, iterate_batches, to_pixels
 from lit_vit.callbacks.report import markdown_table
-from lit_vit.plotting import metric_by_class_figure
+from lit_vit.plotting import metric_by_class_figure, per_image_metrics_figure
 
 # Fields of SaliencyMeasures, in table-column order.
 _MEASURES = ("focus", "coverage", "object_mass", "lift")
@@ -153,7 +152,7 @@ class FocusCoverage(AttentionCallback):
         true_names = [names[label] for label in probe.labels]
         predicted_names = [names[label] for label in analysis.predictions]
         uniform = self._uniform(layout)
-        figure = _per_image_figure(
+        figure = per_image_metrics_figure(
             probe_values, true_names, predicted_names, uniform, self.k, self.m
         )
         probe_path = self.log_figure(trainer, stage, "focus_coverage", figure)
@@ -262,43 +261,3 @@ def _scalars(values: SaliencyMeasures, suffix: str) -> dict[str, float]:
         for name, value in means.items()
         if not (name == "lift" and math.isnan(value))
     }
-
-
-def _per_image_figure(
-    values: SaliencyMeasures,
-    true_names: Sequence[str],
-    predicted_names: Sequence[str],
-    uniform: dict[str, float],
-    k: float,
-    m: float,
-) -> Figure:
-    """Focus, coverage and lift of each image as horizontal bars, uniform values dashed."""
-    count = len(true_names)
-    labels = [
-        f"{i}: {true}" if true == pred else f"{i}: {true} (pred {pred})"
-        for i, (true, pred) in enumerate(zip(true_names, predicted_names, strict=True))
-    ]
-    panels = (
-        ("focus", f"focus@{k:g}", uniform["focus"]),
-        ("coverage", f"coverage@{m:g}", uniform["coverage"]),
-        ("lift", "lift on the object", 1.0),
-    )
-    fig = Figure(figsize=(9.0, max(2.2, 0.28 * count + 1.0)), dpi=100, layout="constrained")
-    axes = fig.subplots(1, len(panels), sharey=True)
-    rows = list(range(count))
-    for ax, (name, title, reference) in zip(axes, panels, strict=True):
-        data = getattr(values, name).tolist()
-        shown = [0.0 if math.isnan(value) else value for value in data]
-        bars = ax.barh(rows, shown, color="#5b3a8c", height=0.7)
-        ax.bar_label(bars, labels=[f"{value:.2f}" for value in data], fontsize=7, padding=2)
-        ax.axvline(reference, color="0.4", ls="--", lw=1)
-        high = max([reference, *(value for value in shown)])
-        ax.set_xlim(0, 1.25 * high if high > 0 else 1.0)
-        ax.set_title(title, fontsize=10)
-        ax.tick_params(labelsize=8)
-        ax.spines[["top", "right"]].set_visible(False)
-    axes[0].set_yticks(rows)
-    axes[0].set_yticklabels(labels)
-    axes[0].invert_yaxis()
-    fig.suptitle("Rollout map per probe image (dashed: a uniform map)", fontsize=10)
-    return fig

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
+# A Markdown image link whose target is a relative path: ![text](target)
+IMAGE_LINK = re.compile(r"(!\[[^\]]*\])\((?![a-z]+://|/)([^)]+)\)")
 
-def write_report(folder: Path, callbacks: Sequence) -> Path:
+
+def write_report(figures: Path, callbacks: Sequence) -> Path:
     """Write the sections of ``callbacks`` (those that have one) and a summary.
 
     Args:
-        folder: The test output folder; figure links in the sections are
-            relative to it.
+        figures: The test figures' folder (``<log_dir>/attention/test``);
+            image links in the sections are relative to it.
         callbacks: Attention callbacks, each with a ``report_section``.
 
     Returns:
-        The report's path, ``folder / "report.md"``.
+        The report's path, ``figures.parent / "report.md"``, its image links
+        rebased onto ``figures``.
     """
     sections = sorted(
         (cb.report_section for cb in callbacks if cb.report_section is not None),
@@ -25,9 +30,9 @@ def write_report(folder: Path, callbacks: Sequence) -> Path:
     parts = ["# Attention analysis report", "", *summary(facts), ""]
     for section in sections:
         parts += [f"## {section.title}", "", section.body.strip(), ""]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "report.md"
-    path.write_text("\n".join(parts))
+    text = IMAGE_LINK.sub(rf"\1({figures.name}/\2)", "\n".join(parts))
+    path = figures.parent / "report.md"
+    path.write_text(text)
     return path
 
 

@@ -60,13 +60,12 @@ def test_every_epoch_logs_each_image_and_scalar_tag(fitted):
 
 
 def probe_and_model(fit_dir):
-    checkpoint = torch.load(fit_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    states = [
-        state for key, state in checkpoint["callbacks"].items() if key.startswith("HeadDiversity")
-    ]
-    model = LitViT(**checkpoint["hyper_parameters"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return Probe.from_state_dict(states[0]["probe"]), model.eval()
+    """The probe saved in a run's last checkpoint, and the model restored from it."""
+    path = fit_dir / "checkpoints" / "last.ckpt"
+    callbacks = torch.load(path, weights_only=False)["callbacks"]
+    (state,) = [state for key, state in callbacks.items() if key.startswith("HeadDiversity")]
+    model = LitViT.load_from_checkpoint(path, map_location="cpu")
+    return Probe.from_state_dict(state["probe"]), model.eval()
 
 
 def test_logged_numbers_match_the_toolkit_on_the_same_probe(fitted):
@@ -101,7 +100,7 @@ def test_report_has_every_section_with_the_numbers(fitted):
         assert heading in report, f"report lacks {heading!r}"
     assert "- Layer 0: " in report and "- Layer 1: " in report
     for link in ("layer_maps.png", "rollout.png", "head_diversity.png", "resolution.png"):
-        assert f"]({link})" in report and (test_dir / "attention" / "test" / link).is_file()
+        assert f"](test/{link})" in report and (test_dir / "attention" / "test" / link).is_file()
     events = read_events(test_dir)
     logged = events.Scalars("attention/head_diversity/layer_00")[-1].value
     assert f"- Layer 0: {logged:.3f}" in report

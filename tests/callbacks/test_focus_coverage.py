@@ -63,7 +63,7 @@ def runs(tmp_path_factory, fake_fashion_mnist):
         test_dir=test_dir,
         checkpoint=checkpoint,
         model=model,
-        report=(test_dir / "attention" / "test" / "report.md").read_text(),
+        report=(test_dir / "attention" / "report.md").read_text(),
     )
 
 

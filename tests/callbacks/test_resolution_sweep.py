@@ -124,9 +124,9 @@ def test_test_scalars_match_an_independent_sweep(runs, fake_fashion_mnist):
 
 def test_report_section_lists_the_sizes(runs):
     test_dir = runs[2]
-    report = (test_dir / "attention" / "test" / "report.md").read_text()
+    report = (test_dir / "attention" / "report.md").read_text()
     section = report.split("## Effect of input resolution", 1)[1]
-    assert "![rollout by input size](resolution.png)" in section
+    assert "![rollout by input size](test/resolution.png)" in section
     assert "position embeddings" in section
     assert [row[0] for row in table_rows(section)] == ["20x20", "28x28 (training)", "36x36"]
     assert "Accuracy is highest at" in report and "at the training size it is" in report

@@ -1,0 +1,569 @@
+"""What the attention callbacks add to a training epoch of the default experiment, run by hand.
+
+    python benchmarks/callback_overhead.py           # about 5 minutes on 2 idle CPU cores
+    python benchmarks/callback_overhead.py --fix     # also the figures rendered once
+    python benchmarks/callback_overhead.py --quick   # a smoke test
+
+What runs: the Trainer exactly as ``lit-vit fit --config configs/fashion_mnist.yaml``
+builds it (through ``LitViTCLI``: a 12-layer, 96-wide ViT on 28x28
+Fashion-MNIST, batch 128, TensorBoard logger, checkpoints), for one epoch of
+``--train-batches`` training and ``--val-batches`` validation batches, in two
+variants alternated within every repeat (in reversed order every other repeat,
+so drift from other jobs on the machine hits both alike):
+
+* **with**: the config as it is, with its six attention callbacks;
+* **without**: the same with ``--trainer.callbacks=[]``.
+
+How the ratio is computed. The callbacks do their per-epoch work in
+``on_validation_epoch_end`` on a fixed probe of 8 images, so their cost per
+epoch does not grow with the epoch: it is the wall time of those hooks in the
+"with" run, timed directly. The first epoch's probe selection (a scan of 4,096
+validation images) is taken out of it and shown once per fit, beside
+``ResolutionSweep``, whose only work is in ``on_fit_end``. A full epoch of the
+default config is extrapolated from the "without" run of the same repeat: the
+mean time of a training batch (from the end of the first to the end of the
+last) times the training batches of an epoch, plus the same for validation
+(429 and 40, read from the data module). The epoch's fixed costs (checkpoint,
+start of the validation loop) are left out, which makes the ratio slightly too
+high, never too low. ratio = callbacks' cost per epoch / that full epoch, per
+repeat; its median is compared with the 3% target. As a cross-check, the
+measured epoch slices of both variants and their difference are printed: the
+difference is the callbacks' cost plus the noise of the training steps.
+
+Where the time goes: the functions the callbacks call are wrapped with timers
+where the callbacks look them up (:data:`PIECES`): the probe capture (one
+recorded forward with the gradients for two classes), the measures (rollout,
+gradient rollout, class-token maps, head diversity, entropy, distance, focus
+and coverage, the deletion/insertion forwards of faithfulness), and the
+figures (building the matplotlib artists, the Agg render for TensorBoard,
+``add_image`` with its PNG encoding, ``savefig`` to PNG). "other" is the rest
+of the hooks (scalar logging, bookkeeping). The first, untimed run (two epochs
+of one batch) warms up imports and fonts and profiles the hooks of its second
+epoch with cProfile; its top entries by cumulative time are printed last.
+
+``--fix`` adds the variant "with, 1 render": the callbacks' ``log_figure``
+monkeypatched to render each figure once with Agg and to send those pixels to
+TensorBoard and to the PNG file (see :func:`render_once`), instead of
+rendering once for TensorBoard and again in ``savefig``.
+
+Times are wall times at whatever priority the command runs (``nice -n 19``
+beside a training run depresses them all, and unevenly: alternation and
+repeats are there for that); compare only numbers of one invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import functools
+import importlib
+import inspect
+import io
+import logging
+import os
+import pkgutil
+import pstats
+import statistics
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+from PIL import Image
+
+import lit_vit.callbacks
+from lit_vit.callbacks import AttentionCallback, ResolutionSweep
+from lit_vit.callbacks import base as callback_base
+from lit_vit.cli import LitViTCLI
+from lit_vit.data import FashionMNISTDataModule
+from lit_vit.model import LitViT
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist.yaml"
+TARGET = 0.03
+PROFILE_LINES = 25
+PHASES = ("epoch", "fit_end")
+
+Key = tuple[str, str]
+PROBE_SELECTION: Key = ("once per fit", "probe selection (scan of 4,096 val images)")
+OTHER: Key = ("other", "scalar logging, bookkeeping")
+# (group, piece, "module:attribute" where the callbacks look the function up when calling it)
+PIECES = (
+    (*PROBE_SELECTION, "lit_vit.callbacks.probe:select_probe"),
+    (
+        "capture",
+        "record: forward + gradients of 2 classes",
+        "lit_vit.attention:AttentionRecorder.record",
+    ),
+    ("measures", "rollout", "lit_vit.callbacks.probe:rollout"),
+    (
+        "measures",
+        "gradient rollout (true, predicted class)",
+        "lit_vit.callbacks.probe:gradient_rollout",
+    ),
+    ("measures", "class-token maps", "lit_vit.callbacks.probe:cls_attention"),
+    ("measures", "class-token maps", "lit_vit.callbacks.attention_maps:cls_attention"),
+    ("measures", "head diversity", "lit_vit.callbacks.head_diversity:head_diversity"),
+    ("measures", "entropy", "lit_vit.callbacks.head_diversity:attention_entropy"),
+    ("measures", "distance", "lit_vit.callbacks.head_diversity:mean_attention_distance"),
+    ("measures", "focus, coverage, object mass", "lit_vit.callbacks:FocusCoverage.measure"),
+    (
+        "measures",
+        "faithfulness: deletion/insertion forwards",
+        "lit_vit.callbacks.faithfulness:deletion_insertion_auc",
+    ),
+    ("measures", "resolution sweep", "lit_vit.callbacks.resolution_sweep:resolution_sweep"),
+    ("figures", "build (matplotlib artists)", "every *_figure of lit_vit.plotting"),
+    ("figures", "render for TensorBoard (Agg draw)", "lit_vit.callbacks.base:figure_to_image"),
+    (
+        "figures",
+        "TensorBoard add_image (PNG encode)",
+        "torch.utils.tensorboard:SummaryWriter.add_image",
+    ),
+    ("figures", "savefig PNG (Agg draw again, encode)", "lit_vit.callbacks.base:save_figure"),
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A way to run the fit: with or without the attention callbacks, and a patch in effect."""
+
+    name: str
+    callbacks: bool
+    patch: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
+class Stopwatch:
+    """Wall time accumulated per key by the functions it wraps."""
+
+    def __init__(self) -> None:
+        self.seconds: defaultdict[Key, float] = defaultdict(float)
+
+    def wrap(self, function: Callable, key: Key) -> Callable:
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.seconds[key] += time.perf_counter() - start
+
+        return timed
+
+
+class EpochClock(Callback):
+    """``perf_counter()`` at the epoch's edges and batch ends, and the stopwatch's
+    readings at the epoch's end (what it times later is fit-end work)."""
+
+    def __init__(self, stopwatch: Stopwatch) -> None:
+        self.stopwatch = stopwatch
+        self.train_ends: list[float] = []
+        self.val_ends: list[float] = []
+        self.epoch_start = self.epoch_end = 0.0
+        self.at_epoch_end: dict[Key, float] = {}
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.train_ends.append(time.perf_counter())
+
+    def on_validation_batch_end(self, trainer, pl_module, *args) -> None:
+        if not trainer.sanity_checking:
+            self.val_ends.append(time.perf_counter())
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.epoch_end = time.perf_counter()
+        self.at_epoch_end = dict(self.stopwatch.seconds)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured fit of one epoch.
+
+    ``train_batch_s``, ``val_batch_s``: mean batch times, the first batch left
+    out; ``slice_s``: the measured epoch, training epoch start to end;
+    ``epoch``, ``fit_end``: the stopwatch's seconds per key during the epoch and
+    after it, with :data:`OTHER` added; ``epoch_batches``: training and
+    validation batches of a full epoch.
+    """
+
+    train_batch_s: float
+    val_batch_s: float
+    slice_s: float
+    epoch: dict[Key, float]
+    fit_end: dict[Key, float]
+    epoch_batches: tuple[int, int]
+
+    @classmethod
+    def from_clock(cls, clock: EpochClock, epoch_batches: tuple[int, int]) -> Run:
+        epoch = clock.at_epoch_end
+        fit_end = {key: s - epoch.get(key, 0.0) for key, s in clock.stopwatch.seconds.items()}
+        return cls(
+            train_batch_s=mean_step(clock.train_ends),
+            val_batch_s=mean_step(clock.val_ends),
+            slice_s=clock.epoch_end - clock.epoch_start,
+            epoch=with_other(epoch, epoch.get(PROBE_SELECTION, 0.0)),
+            fit_end=with_other(fit_end, 0.0),
+            epoch_batches=epoch_batches,
+        )
+
+    @property
+    def full_epoch_s(self) -> float:
+        """An epoch of the default config: all its training and validation batches."""
+        train, val = self.epoch_batches
+        return train * self.train_batch_s + val * self.val_batch_s
+
+    @property
+    def callbacks_epoch_s(self) -> float:
+        """The attention callbacks' hooks in the epoch, less the once-per-fit probe selection."""
+        return total(self.epoch, "hook") - self.epoch.get(PROBE_SELECTION, 0.0)
+
+    @property
+    def fit_end_s(self) -> float:
+        return total(self.fit_end, "hook")
+
+
+def total(seconds: dict[Key, float], *groups: str) -> float:
+    return sum(s for (group, _), s in seconds.items() if group in groups)
+
+
+def with_other(seconds: dict[Key, float], once_per_fit: float) -> dict[Key, float]:
+    """``seconds`` and, under :data:`OTHER`, the hooks' time that no piece accounts for."""
+    pieces = total(seconds, "capture", "measures", "figures")
+    return {**seconds, OTHER: total(seconds, "hook") - once_per_fit - pieces}
+
+
+def mean_step(ends: list[float]) -> float:
+    return (ends[-1] - ends[0]) / (len(ends) - 1)
+
+
+# -- instrumentation ------------------------------------------------------------------
+
+
+def resolve(target: str) -> tuple[object, str]:
+    """``"module:Class.attribute"`` or ``"module:attribute"`` -> (class or module, attribute)."""
+    module, _, attribute = target.partition(":")
+    owner, _, name = attribute.rpartition(".")
+    return pkgutil.resolve_name(f"{module}:{owner}" if owner else module), name
+
+
+def figure_builders() -> list[str]:
+    """``"module:name"`` of each figure-building function of ``lit_vit.plotting`` where a
+    callback module imported it (the builders move between files; this follows them)."""
+    modules = [
+        importlib.import_module(f"lit_vit.callbacks.{info.name}")
+        for info in pkgutil.iter_modules(lit_vit.callbacks.__path__)
+    ]
+    return [
+        f"{module.__name__}:{name}"
+        for module in modules
+        for name, value in vars(module).items()
+        if inspect.isfunction(value)
+        and value.__module__ == "lit_vit.plotting"
+        and name.endswith("_figure")
+        and name != "save_figure"
+    ]
+
+
+@contextlib.contextmanager
+def timed_pieces(stopwatch: Stopwatch) -> Iterator[None]:
+    """Every function of :data:`PIECES` wrapped by the stopwatch where it is looked up."""
+    with contextlib.ExitStack() as stack:
+        for group, piece, where in PIECES:
+            targets = figure_builders() if where.startswith("every") else [where]
+            for target in targets:
+                owner, name = resolve(target)
+                timed = stopwatch.wrap(getattr(owner, name), (group, piece))
+                stack.enter_context(mock.patch.object(owner, name, timed))
+        yield
+
+
+def attention_methods(trainer: Trainer) -> Iterator[tuple[AttentionCallback, str]]:
+    """``(callback, method name)``: each attention callback's working hook, and ``analyze``."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, AttentionCallback):
+            at_fit_end = isinstance(callback, ResolutionSweep)
+            yield callback, "on_fit_end" if at_fit_end else "on_validation_epoch_end"
+            yield callback, "analyze"
+
+
+@contextlib.contextmanager
+def render_once() -> Iterator[None]:
+    """The proposed fix, as a patch: :meth:`AttentionCallback.log_figure` renders once."""
+    with mock.patch.object(AttentionCallback, "log_figure", log_figure_rendered_once):
+        yield
+
+
+def log_figure_rendered_once(
+    self: AttentionCallback, trainer: Trainer, stage: str, name: str, figure: Figure
+) -> Path:
+    """``log_figure`` whose one Agg render feeds both TensorBoard and the PNG file."""
+    image = callback_base.figure_to_image(figure)  # (3, H, W) uint8
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(
+                f"attention/{name}", image, trainer.global_step, dataformats="CHW"
+            )
+    path = self.output_dir(trainer, stage) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+# -- runs -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the progress bar, Lightning's info lines and warnings."""
+    with (
+        open(os.devnull, "w") as devnull,
+        contextlib.redirect_stdout(devnull),
+        contextlib.redirect_stderr(devnull),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def build_cli(
+    log_dir: str, callbacks: bool, epochs: int, batches: tuple[int, int], data_dir: str
+) -> LitViTCLI:
+    args = [
+        f"--config={CONFIG}",
+        f"--trainer.max_epochs={epochs}",
+        f"--trainer.limit_train_batches={batches[0]}",
+        f"--trainer.limit_val_batches={batches[1]}",
+        f"--trainer.logger.init_args.save_dir={log_dir}",
+        f"--data.data_dir={data_dir}",
+    ]
+    if not callbacks:
+        args.append("--trainer.callbacks=[]")
+    return LitViTCLI(
+        LitViT, FashionMNISTDataModule, save_config_kwargs={"overwrite": True}, args=args, run=False
+    )
+
+
+def measured_fit(variant: Variant, batches: tuple[int, int], data_dir: str) -> Run:
+    """One epoch of ``batches`` (training, validation), the pieces and hooks timed."""
+    stopwatch = Stopwatch()
+    clock = EpochClock(stopwatch)
+    with quiet(), tempfile.TemporaryDirectory() as log_dir:
+        cli = build_cli(log_dir, variant.callbacks, 1, batches, data_dir)
+        for callback, method in attention_methods(cli.trainer):
+            key = ("analyze" if method == "analyze" else "hook", type(callback).__name__)
+            setattr(callback, method, stopwatch.wrap(getattr(callback, method), key))
+        cli.trainer.callbacks.append(clock)
+        with variant.patch(), timed_pieces(stopwatch):
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        data = cli.datamodule
+        epoch_batches = (len(data.train_dataloader()), len(data.val_dataloader()))
+    return Run.from_clock(clock, epoch_batches)
+
+
+def profiled_warmup(data_dir: str) -> str:
+    """Two epochs of one batch, the second epoch's hooks under cProfile; its top entries."""
+    profiler = cProfile.Profile()
+
+    def profiled(hook: Callable) -> Callable:
+        @functools.wraps(hook)
+        def run(trainer: Trainer, pl_module: LightningModule) -> None:
+            if trainer.current_epoch == 0:  # cold: imports, fonts, probe selection
+                return hook(trainer, pl_module)
+            with profiler:
+                return hook(trainer, pl_module)
+
+        return run
+
+    with quiet(), tempfile.TemporaryDirectory() as log_dir:
+        cli = build_cli(log_dir, True, 2, (1, 1), data_dir)
+        for callback, method in attention_methods(cli.trainer):
+            if method == "on_validation_epoch_end":
+                setattr(callback, method, profiled(getattr(callback, method)))
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    report = io.StringIO()
+    stats = pstats.Stats(profiler, stream=report).strip_dirs()
+    stats.sort_stats("cumulative").print_stats(PROFILE_LINES)
+    return report.getvalue()
+
+
+def interleaved(
+    variants: list[Variant], repeats: int, batches: tuple[int, int], data_dir: str
+) -> dict[str, list[Run]]:
+    """Every variant once per repeat, in reversed order every other repeat."""
+    runs: dict[str, list[Run]] = {variant.name: [] for variant in variants}
+    for repeat in range(repeats):
+        for variant in variants if repeat % 2 == 0 else variants[::-1]:
+            run = measured_fit(variant, batches, data_dir)
+            runs[variant.name].append(run)
+            line = (
+                f"  repeat {repeat + 1}: {variant.name:<13} train {run.train_batch_s:.3f} s/batch, "
+                f"val {run.val_batch_s:.3f} s/batch, slice {run.slice_s:6.1f} s"
+            )
+            if variant.callbacks:
+                line += (
+                    f", callbacks {run.callbacks_epoch_s:5.2f} s/epoch, "
+                    f"fit end {run.fit_end_s:5.1f} s"
+                )
+            print(line, flush=True)
+    return runs
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+def spread(values: list[float], digits: int, scale: float = 1.0, unit: str = "") -> str:
+    """``median (min-max)``."""
+    low, mid, high = (scale * v for v in (min(values), statistics.median(values), max(values)))
+    return f"{mid:.{digits}f}{unit} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+def median_of(runs: list[Run], value: Callable[[Run], float]) -> float:
+    return statistics.median(value(run) for run in runs)
+
+
+def paired(runs: list[Run], without: list[Run], value: Callable[[Run, Run], float]) -> list[float]:
+    """``value(run, run without callbacks)`` of each repeat."""
+    return [value(run, reference) for run, reference in zip(runs, without, strict=True)]
+
+
+def ratio(run: Run, without: Run) -> float:
+    return run.callbacks_epoch_s / without.full_epoch_s
+
+
+def print_summary(runs: dict[str, list[Run]], batches: tuple[int, int]) -> None:
+    """Batch times, slices, the extrapolated epoch, the callbacks' cost and the ratio."""
+    without = runs.pop("without")
+    train, val = without[0].epoch_batches
+    columns = {"without": without, **runs}
+    rows = [
+        ("train batch, s", 3, lambda run: run.train_batch_s),
+        ("val batch, s", 3, lambda run: run.val_batch_s),
+        (f"measured slice: {batches[0]} + {batches[1]} batches, s", 1, lambda run: run.slice_s),
+        (f"full epoch, extrapolated: {train} + {val} batches, s", 1, lambda run: run.full_epoch_s),
+    ]
+    print(f"{'median (min-max) over repeats':<46}" + "".join(f"{name:>22}" for name in columns))
+    for label, digits, value in rows:
+        cells = [spread([value(run) for run in column], digits) for column in columns.values()]
+        print(f"{label:<46}" + "".join(f"{cell:>22}" for cell in cells))
+    paired_rows = [
+        ("callbacks per epoch (timed hooks), s", lambda run, _: run.callbacks_epoch_s, 2, 1, ""),
+        ("  cross-check: slice - slice without, s", lambda r, o: r.slice_s - o.slice_s, 1, 1, ""),
+        ("ratio: callbacks / full epoch without", ratio, 2, 100, "%"),
+    ]
+    for label, value, digits, scale, unit in paired_rows:
+        cells = [
+            spread(paired(column, without, value), digits, scale, unit) for column in runs.values()
+        ]
+        print(f"{label:<46}{'':>22}" + "".join(f"{cell:>22}" for cell in cells))
+    print()
+    for name, column in runs.items():
+        share = statistics.median(paired(column, without, ratio))
+        verdict = "met" if share <= TARGET else "NOT met"
+        print(
+            f"{name}: the callbacks add {share:.2%} to an epoch; target <= {TARGET:.0%} {verdict}"
+        )
+    epoch = median_of(without, lambda run: run.full_epoch_s)
+    probe = median_of(runs["with"], lambda run: run.epoch.get(PROBE_SELECTION, 0.0))
+    sweep = median_of(runs["with"], lambda run: run.fit_end_s)
+    print(
+        f"once per fit: probe selection {probe:.1f} s (1st epoch) + ResolutionSweep at fit end "
+        f"{sweep:.1f} s = {(probe + sweep) / epoch:.1%} of one epoch"
+    )
+
+
+def print_breakdown(runs: list[Run]) -> None:
+    """Median seconds of every piece per epoch and at fit end, and of each ``analyze``."""
+    keys = [*dict.fromkeys((group, piece) for group, piece, _ in PIECES), OTHER]
+    keys.remove(PROBE_SELECTION)
+    cost = median_of(runs, lambda run: run.callbacks_epoch_s)
+    print(f"{'group':<9} {'piece':<42} {'per epoch, s':>12} {'share':>7} {'fit end, s':>10}")
+    for group, piece in keys:
+        epoch, fit_end = (seconds_of(runs, phase, (group, piece)) for phase in PHASES)
+        print(f"{group:<9} {piece:<42} {epoch:12.3f} {epoch / cost:7.1%} {fit_end:10.3f}")
+    fit_end = median_of(runs, lambda run: run.fit_end_s)
+    label = "(medians: the pieces need not add up)"
+    print(f"{'total':<9} {label:<42} {cost:12.3f} {'':>7} {fit_end:10.3f}")
+    print()
+    names = [name for group, name in runs[0].epoch | runs[0].fit_end if group == "analyze"]
+    analyze = [
+        f"{name} {sum(seconds_of(runs, phase, ('analyze', name)) for phase in PHASES):.2f}"
+        for name in dict.fromkeys(names)
+    ]
+    print("analyze() per callback, s (shared rollouts are computed in the first that asks):")
+    print("  " + ", ".join(analyze))
+
+
+def seconds_of(runs: list[Run], phase: str, key: Key) -> float:
+    """Median of the stopwatch's seconds for ``key`` in ``phase`` (``"epoch"`` or ``"fit_end"``)."""
+    return statistics.median(getattr(run, phase).get(key, 0.0) for run in runs)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--train-batches", type=int, help="training batches per run (20; --quick: 3)"
+    )
+    parser.add_argument(
+        "--val-batches", type=int, help="validation batches per run (5; --quick: 2)"
+    )
+    parser.add_argument("--repeats", type=int, help="runs of each variant (3; --quick: 1)")
+    parser.add_argument(
+        "--fix", action="store_true", help="add the variant with figures rendered once"
+    )
+    parser.add_argument("--quick", action="store_true", help="a short smoke test")
+    parser.add_argument("--data-dir", default="/tmp/bench_data", help="FashionMNIST data folder")
+    args = parser.parse_args()
+    defaults = {"train_batches": (20, 3), "val_batches": (5, 2), "repeats": (3, 1)}
+    for name, (full, quick) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    for name in ("train_batches", "val_batches"):
+        if getattr(args, name) < 2:
+            parser.error(
+                f"--{name.replace('_', '-')} must be at least 2: the first batch is not timed."
+            )
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    batches = (args.train_batches, args.val_batches)
+    variants = [Variant("without", False), Variant("with", True)]
+    if args.fix:
+        variants.append(Variant("with, 1 render", True, render_once))
+    print(
+        f"{CONFIG.name}: 1 epoch of {batches[0]} train + {batches[1]} val batches per run, "
+        f"{args.repeats} repeats, variants alternated; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print("  warm-up run: 2 epochs of 1 batch, untimed; the 2nd epoch's hooks profiled", flush=True)
+    profile = profiled_warmup(args.data_dir)
+    runs = interleaved(variants, args.repeats, batches, args.data_dir)
+    print()
+    print_summary(dict(runs), batches)
+    print()
+    print_breakdown(runs["with"])
+    print()
+    print(
+        f"cProfile of the callbacks' hooks in the warm-up's 2nd epoch, top {PROFILE_LINES} "
+        "by cumulative time:"
+    )
+    print(profile)
+
+
+if __name__ == "__main__":
+    main()
