@@ -78,6 +78,7 @@ class AttentionCallback(Callback):
         self.num_layers = 0
         self.report_section: ReportSection | None = None
         self._val_probe: Probe | None = None
+        self._log_root = Path("attention")
         self._logged_without_tensorboard = False
 
     @property
@@ -89,6 +90,8 @@ class AttentionCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         recorder = AttentionRecorder(pl_module, vit_name=self.settings.module)
         self.num_layers = len(recorder.module_names)
+        # On every rank: under DDP, trainer.log_dir is a collective (a broadcast from rank 0).
+        self._log_root = Path(trainer.log_dir or trainer.default_root_dir) / "attention"
         self.check_model(self.num_layers)
         self._check_probe_fits(trainer, stage)
 
@@ -150,8 +153,8 @@ class AttentionCallback(Callback):
             pl_module.log(name, float(value), rank_zero_only=True)
 
     def output_dir(self, trainer: Trainer, stage: str) -> Path:
-        root = Path(trainer.log_dir or trainer.default_root_dir) / "attention"
-        return root / ("test" if stage == "test" else f"epoch_{trainer.current_epoch:03d}")
+        folder = "test" if stage == "test" else f"epoch_{trainer.current_epoch:03d}"
+        return self._log_root / folder
 
     def class_names(self, trainer: Trainer, analysis: ProbeAnalysis) -> list[str]:
         return class_names(trainer, analysis.recording.logits.shape[-1])

@@ -36,10 +36,11 @@ class PredictionWriter(BasePredictionWriter):
         predictions: list[Any],
         batch_indices: Any,
     ) -> None:
+        # trainer.log_dir is a collective under DDP: every rank asks for it.
+        path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
         if not trainer.is_global_zero or not predictions:
             return
         names = getattr(trainer.datamodule, "class_names", None)
-        path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)

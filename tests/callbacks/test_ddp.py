@@ -5,18 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import read_events
 
 SCRIPT = Path(__file__).with_name("ddp_fit.py")
 
 
-@pytest.mark.skipif(
-    not os.environ.get("LIT_VIT_TEST_DDP"),
-    reason="hangs after the sanity check on this 2-core machine; under investigation "
-    "(set LIT_VIT_TEST_DDP=1 to run)",
-)
 def test_two_process_ddp_logs_once_without_deadlock(tmp_path):
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     result = subprocess.run(
