@@ -38,7 +38,7 @@ and coverage, the deletion/insertion forwards of faithfulness), and the
 figures (building the matplotlib artists, the Agg render for TensorBoard,
 ``add_image`` with its PNG encoding, ``savefig`` to PNG). "other" is the rest
 of the hooks (scalar logging, bookkeeping). The first, untimed run (two epochs
-of one batch) warms up imports and fonts and profiles the hooks of its second
+of two batches) warms up imports and fonts and profiles the hooks of its second
 epoch with cProfile; its top entries by cumulative time are printed last.
 
 ``--fix`` adds the variant "with, 1 render": the callbacks' ``log_figure``
@@ -91,6 +91,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist.yaml"
 TARGET = 0.03
 PROFILE_LINES = 25
 PHASES = ("epoch", "fit_end")
+# Batches of the warm-up epochs; not 1, which the CLI reads as 1.0: the whole epoch.
+WARMUP_BATCHES = (2, 2)
 
 Key = tuple[str, str]
 PROBE_SELECTION: Key = ("once per fit", "probe selection (scan of 4,096 val images)")
@@ -384,7 +386,7 @@ def measured_fit(variant: Variant, batches: tuple[int, int], data_dir: str) -> R
 
 
 def profiled_warmup(data_dir: str) -> str:
-    """Two epochs of one batch, the second epoch's hooks under cProfile; its top entries."""
+    """Two short epochs, the second epoch's hooks under cProfile; its top entries."""
     profiler = cProfile.Profile()
 
     def profiled(hook: Callable) -> Callable:
@@ -398,7 +400,7 @@ def profiled_warmup(data_dir: str) -> str:
         return run
 
     with quiet(), tempfile.TemporaryDirectory() as log_dir:
-        cli = build_cli(log_dir, True, 2, (1, 1), data_dir)
+        cli = build_cli(log_dir, True, 2, WARMUP_BATCHES, data_dir)
         for callback, method in attention_methods(cli.trainer):
             if method == "on_validation_epoch_end":
                 setattr(callback, method, profiled(getattr(callback, method)))
@@ -561,7 +563,7 @@ def main() -> None:
         f"{args.repeats} repeats, variants alternated; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
-    print("  warm-up run: 2 epochs of 1 batch, untimed; the 2nd epoch's hooks profiled", flush=True)
+    print("  warm-up run: 2 short epochs, untimed; the 2nd epoch's hooks profiled", flush=True)
     profile = profiled_warmup(args.data_dir)
     runs = interleaved(variants, args.repeats, batches, args.data_dir)
     print()
