@@ -43,6 +43,7 @@ from pathlib import Path
 
 import timm
 import torch
+import yaml
 
 from lit_vit.attention import (
     AttentionRecorder,
@@ -51,6 +52,9 @@ from lit_vit.attention import (
     rollout,
 )
 from lit_vit.attention._validate import check_attention
+from lit_vit.model import LitViT
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist.yaml"
 
 LAYERS, BATCH, HEADS = 12, 8, 3
 
@@ -145,15 +149,9 @@ def bench_rollout(grids: list[int], repeats: int, threads: int | None) -> None:
 
 
 def default_model() -> torch.nn.Module:
-    """The project's default model shape: ViT-Tiny widths on 28 px, 1 channel, patch 4."""
-    return timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=28,
-        patch_size=4,
-        in_chans=1,
-        num_classes=10,
-    )
+    """The ViT of ``configs/fashion_mnist.yaml`` (its ``model`` section), random weights."""
+    config = yaml.safe_load(CONFIG.read_text())
+    return LitViT(**config["model"], img_size=config["data"]["img_size"]).vit
 
 
 def bench_capture(cases: list[tuple[str, Callable[[], torch.nn.Module], tuple, int]]) -> None:
@@ -262,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         (2 if args.quick else 4, 3, 224, 224),
         1 if args.quick else 3,
     )
-    tiny = ("default (depth 12, d 192)", default_model, (64, 1, 28, 28), 2 if args.quick else 5)
+    tiny = ("default (depth 12, d 96)", default_model, (64, 1, 28, 28), 2 if args.quick else 5)
     if "2" in args.sections:
         bench_capture([tiny, vit_b])
     if "3" in args.sections and args.quick:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -21,10 +24,31 @@ def check_layout(layout: object) -> TokenLayout:
     return layout
 
 
-def check_attention(
-    attention: object, layout: TokenLayout, name: str = "attention", rows_sum_to_one: bool = True
+# Validation walks the attention in chunks of about this size, so that a caller computing on the
+# same chunk (rollout) reads it from cache rather than from memory a second time.
+CHUNK_BYTES = 4 * 2**20
+
+
+class CheckedChunk(NamedTuple):
+    """One validated-on-the-way piece of ``(L, B, H, N, N)`` attention.
+
+    Attributes:
+        layer: the layer index ``l``.
+        images: the batch slice ``b0:b1`` it covers.
+        attention: ``attention[l, b0:b1]`` as float32, ``(b, H, N, N)``.
+        row_sums: its row sums, ``(b, H, N)``.
+    """
+
+    layer: int
+    images: slice
+    attention: Tensor
+    row_sums: Tensor
+
+
+def check_attention_shape(
+    attention: object, layout: TokenLayout, name: str = "attention"
 ) -> Tensor:
-    """Validate ``(L, B, H, N, N)`` attention against ``layout``; return it as float32."""
+    """Check that ``attention`` is an ``(L, B, H, N, N)`` Tensor matching ``layout``."""
     check_layout(layout)
     if not isinstance(attention, Tensor):
         raise ValueError(
@@ -48,25 +72,93 @@ def check_attention(
             f"({layout.num_prefix_tokens} prefix + {layout.grid_size[0]}x{layout.grid_size[1]} "
             "patches); build the layout for the same model and input size."
         )
-    attention = attention.float()
-    # Two reductions, no full-size temporaries: NaN and inf propagate into the row sums.
-    row_sums = attention.sum(dim=-1)  # (L, B, H, N)
-    finite = torch.isfinite(row_sums).flatten(1).all(dim=1)
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten().tolist()
-        raise ValueError(f"{name} has NaN or inf values in layer(s) {bad}.")
-    if rows_sum_to_one:
-        error = (row_sums - 1).abs().flatten(1).amax(dim=1)
-        if bool((error > ROW_SUM_ATOL).any()):
-            layer = int(error.argmax())
-            raise ValueError(
-                f"{name} rows must sum to 1 (post-softmax probabilities); layer {layer} is off "
-                f"by up to {float(error[layer]):.3g} (tolerance {ROW_SUM_ATOL}). Pass the "
-                "softmax output, not the logits."
-            )
-        if float(attention.amin()) < 0:
-            raise ValueError(f"{name} has negative entries; pass post-softmax probabilities.")
     return attention
+
+
+def checked_chunks(
+    attention: object,
+    layout: TokenLayout,
+    name: str = "attention",
+    rows_sum_to_one: bool = True,
+    last_layer_first: bool = False,
+) -> Iterator[CheckedChunk]:
+    """Walk ``(L, B, H, N, N)`` attention in cache-sized chunks, validating it on the way.
+
+    Shape and layout are checked before the first chunk; values (finite, rows
+    summing to 1, non-negative) as the chunks pass, and the error is raised
+    after the last one, naming every bad layer. A caller that consumes the
+    whole iterator has therefore validated the input before it returns
+    anything, and has read each chunk from memory once.
+
+    Args:
+        attention: ``(L, B, H, N, N)`` attention, any float dtype.
+        layout: token layout with ``N`` tokens.
+        name: the argument's name in error messages.
+        rows_sum_to_one: check post-softmax rows (off for gradients).
+        last_layer_first: yield layers ``L-1 .. 0`` (rollout's order).
+
+    Yields:
+        :class:`CheckedChunk` per layer and group of images.
+
+    Raises:
+        ValueError: bad shape or layout, NaN or inf (naming the layers), rows
+            not summing to 1 within ``ROW_SUM_ATOL``, negative entries.
+    """
+    attention = check_attention_shape(attention, layout, name)
+    num_layers, batch, heads, n, _ = attention.shape
+    per_chunk = max(1, CHUNK_BYTES // (heads * n * n * 4))
+    layers = range(num_layers - 1, -1, -1) if last_layer_first else range(num_layers)
+    finite, row_error, minimum = {}, {}, {}  # per layer: lists of 0-d tensors, one per chunk
+    for layer in layers:
+        for start in range(0, batch, per_chunk):
+            images = slice(start, min(start + per_chunk, batch))
+            chunk = attention[layer, images].float()  # (b, H, N, N)
+            row_sums = chunk.sum(dim=-1)  # (b, H, N); NaN and inf propagate into it
+            finite.setdefault(layer, []).append(torch.isfinite(row_sums).all())
+            if rows_sum_to_one:
+                row_error.setdefault(layer, []).append((row_sums - 1).abs().amax())
+                minimum.setdefault(layer, []).append(chunk.amin())
+            yield CheckedChunk(layer, images, chunk, row_sums)
+    _raise_if_invalid(finite, row_error, minimum, name)
+
+
+def _raise_if_invalid(
+    finite: dict[int, list[Tensor]],
+    row_error: dict[int, list[Tensor]],
+    minimum: dict[int, list[Tensor]],
+    name: str,
+) -> None:
+    """Raise for the per-layer statistics :func:`checked_chunks` gathered (one sync)."""
+    layers = sorted(finite)
+    layer_finite = torch.stack([torch.stack(finite[i]).all() for i in layers]).tolist()
+    bad = [layer for layer, ok in zip(layers, layer_finite, strict=True) if not ok]
+    if bad:
+        raise ValueError(f"{name} has NaN or inf values in layer(s) {bad}.")
+    if not row_error:
+        return
+    errors = torch.stack([torch.stack(row_error[i]).amax() for i in layers])
+    if bool((errors > ROW_SUM_ATOL).any()):
+        worst = int(errors.argmax())
+        raise ValueError(
+            f"{name} rows must sum to 1 (post-softmax probabilities); layer {layers[worst]} is "
+            f"off by up to {float(errors[worst]):.3g} (tolerance {ROW_SUM_ATOL}). Pass the "
+            "softmax output, not the logits."
+        )
+    if float(torch.stack([torch.stack(minimum[i]).amin() for i in layers]).amin()) < 0:
+        raise ValueError(f"{name} has negative entries; pass post-softmax probabilities.")
+
+
+def check_attention(
+    attention: object, layout: TokenLayout, name: str = "attention", rows_sum_to_one: bool = True
+) -> Tensor:
+    """Validate ``(L, B, H, N, N)`` attention against ``layout``; return it as float32.
+
+    Raises:
+        ValueError: see :func:`checked_chunks`.
+    """
+    for _ in checked_chunks(attention, layout, name, rows_sum_to_one):
+        pass
+    return attention.float()
 
 
 def renormalize(x: Tensor, dim: int = -1) -> Tensor:

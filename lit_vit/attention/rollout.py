@@ -13,7 +13,12 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from lit_vit.attention._validate import check_attention, renormalize
+from lit_vit.attention._validate import (
+    check_attention,
+    check_attention_shape,
+    checked_chunks,
+    renormalize,
+)
 from lit_vit.attention.layout import TokenLayout
 
 __all__ = ["QueryAttention", "cls_attention", "gradient_rollout", "rollout"]
@@ -132,6 +137,37 @@ def _row_times_mixed(row: Tensor, fused: Tensor) -> Tensor:
     return torch.bmm(weights[:, None, :], fused)[:, 0] + weights
 
 
+def _mean_rollout_row(attention: Tensor, layout: TokenLayout, start_layer: int) -> Tensor:
+    """Row-form rollout for mean head fusion without discard: one pass over memory.
+
+    ``row @ rownorm(0.5 * mean_h A + 0.5 * I)`` is ``w @ mean_h A + w`` with
+    ``w = 0.5 * row / (0.5 * mean_h rowsum(A) + 0.5)`` (see
+    :func:`_row_times_mixed`), and ``w @ mean_h A = [w, ..., w] @ A.reshape(H N, N) / H``.
+    So no fused ``(B, N, N)`` matrix is formed, the row sums come from the
+    validation, and each cache-sized chunk is validated and used while it is
+    in cache. An image's row depends only on its own chunks, so it is updated
+    in place, chunk by chunk, last layer first.
+
+    Args:
+        attention: ``(L, B, H, N, N)`` attention, not yet validated.
+        layout: token layout with ``N`` tokens.
+        start_layer: first layer included.
+
+    Returns:
+        ``(B, N)`` row of the rollout matrix (class-token row, or mean patch row).
+    """
+    num_layers, batch, heads, n, _ = attention.shape
+    row = _start_vector(layout, (batch,), attention.device)  # (B, N)
+    for chunk in checked_chunks(attention, layout, last_layer_first=True):
+        if chunk.layer < start_layer:
+            continue  # validated, not part of the product
+        weights = 0.5 * row[chunk.images] / (0.5 * chunk.row_sums.mean(dim=1) + 0.5)  # (b, N)
+        stacked = weights.repeat(1, heads)[:, None, :]  # (b, 1, H N)
+        mixed = torch.bmm(stacked, chunk.attention.reshape(-1, heads * n, n))[:, 0] / heads
+        row[chunk.images] = mixed + weights
+    return row
+
+
 def rollout(
     attention: Tensor,
     layout: TokenLayout,
@@ -176,8 +212,8 @@ def rollout(
         or not 0 <= discard_ratio < 1
     ):
         raise ValueError(f"discard_ratio must be a number in [0, 1), got {discard_ratio!r}.")
-    attention = check_attention(attention, layout)
-    num_layers, batch = attention.shape[:2]
+    attention = check_attention_shape(attention, layout)
+    num_layers = attention.shape[0]
     if (
         isinstance(start_layer, bool)
         or not isinstance(start_layer, int)
@@ -187,6 +223,10 @@ def rollout(
             f"start_layer must be an int in [0, {num_layers - 1}] (the attention has "
             f"{num_layers} layers), got {start_layer!r}."
         )
+    if method == "row" and head_fusion == "mean" and discard_ratio == 0:
+        return _to_grid(_mean_rollout_row(attention, layout, start_layer), layout)
+    attention = check_attention(attention, layout)
+    batch = attention.shape[1]
     layers = range(num_layers - 1, start_layer - 1, -1)  # last layer first
     if method == "row":
         row = _start_vector(layout, (batch,), attention.device)  # (B, N)

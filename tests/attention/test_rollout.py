@@ -273,3 +273,45 @@ def test_bfloat16_softmax_rows_are_accepted() -> None:
     torch.testing.assert_close(rollout(attention, LAYOUT).sum(), torch.tensor(1.0))
     with pytest.raises(ValueError, match="rows must sum to 1"):
         rollout(attention * 1.05, LAYOUT)
+
+
+@pytest.mark.parametrize("start_layer", [0, 2])
+def test_rollout_fast_path_in_one_image_chunks(random_attention, monkeypatch, start_layer) -> None:
+    """Mean fusion without discard walks cache-sized chunks; with one image per chunk
+    (several chunks per layer) it still equals the matrix product and the brute force."""
+    from lit_vit.attention import _validate
+
+    monkeypatch.setattr(_validate, "CHUNK_BYTES", 1)
+    layout = LAYOUTS["class_registers"]
+    attention = random_attention(layout, layers=3, batch=3, heads=2)
+    before = attention.clone()
+    row = rollout(attention, layout, start_layer=start_layer)
+    matrix = rollout(attention, layout, method="matrix", start_layer=start_layer)
+    expected = brute_rollout(attention, layout, start_layer=start_layer).float()
+    torch.testing.assert_close(row, matrix, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(row, expected, atol=1e-6, rtol=1e-5)
+    assert torch.equal(attention, before)
+
+
+def test_rollout_fast_path_validates_every_chunk(monkeypatch) -> None:
+    """A bad value in any chunk, also in a layer before ``start_layer``, is reported by layer."""
+    from lit_vit.attention import _validate
+
+    monkeypatch.setattr(_validate, "CHUNK_BYTES", 1)
+    attention = torch.full((3, 2, 2, 5, 5), 0.2)
+    attention[0, 1, 0, 0, 0] = float("nan")
+    attention[2, 1, 1, 4, 4] = float("inf")
+    with pytest.raises(ValueError, match=r"NaN or inf values in layer\(s\) \[0, 2\]"):
+        rollout(attention, LAYOUT, start_layer=1)
+    attention = torch.full((3, 2, 2, 5, 5), 0.2)
+    attention[1, 1, 0, 3] = torch.tensor([0.6, 0.4, 0.2, 0.0, -0.2])  # sums to 1
+    with pytest.raises(ValueError, match="negative entries"):
+        rollout(attention, LAYOUT)
+
+
+def test_rollout_accepts_bfloat16_attention(random_attention) -> None:
+    attention = random_attention(LAYOUT, layers=2, batch=2, heads=2).bfloat16()
+    row = rollout(attention, LAYOUT)
+    matrix = rollout(attention, LAYOUT, method="matrix")
+    assert row.dtype == torch.float32
+    torch.testing.assert_close(row, matrix, atol=1e-6, rtol=1e-5)
