@@ -47,9 +47,8 @@ class Faithfulness(AttentionCallback):
     - ``cls``: class-token attention of the last layer, heads averaged;
     - ``grad_rollout``: gradient-weighted rollout for the predicted class;
 
-    and next to them a random patch order (``random``). The random AUC comes
-    from the rollout call: the three calls get the same images and the same
-    seed, so their random orders and random AUCs are identical.
+    and next to them a random patch order (``random``). The three maps are
+    scored in one call, against one random order that they share.
 
     On the probe images at due validation epochs; at test on the first
     ``test_images`` images of the test set, batch by batch (one batch's
@@ -142,19 +141,16 @@ class Faithfulness(AttentionCallback):
         layout: TokenLayout,
         batch_index: int,
     ) -> dict[str, FaithfulnessResult]:
-        """:func:`~lit_vit.attention.deletion_insertion_auc` of each ``(B, gh, gw)`` map."""
-        return {
-            method: deletion_insertion_auc(
-                model,
-                images,
-                saliency.to(images.device),
-                layout,
-                steps=self.steps,
-                max_batch=self.max_batch,
-                seed=self.settings.seed + batch_index,
-            )
-            for method, saliency in maps.items()
-        }
+        """:func:`~lit_vit.attention.deletion_insertion_auc` of the ``(B, gh, gw)`` maps."""
+        return deletion_insertion_auc(
+            model,
+            images,
+            {method: saliency.to(images.device) for method, saliency in maps.items()},
+            layout,
+            steps=self.steps,
+            max_batch=self.max_batch,
+            seed=self.settings.seed + batch_index,
+        )
 
     def _score_test_set(
         self, trainer: Trainer, pl_module: LightningModule
@@ -202,7 +198,7 @@ class Faithfulness(AttentionCallback):
 
 
 def _aucs(results: Mapping[str, FaithfulnessResult]) -> dict[str, tuple[Tensor, Tensor]]:
-    """Method -> per-image (deletion, insertion) AUC; ``random`` from the rollout call."""
+    """Method -> per-image (deletion, insertion) AUC, and the shared ``random`` order's."""
     aucs = {method: (result.deletion, result.insertion) for method, result in results.items()}
     first = results["rollout"]
     return {**aucs, "random": (first.random_deletion, first.random_insertion)}

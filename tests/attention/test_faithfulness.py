@@ -6,7 +6,6 @@ import math
 from types import SimpleNamespace
 
 import pytest
-import timm
 import torch
 from torch import nn
 
@@ -167,19 +166,41 @@ def test_forward_passes_are_chunked_and_mode_restored() -> None:
         torch.testing.assert_close(getattr(one, name), getattr(res, name))
 
 
-def test_tiny_vit_shapes_ranges_and_inputs_untouched() -> None:
-    torch.manual_seed(0)
-    vit = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=28,
-        patch_size=4,
-        in_chans=1,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        num_classes=10,
-    )
+def test_several_maps_share_the_random_order_and_match_single_calls() -> None:
+    """A mapping of maps gives, per map, the numbers of its own call, in fewer passes."""
+    images = torch.rand(3, 1, 8, 8)
+    maps = {"a": torch.rand(3, 2, 2), "b": torch.rand(3, 2, 2), "c": torch.rand(3, 2, 2)}
+    model = PatchModel(slice(0, 4), slice(4, 8))
+    together = deletion_insertion_auc(model, images, maps, 4, steps=4, max_batch=7, seed=3)
+    copies = 2 * (3 + 1) * 3 * 5
+    assert list(together) == ["a", "b", "c"]
+    assert sum(model.batch_sizes) == copies and len(model.batch_sizes) == math.ceil(copies / 7)
+    for name, saliency in maps.items():
+        alone = deletion_insertion_auc(model, images, saliency, 4, steps=4, seed=3)
+        result = together[name]
+        assert result.forward_passes == math.ceil(copies / 7)
+        for field in ("deletion", "insertion", "random_deletion", "random_insertion"):
+            torch.testing.assert_close(getattr(result, field), getattr(alone, field))
+        torch.testing.assert_close(result.deletion_curve, alone.deletion_curve)
+        assert torch.equal(result.predicted, alone.predicted)
+    torch.testing.assert_close(together["a"].random_deletion, together["c"].random_deletion)
+
+
+def test_mapping_errors_name_the_map() -> None:
+    model = PatchModel(slice(0, 4), slice(0, 4))
+    images = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="empty mapping"):
+        deletion_insertion_auc(model, images, {}, 4)
+    bad = {"rollout": torch.rand(2, 2, 2), "cls": torch.rand(2, 3, 3)}
+    with pytest.raises(ValueError, match=r"cls must be \(B, gh, gw\) = \(2, 2, 2\)"):
+        deletion_insertion_auc(model, images, bad, 4)
+    bad = {"rollout": torch.full((2, 2, 2), float("inf"))}
+    with pytest.raises(ValueError, match="rollout has NaN or inf"):
+        deletion_insertion_auc(model, images, bad, 4)
+
+
+def test_tiny_vit_shapes_ranges_and_inputs_untouched(make_vit) -> None:
+    vit = make_vit()
     images = torch.randn(4, 1, 28, 28)
     saliency = torch.rand(4, 7, 7)
     images_before, saliency_before = images.clone(), saliency.clone()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,28 +18,12 @@ from lit_vit.attention.resolution import _resize, resolution_sweep
 from lit_vit.attention.rollout import rollout
 
 
-def tiny_vit(**kwargs) -> nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=28,
-        patch_size=4,
-        in_chans=1,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        num_classes=10,
-        **kwargs,
-    )
-
-
 class Wrapper(nn.Module):
     """A LightningModule-like wrapper: the ViT is a submodule, forward adds a step."""
 
-    def __init__(self) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.net = tiny_vit()
+        self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x * 2.0 - 1.0)
@@ -52,9 +35,9 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(6, 1, 28, 28, generator=gen), torch.randint(0, 10, (6,), generator=gen)
 
 
-def test_sweep_shapes_and_original_model_untouched(data) -> None:
+def test_sweep_shapes_and_original_model_untouched(data, make_vit) -> None:
     images, labels = data
-    model = tiny_vit()
+    model = make_vit()
     model.train()
     pos_embed = model.pos_embed.detach().clone()
     images_before = images.clone()
@@ -80,9 +63,9 @@ def test_sweep_shapes_and_original_model_untouched(data) -> None:
     assert torch.equal(images, images_before)
 
 
-def test_training_size_equals_direct_computation(data) -> None:
+def test_training_size_equals_direct_computation(data, make_vit) -> None:
     images, labels = data
-    model = tiny_vit()
+    model = make_vit()
     (r,) = resolution_sweep(model, images, labels, [28], batch_size=4)
 
     model.eval()
@@ -102,12 +85,12 @@ def test_training_size_equals_direct_computation(data) -> None:
     torch.testing.assert_close(r.coverage, coverage(maps, m=0.5))
 
 
-def test_other_size_matches_timm_dynamic_img_size(data) -> None:
+def test_other_size_matches_timm_dynamic_img_size(data, make_vit) -> None:
     # timm's dynamic_img_size resamples the same pos_embed per call with the same
     # function: the set_input_size copy must give the same predictions and attention.
     images, _ = data
-    model = tiny_vit()
-    dynamic = tiny_vit(dynamic_img_size=True)
+    model = make_vit()
+    dynamic = make_vit(dynamic_img_size=True)
     dynamic.load_state_dict(model.state_dict())
     dynamic.eval()
     for size in (20, 36):
@@ -120,9 +103,9 @@ def test_other_size_matches_timm_dynamic_img_size(data) -> None:
         torch.testing.assert_close(r.rollout_maps, rollout(rec.attention, rec.layout))
 
 
-def test_wrapper_model_and_vit_name(data) -> None:
+def test_wrapper_model_and_vit_name(data, make_vit) -> None:
     images, labels = data
-    model = Wrapper()
+    model = Wrapper(make_vit())
     pos_embed = model.net.pos_embed.detach().clone()
     results = resolution_sweep(model, images, labels, [(28, 20), 32], vit_name="net")
     assert [r.grid_size for r in results] == [(7, 5), (8, 8)]
@@ -155,15 +138,15 @@ def test_resize_antialiases_only_when_shrinking() -> None:
         ([], "sizes is empty"),
     ],
 )
-def test_bad_sizes(data, sizes, match) -> None:
+def test_bad_sizes(data, sizes, match, make_vit) -> None:
     images, labels = data
     with pytest.raises(ValueError, match=match):
-        resolution_sweep(tiny_vit(), images, labels, sizes)
+        resolution_sweep(make_vit(), images, labels, sizes)
 
 
-def test_bad_inputs(data) -> None:
+def test_bad_inputs(data, make_vit) -> None:
     images, labels = data
     with pytest.raises(ValueError, match="labels"):
-        resolution_sweep(tiny_vit(), images, labels[:3], [28])
+        resolution_sweep(make_vit(), images, labels[:3], [28])
     with pytest.raises(ValueError, match="non-empty"):
-        resolution_sweep(tiny_vit(), images[:0], labels[:0], [28])
+        resolution_sweep(make_vit(), images[:0], labels[:0], [28])
