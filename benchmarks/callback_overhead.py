@@ -1,7 +1,6 @@
 """What the attention callbacks add to a training epoch of the default experiment, run by hand.
 
     python benchmarks/callback_overhead.py           # about 5 minutes on 2 idle CPU cores
-    python benchmarks/callback_overhead.py --fix     # also the figures rendered once
     python benchmarks/callback_overhead.py --quick   # a smoke test
 
 What runs: the Trainer exactly as ``lit-vit fit --config configs/fashion_mnist.yaml``
@@ -35,16 +34,11 @@ where the callbacks look them up (:data:`PIECES`): the probe capture (one
 recorded forward with the gradients for two classes), the measures (rollout,
 gradient rollout, class-token maps, head diversity, entropy, distance, focus
 and coverage, the deletion/insertion forwards of faithfulness), and the
-figures (building the matplotlib artists, the Agg render for TensorBoard,
-``add_image`` with its PNG encoding, ``savefig`` to PNG). "other" is the rest
+figures (building the matplotlib artists, their one Agg render, ``add_image``
+with its PNG encoding, the PNG file written from the same pixels). "other" is the rest
 of the hooks (scalar logging, bookkeeping). The first, untimed run (two epochs
 of two batches) warms up imports and fonts and profiles the hooks of its second
 epoch with cProfile; its top entries by cumulative time are printed last.
-
-``--fix`` adds the variant "with, 1 render": the callbacks' ``log_figure``
-monkeypatched to render each figure once with Agg and to send those pixels to
-TensorBoard and to the PNG file (see :func:`render_once`), instead of
-rendering once for TensorBoard and again in ``savefig``.
 
 Times are wall times at whatever priority the command runs (``nice -n 19``
 beside a training run depresses them all, and unevenly: alternation and
@@ -76,13 +70,9 @@ from unittest import mock
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
-from matplotlib.figure import Figure
-from PIL import Image
 
 import lit_vit.callbacks
 from lit_vit.callbacks import AttentionCallback, ResolutionSweep
-from lit_vit.callbacks import base as callback_base
 from lit_vit.cli import LitViTCLI
 from lit_vit.data import FashionMNISTDataModule
 from lit_vit.model import LitViT
@@ -124,23 +114,22 @@ PIECES = (
     ),
     ("measures", "resolution sweep", "lit_vit.callbacks.resolution_sweep:resolution_sweep"),
     ("figures", "build (matplotlib artists)", "every *_figure of lit_vit.plotting"),
-    ("figures", "render for TensorBoard (Agg draw)", "lit_vit.callbacks.base:figure_to_image"),
+    ("figures", "render (one Agg draw per figure)", "lit_vit.callbacks.base:figure_to_image"),
     (
         "figures",
         "TensorBoard add_image (PNG encode)",
         "torch.utils.tensorboard:SummaryWriter.add_image",
     ),
-    ("figures", "savefig PNG (tight box: 2 more Agg draws)", "lit_vit.callbacks.base:save_figure"),
+    ("figures", "PNG file from the rendered pixels", "lit_vit.callbacks.base:save_image"),
 )
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A way to run the fit: with or without the attention callbacks, and a patch in effect."""
+    """A way to run the fit: with or without the attention callbacks."""
 
     name: str
     callbacks: bool
-    patch: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
 class Stopwatch:
@@ -311,29 +300,6 @@ def attention_methods(trainer: Trainer) -> Iterator[tuple[AttentionCallback, str
             yield callback, "analyze"
 
 
-@contextlib.contextmanager
-def render_once() -> Iterator[None]:
-    """The proposed fix, as a patch: :meth:`AttentionCallback.log_figure` renders once."""
-    with mock.patch.object(AttentionCallback, "log_figure", log_figure_rendered_once):
-        yield
-
-
-def log_figure_rendered_once(
-    self: AttentionCallback, trainer: Trainer, stage: str, name: str, figure: Figure
-) -> Path:
-    """``log_figure`` whose one Agg render feeds both TensorBoard and the PNG file."""
-    image = callback_base.figure_to_image(figure)  # (3, H, W) uint8
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(
-                f"attention/{name}", image, trainer.global_step, dataformats="CHW"
-            )
-    path = self.output_dir(trainer, stage) / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
-    return path
-
-
 # -- runs -----------------------------------------------------------------------------
 
 
@@ -378,7 +344,7 @@ def measured_fit(variant: Variant, batches: tuple[int, int], data_dir: str) -> R
             key = ("analyze" if method == "analyze" else "hook", type(callback).__name__)
             setattr(callback, method, stopwatch.wrap(getattr(callback, method), key))
         cli.trainer.callbacks.append(clock)
-        with variant.patch(), timed_pieces(stopwatch):
+        with timed_pieces(stopwatch):
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         data = cli.datamodule
         epoch_batches = (len(data.train_dataloader()), len(data.val_dataloader()))
@@ -532,9 +498,6 @@ def parse_args() -> argparse.Namespace:
         "--val-batches", type=int, help="validation batches per run (5; --quick: 2)"
     )
     parser.add_argument("--repeats", type=int, help="runs of each variant (3; --quick: 1)")
-    parser.add_argument(
-        "--fix", action="store_true", help="add the variant with figures rendered once"
-    )
     parser.add_argument("--quick", action="store_true", help="a short smoke test")
     parser.add_argument("--data-dir", default="/tmp/bench_data", help="FashionMNIST data folder")
     args = parser.parse_args()
@@ -556,8 +519,6 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     batches = (args.train_batches, args.val_batches)
     variants = [Variant("without", False), Variant("with", True)]
-    if args.fix:
-        variants.append(Variant("with, 1 render", True, render_once))
     print(
         f"{CONFIG.name}: 1 epoch of {batches[0]} train + {batches[1]} val batches per run, "
         f"{args.repeats} repeats, variants alternated; torch {torch.__version__}, "

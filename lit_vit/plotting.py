@@ -5,9 +5,10 @@ copied with ``.detach().float().cpu()`` and never modified) and returns a
 :class:`matplotlib.figure.Figure` built with matplotlib's object API only:
 ``matplotlib.pyplot`` is never imported, so no global figure registry exists,
 nothing has to be closed and no backend has to be chosen (a figure no longer
-referenced is garbage collected). Log a figure with
-``logger.experiment.add_image(tag, figure_to_image(fig), step, dataformats="CHW")``
-or write it with :func:`save_figure`.
+referenced is garbage collected). Render a figure once
+with :func:`figure_to_image`, then log the pixels with
+``logger.experiment.add_image(tag, image, step, dataformats="CHW")`` and write
+them with :func:`save_image` (or call ``fig.savefig`` for other formats).
 
 Images are raw pixels in [0, 1], ``(B, C, H, W)`` with ``C = 1`` (shown gray)
 or ``C = 3`` (RGB). Maps are patch grids ``(gh, gw)``, upsampled bilinearly to
@@ -33,6 +34,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image as PILImage
 from torch import Tensor
 
 __all__ = [
@@ -47,7 +49,7 @@ __all__ = [
     "metric_by_class_figure",
     "resolution_figure",
     "rollout_figure",
-    "save_figure",
+    "save_image",
 ]
 
 MAP_CMAP = "inferno"
@@ -789,15 +791,16 @@ def figure_to_image(fig: Figure) -> Tensor:
     return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).contiguous()
 
 
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` to ``path`` (PNG unless the suffix names another format).
+def save_image(image: Tensor, path: str | Path) -> Path:
+    """Write a ``(3, H, W)`` uint8 image (a rendered figure) to ``path`` as PNG.
 
-    Parent directories are created; ``dpi=100`` and a tight bounding box keep
-    the file small. Returns the path written (``.png`` added if it had no suffix).
+    With :func:`figure_to_image` this renders a figure once for both
+    TensorBoard and the file. Parent directories are created; ``.png`` is
+    added to a path without a suffix. Returns the path written.
     """
     path = Path(path)
     if not path.suffix:
         path = path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    PILImage.fromarray(image.permute(1, 2, 0).numpy()).save(path, format="PNG")
     return path

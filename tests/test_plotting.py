@@ -6,11 +6,13 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
+from PIL import Image
 
 from lit_vit import plotting
 
@@ -272,14 +274,19 @@ def test_constant_map_is_drawn_mid_scale():
     assert float(alone.min()) == float(alone.max()) == 0.5
 
 
-def test_save_figure_writes_png(tmp_path):
+def test_save_image_writes_the_rendered_pixels(tmp_path):
     fig = plotting.layer_bar_figure(torch.rand(3), "title", "value")
-    path = plotting.save_figure(fig, tmp_path / "new" / "nested" / "bars.png")
+    image = plotting.figure_to_image(fig)
+    path = plotting.save_image(image, tmp_path / "new" / "nested" / "bars.png")
     assert path == tmp_path / "new" / "nested" / "bars.png"
     data = path.read_bytes()
     assert data.startswith(PNG_MAGIC)
     assert len(data) < 100_000
-    bare = plotting.save_figure(fig, tmp_path / "other" / "bars")
+    with Image.open(path) as saved:
+        assert torch.equal(
+            torch.from_numpy(np.asarray(saved.convert("RGB"))).permute(2, 0, 1), image
+        )
+    bare = plotting.save_image(image, tmp_path / "other" / "bars")
     assert bare.suffix == ".png" and bare.read_bytes().startswith(PNG_MAGIC)
 
 
@@ -291,7 +298,7 @@ def test_pyplot_is_never_imported(tmp_path):
         from lit_vit import plotting
         fig = plotting.layer_maps_figure(torch.rand(1, 1, 28, 28), torch.rand(2, 1, 7, 7))
         plotting.figure_to_image(fig)
-        plotting.save_figure(fig, {str(tmp_path / "fig.png")!r})
+        plotting.save_image(plotting.figure_to_image(fig), {str(tmp_path / "fig.png")!r})
         plotting.faithfulness_figure(torch.linspace(0, 1, 3), {{"deletion: a": torch.rand(2, 3)}})
         assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
         """

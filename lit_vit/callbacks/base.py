@@ -28,7 +28,7 @@ from lit_vit.callbacks.probe import (
     shared_analysis,
     shared_probe,
 )
-from lit_vit.plotting import figure_to_image, save_figure
+from lit_vit.plotting import figure_to_image, save_image
 
 
 @dataclass
@@ -134,10 +134,11 @@ class AttentionCallback(Callback):
             The PNG's path: ``<log_dir>/attention/epoch_<e>/<name>.png``, or
             ``<log_dir>/attention/test/<name>.png`` at test.
         """
+        image = figure_to_image(figure)  # (3, H, W) uint8: one render for TensorBoard and file
         tensorboard = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         for logger in tensorboard:
             logger.experiment.add_image(
-                f"attention/{name}", figure_to_image(figure), trainer.global_step, dataformats="CHW"
+                f"attention/{name}", image, trainer.global_step, dataformats="CHW"
             )
         if not tensorboard and not self._logged_without_tensorboard:
             self._logged_without_tensorboard = True
@@ -145,7 +146,7 @@ class AttentionCallback(Callback):
                 f"{type(self).__name__}: no TensorBoardLogger, so attention figures are only "
                 f"saved as PNG files under {self.output_dir(trainer, stage).parent}."
             )
-        return save_figure(figure, self.output_dir(trainer, stage) / f"{name}.png")
+        return save_image(image, self.output_dir(trainer, stage) / f"{name}.png")
 
     def log_scalars(self, pl_module: LightningModule, values: dict[str, float | Tensor]) -> None:
         """``pl_module.log`` each value (rank zero only), so any logger and EarlyStopping see it."""
