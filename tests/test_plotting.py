@@ -283,9 +283,7 @@ def test_save_image_writes_the_rendered_pixels(tmp_path):
     assert data.startswith(PNG_MAGIC)
     assert len(data) < 100_000
     with Image.open(path) as saved:
-        assert torch.equal(
-            torch.from_numpy(np.asarray(saved.convert("RGB"))).permute(2, 0, 1), image
-        )
+        assert torch.equal(torch.from_numpy(np.array(saved.convert("RGB"))).permute(2, 0, 1), image)
     bare = plotting.save_image(image, tmp_path / "other" / "bars")
     assert bare.suffix == ".png" and bare.read_bytes().startswith(PNG_MAGIC)
 
