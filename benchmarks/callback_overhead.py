@@ -55,13 +55,11 @@ import importlib
 import inspect
 import io
 import logging
-import os
 import pkgutil
 import pstats
 import statistics
 import tempfile
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -69,6 +67,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from _quiet import quiet  # benchmarks/ is on sys.path when run as a script
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 import lit_vit.callbacks
@@ -301,19 +300,6 @@ def attention_methods(trainer: Trainer) -> Iterator[tuple[AttentionCallback, str
 
 
 # -- runs -----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence the progress bar, Lightning's info lines and warnings."""
-    with (
-        open(os.devnull, "w") as devnull,
-        contextlib.redirect_stdout(devnull),
-        contextlib.redirect_stderr(devnull),
-        warnings.catch_warnings(),
-    ):
-        warnings.simplefilter("ignore")
-        yield
 
 
 def build_cli(

@@ -56,11 +56,11 @@ import os
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 import yaml
+from _quiet import quiet  # benchmarks/ is on sys.path when run as a script
 from lightning.pytorch import Callback, seed_everything
 from timm.layers import set_fused_attn, use_fused_attn
 
@@ -147,19 +147,6 @@ def configured(setting: Setting):
     finally:
         torch.set_num_threads(threads)
         set_fused_attn(fused)
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence the progress bar, Lightning's info lines and warnings."""
-    with (
-        open(os.devnull, "w") as devnull,
-        contextlib.redirect_stdout(devnull),
-        contextlib.redirect_stderr(devnull),
-        warnings.catch_warnings(),
-    ):
-        warnings.simplefilter("ignore")
-        yield
 
 
 def lightning_run(setting: Setting, batches: int, warmup: int, data_dir: str) -> Run:

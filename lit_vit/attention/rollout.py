@@ -156,7 +156,7 @@ def _mean_rollout_row(attention: Tensor, layout: TokenLayout, start_layer: int) 
     Returns:
         ``(B, N)`` row of the rollout matrix (class-token row, or mean patch row).
     """
-    num_layers, batch, heads, n, _ = attention.shape
+    _, batch, heads, n, _ = attention.shape
     row = _start_vector(layout, (batch,), attention.device)  # (B, N)
     for chunk in checked_chunks(attention, layout, last_layer_first=True):
         if chunk.layer < start_layer:
