@@ -59,6 +59,10 @@ OVERLAY_ALPHA = 0.5
 DPI = 100
 CELL = 1.25  # inches per image cell in the grid figures
 MAX_COLUMNS = 8  # head_maps_figure wraps after this many cells
+_GRID_LEFT = 0.45  # inches left of a grid figure's cells: two-line row labels
+_GRID_TOP = 0.6  # inches above the cells: the title and two-line column titles
+_GRID_PAD = 0.08  # inches right of and below the cells
+_GRID_GAP = 0.08  # inches between cells
 _FONT = 8
 _TITLE_FONT = 10
 _WRONG_COLOR = "tab:red"  # row label of a misclassified image
@@ -207,19 +211,40 @@ def _row_label(ax: Axes, true: str | None, predicted: str | None) -> None:
     ax.set_ylabel("\n".join(lines), fontsize=_FONT, color=_WRONG_COLOR if wrong else "black")
 
 
+def _aspect(image: Tensor) -> float:
+    """Height over width of an image cell, clamped to [0.4, 2.5]."""
+    return min(max(image.shape[-2] / image.shape[-1], 0.4), 2.5)
+
+
 def _figsize(rows: int, columns: int, image: Tensor) -> tuple[float, float]:
     """Size of a grid of image cells, ``CELL`` inches wide and as high as the image's aspect."""
-    aspect = min(max(image.shape[-2] / image.shape[-1], 0.4), 2.5)
-    return CELL * columns + 0.4, (CELL * aspect + 0.1) * rows + 0.5
+    return CELL * columns + 0.4, (CELL * _aspect(image) + 0.1) * rows + 0.5
 
 
 def _grid_figure(
     rows: int, columns: int, suptitle: str, image: Tensor
 ) -> tuple[Figure, np.ndarray]:
-    """A figure of ``rows x columns`` cells shaped like ``image`` ``(C, H, W)``."""
-    fig = Figure(figsize=_figsize(rows, columns, image), dpi=DPI, layout="constrained")
-    axes = np.asarray(fig.subplots(rows, columns, squeeze=False))
-    fig.suptitle(suptitle, fontsize=_TITLE_FONT)
+    """A figure of ``rows x columns`` cells shaped like ``image`` ``(C, H, W)``.
+
+    The margins are fixed (room for two-line row labels on the left and
+    two-line column titles on top) instead of solved by constrained layout,
+    which for a grid of ~100 cells takes longer than drawing them
+    (``benchmarks/callback_overhead.py``).
+    """
+    cell_width, cell_height = CELL, CELL * _aspect(image)
+    width = _GRID_LEFT + columns * cell_width + (columns - 1) * _GRID_GAP + _GRID_PAD
+    height = _GRID_TOP + rows * cell_height + (rows - 1) * _GRID_GAP + _GRID_PAD
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    spacing = {
+        "left": _GRID_LEFT / width,
+        "right": 1 - _GRID_PAD / width,
+        "top": 1 - _GRID_TOP / height,
+        "bottom": _GRID_PAD / height,
+        "wspace": _GRID_GAP / cell_width,
+        "hspace": _GRID_GAP / cell_height,
+    }
+    axes = np.asarray(fig.subplots(rows, columns, squeeze=False, gridspec_kw=spacing))
+    fig.suptitle(suptitle, fontsize=_TITLE_FONT, y=1 - _GRID_PAD / height, va="top")
     return fig, axes
 
 
