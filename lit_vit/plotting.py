@@ -22,6 +22,7 @@ relative to itself, not its absolute value. The quantities are defined in
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -31,8 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
-from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from PIL import Image as PILImage
 from torch import Tensor
@@ -57,12 +58,14 @@ MAP_CMAP = "inferno"
 
 OVERLAY_ALPHA = 0.5
 DPI = 100
-CELL = 1.25  # inches per image cell in the grid figures
+CELL = 1.25  # inches (at DPI) of an image grid's cell, about
 MAX_COLUMNS = 8  # head_maps_figure wraps after this many cells
-_GRID_LEFT = 0.45  # inches left of a grid figure's cells: two-line row labels
-_GRID_TOP = 0.6  # inches above the cells: the title and two-line column titles
-_GRID_PAD = 0.08  # inches right of and below the cells
-_GRID_GAP = 0.08  # inches between cells
+_LEFT_PX = 45  # pixels left of an image grid: two-line row labels
+_TOP_PX = 60  # pixels above it: the title and two-line column titles
+_PAD_PX = 8  # pixels right of and below it
+_GAP_PX = 8  # pixels between its cells
+_TITLE_PX = 14  # pixels more between rows when later rows have titles too
+_FRAME_GRAY = 0.6  # the 1-pixel frame around each cell
 _FONT = 8
 _TITLE_FONT = 10
 _WRONG_COLOR = "tab:red"  # row label of a misclassified image
@@ -104,14 +107,6 @@ def _names(names: Sequence[str] | None, count: int, name: str) -> list[str] | No
     return names
 
 
-def _rgb(image: Tensor) -> np.ndarray:
-    """``(C, H, W)`` in [0, 1] -> ``(H, W, 3)`` or ``(H, W)`` array for ``imshow``."""
-    image = image.clamp(0, 1)
-    if image.shape[0] == 1:
-        return image[0].numpy()
-    return image.permute(1, 2, 0).numpy()
-
-
 def _gray(image: Tensor) -> np.ndarray:
     """``(C, H, W)`` in [0, 1] -> ``(H, W)`` luminance."""
     image = image.clamp(0, 1)
@@ -135,117 +130,135 @@ def _upsample(grid: Tensor, size: tuple[int, int]) -> Tensor:
     return out[0, 0]
 
 
-# --------------------------------------------------------------------------- cells
+# --------------------------------------------------------------------------- image grids
+#
+# An image grid (layer maps, rollout, head maps, resolution) is one RGB mosaic
+# drawn by a single ``imshow`` on a single Axes, with the titles and row labels
+# as text around it: the cells are composed here as pixels (the map through
+# the colormap, alpha-blended over the gray image) instead of one Axes per
+# cell, which for a 100-cell grid cost seconds in Axes creation, tick set-up
+# and drawing (``benchmarks/callback_overhead.py``).
 
 
-def _blank(ax: Axes) -> None:
-    """An image cell: no ticks, a thin frame (keeps ``ylabel`` visible as row label)."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_linewidth(0.5)
-        spine.set_color("0.6")
+def _cell_shape(height: int, width: int) -> tuple[int, int]:
+    """Pixel size of a cell showing an ``height x width`` image, about ``CELL * DPI`` wide.
 
-
-def _interpolation(image: Tensor) -> str | None:
-    """Sharp pixels for small images shown enlarged, matplotlib's default for large ones.
-
-    (matplotlib's default smooths enlargements below 3x, which blurs small
-    images and triples the PNG size.)
+    Small images are enlarged by a whole factor (sharp, even pixels); large
+    ones are shrunk to fit.
     """
-    return "nearest" if max(image.shape[-2:]) <= CELL * DPI else None
+    scale = CELL * DPI / max(height, width)
+    if scale >= 1:
+        scale = math.floor(scale)
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _show_image(ax: Axes, image: Tensor) -> None:
-    """Draw ``(C, H, W)`` pixels: gray for one channel, RGB for three."""
-    pixels = _rgb(image)
-    ax.imshow(
-        pixels,
-        cmap="gray" if pixels.ndim == 2 else None,
-        vmin=0,
-        vmax=1,
-        interpolation=_interpolation(image),
-    )
-    _blank(ax)
+def _fit(pixels: Tensor, shape: tuple[int, int]) -> Tensor:
+    """``(3, h, w)`` -> ``(3, *shape)``: blocks when enlarging, area average when shrinking."""
+    if tuple(pixels.shape[-2:]) == shape:
+        return pixels
+    shrinking = shape[0] < pixels.shape[-2] or shape[1] < pixels.shape[-1]
+    mode = "area" if shrinking else "nearest-exact"
+    return F.interpolate(pixels[None], size=shape, mode=mode)[0]
 
 
-def _show_map(ax: Axes, grid: Tensor, size: tuple[int, int]) -> None:
-    """Draw a ``(gh, gw)`` map alone, one block per patch, in image coordinates."""
-    height, width = size
-    ax.imshow(
-        _scaled(grid).numpy(),
-        cmap=MAP_CMAP,
-        vmin=0,
-        vmax=1,
-        interpolation="nearest",
-        extent=(-0.5, width - 0.5, height - 0.5, -0.5),
-    )
-    _blank(ax)
+@functools.cache
+def _map_colormap() -> Colormap:
+    """``MAP_CMAP``, looked up once (the registry hands out a fresh copy per lookup)."""
+    return colormaps[MAP_CMAP]
 
 
-def _show_overlay(ax: Axes, image: Tensor, grid: Tensor) -> None:
-    """Draw a ``(gh, gw)`` map upsampled onto the gray ``(C, H, W)`` image."""
+def _colorize(values: Tensor) -> Tensor:
+    """``(h, w)`` in [0, 1] -> ``(3, h, w)`` RGB through ``MAP_CMAP``."""
+    rgba = _map_colormap()(values.numpy())
+    return torch.from_numpy(rgba[..., :3]).float().permute(2, 0, 1)
+
+
+def _image_pixels(image: Tensor) -> Tensor:
+    """``(C, H, W)`` in [0, 1] -> ``(3, H, W)``: gray for one channel, RGB for three."""
+    return image.clamp(0, 1).expand(3, -1, -1)
+
+
+def _map_pixels(grid: Tensor) -> Tensor:
+    """``(gh, gw)`` -> ``(3, gh, gw)``: the map alone, scaled to its own range."""
+    return _colorize(_scaled(grid))
+
+
+def _overlay_pixels(image: Tensor, grid: Tensor) -> Tensor:
+    """``(C, H, W)`` image and ``(gh, gw)`` map -> ``(3, H, W)``.
+
+    The map is upsampled bilinearly to the image, coloured and blended with
+    ``OVERLAY_ALPHA`` over the image's gray.
+    """
     size = (image.shape[-2], image.shape[-1])
-    interpolation = _interpolation(image)
-    ax.imshow(_gray(image), cmap="gray", vmin=0, vmax=1, interpolation=interpolation)
-    ax.imshow(
-        _upsample(_scaled(grid), size).numpy(),
-        cmap=MAP_CMAP,
-        vmin=0,
-        vmax=1,
-        alpha=OVERLAY_ALPHA,
-        interpolation=interpolation,
-    )
-    _blank(ax)
+    gray = torch.from_numpy(_gray(image)).expand(3, -1, -1)
+    heat = _colorize(_upsample(_scaled(grid), size))
+    return (1 - OVERLAY_ALPHA) * gray + OVERLAY_ALPHA * heat
 
 
-def _row_label(ax: Axes, true: str | None, predicted: str | None) -> None:
-    """Row header on the left of a grid row; red when the prediction is wrong."""
+def _row_label(true: str | None, predicted: str | None) -> tuple[str, str] | None:
+    """Text and colour of a row label; red when the prediction is wrong."""
     if true is None and predicted is None:
-        return
+        return None
     if predicted is None:
-        ax.set_ylabel(true, fontsize=_FONT)
-        return
+        return true, "black"
     lines = ([f"true: {true}"] if true is not None else []) + [f"pred: {predicted}"]
     wrong = true is not None and predicted != true
-    ax.set_ylabel("\n".join(lines), fontsize=_FONT, color=_WRONG_COLOR if wrong else "black")
+    return "\n".join(lines), _WRONG_COLOR if wrong else "black"
 
 
-def _aspect(image: Tensor) -> float:
-    """Height over width of an image cell, clamped to [0.4, 2.5]."""
-    return min(max(image.shape[-2] / image.shape[-1], 0.4), 2.5)
+def _mosaic_figure(
+    cells: Sequence[Sequence[Tensor | None]],
+    suptitle: str,
+    titles: Mapping[tuple[int, int], str],
+    row_labels: Sequence[tuple[str, str] | None] = (),
+) -> Figure:
+    """One figure of a ``rows x columns`` grid of equally sized image cells.
 
-
-def _figsize(rows: int, columns: int, image: Tensor) -> tuple[float, float]:
-    """Size of a grid of image cells, ``CELL`` inches wide and as high as the image's aspect."""
-    return CELL * columns + 0.4, (CELL * _aspect(image) + 0.1) * rows + 0.5
-
-
-def _grid_figure(
-    rows: int, columns: int, suptitle: str, image: Tensor
-) -> tuple[Figure, np.ndarray]:
-    """A figure of ``rows x columns`` cells shaped like ``image`` ``(C, H, W)``.
-
-    The margins are fixed (room for two-line row labels on the left and
-    two-line column titles on top) instead of solved by constrained layout,
-    which for a grid of ~100 cells takes longer than drawing them
-    (``benchmarks/callback_overhead.py``).
+    Args:
+        cells: Rows of ``(3, ch, cw)`` RGB pixels in [0, 1], all of one size;
+            ``None`` leaves a cell empty.
+        suptitle: Title of the figure.
+        titles: ``(row, column)`` -> the title above that cell.
+        row_labels: Per row, ``(text, colour)`` written left of it, or ``None``.
     """
-    cell_width, cell_height = CELL, CELL * _aspect(image)
-    width = _GRID_LEFT + columns * cell_width + (columns - 1) * _GRID_GAP + _GRID_PAD
-    height = _GRID_TOP + rows * cell_height + (rows - 1) * _GRID_GAP + _GRID_PAD
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    spacing = {
-        "left": _GRID_LEFT / width,
-        "right": 1 - _GRID_PAD / width,
-        "top": 1 - _GRID_TOP / height,
-        "bottom": _GRID_PAD / height,
-        "wspace": _GRID_GAP / cell_width,
-        "hspace": _GRID_GAP / cell_height,
-    }
-    axes = np.asarray(fig.subplots(rows, columns, squeeze=False, gridspec_kw=spacing))
-    fig.suptitle(suptitle, fontsize=_TITLE_FONT, y=1 - _GRID_PAD / height, va="top")
-    return fig, axes
+    rows, columns = len(cells), max(len(row) for row in cells)
+    cell_h, cell_w = next(c for row in cells for c in row if c is not None).shape[-2:]
+    row_gap = _GAP_PX + (_TITLE_PX if any(row > 0 for row, _ in titles) else 0)
+    tops = [row * (cell_h + row_gap) for row in range(rows)]
+    lefts = [column * (cell_w + _GAP_PX) for column in range(columns)]
+    mosaic = torch.ones(3, tops[-1] + cell_h + 2, lefts[-1] + cell_w + 2)  # 1-pixel margin
+    for row, top in zip(range(rows), tops, strict=True):
+        for column, pixels in enumerate(cells[row]):
+            if pixels is None:
+                continue
+            top_, left = top + 1, lefts[column] + 1
+            mosaic[:, top_ - 1 : top_ + cell_h + 1, left - 1 : left + cell_w + 1] = _FRAME_GRAY
+            mosaic[:, top_ : top_ + cell_h, left : left + cell_w] = pixels
+
+    height_px = _TOP_PX + mosaic.shape[1] + _PAD_PX
+    width_px = _LEFT_PX + mosaic.shape[2] + _PAD_PX
+    fig = Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI)
+    ax = fig.add_axes(
+        (
+            _LEFT_PX / width_px,
+            _PAD_PX / height_px,
+            mosaic.shape[2] / width_px,
+            mosaic.shape[1] / height_px,
+        )
+    )
+    pixels = (mosaic.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    ax.imshow(pixels, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    for (row, column), title in titles.items():
+        x = lefts[column] + 1 + cell_w / 2 - 0.5
+        ax.text(x, tops[row] - 2, title, ha="center", va="bottom", fontsize=_FONT)
+    for row, label in enumerate(row_labels):
+        if label is not None:
+            y = tops[row] + 1 + cell_h / 2 - 0.5
+            text, color = label
+            ax.text(-4, y, text, rotation=90, ha="right", va="center", fontsize=_FONT, color=color)
+    fig.suptitle(suptitle, fontsize=_TITLE_FONT, y=1 - 4 / height_px, va="top", wrap=True)
+    return fig
 
 
 # --------------------------------------------------------------------------- map grids
@@ -281,25 +294,26 @@ def layer_maps_figure(
     predicted_names = _names(predicted_names, batch, "predicted_names")
     layers = maps.shape[0]
 
-    fig, axes = _grid_figure(
-        batch,
-        1 + layers,
-        "Class-token attention per layer (heads averaged, each map scaled to its range)",
-        images[0],
-    )
-    for row in range(batch):
-        _show_image(axes[row, 0], images[row])
+    shape = _cell_shape(*images.shape[-2:])
+    cells = [
+        [_fit(_image_pixels(images[row]), shape)]
+        + [_fit(_overlay_pixels(images[row], maps[layer, row]), shape) for layer in range(layers)]
+        for row in range(batch)
+    ]
+    titles = {(0, 0): "image"} | {(0, 1 + layer): f"layer {layer}" for layer in range(layers)}
+    labels = [
         _row_label(
-            axes[row, 0],
             class_names[row] if class_names else None,
             predicted_names[row] if predicted_names else None,
         )
-        for layer in range(layers):
-            _show_overlay(axes[row, 1 + layer], images[row], maps[layer, row])
-    axes[0, 0].set_title("image", fontsize=_FONT)
-    for layer in range(layers):
-        axes[0, 1 + layer].set_title(f"layer {layer}", fontsize=_FONT)
-    return fig
+        for row in range(batch)
+    ]
+    return _mosaic_figure(
+        cells,
+        "Class-token attention per layer (heads averaged, each map scaled to its range)",
+        titles,
+        labels,
+    )
 
 
 def head_maps_figure(
@@ -319,23 +333,20 @@ def head_maps_figure(
     maps = _cpu(maps, "maps")
     _check_dim(maps, 3, "maps", "(H, gh, gw)")
     heads = maps.shape[0]
-    cells = 1 + heads
-    columns = min(cells, MAX_COLUMNS)
-    rows = -(-cells // columns)
+    columns = min(1 + heads, MAX_COLUMNS)
+
+    shape = _cell_shape(*image.shape[-2:])
+    sequence = [_fit(_image_pixels(image), shape)]
+    sequence += [_fit(_overlay_pixels(image, maps[head]), shape) for head in range(heads)]
+    names = ["image" if class_name is None else class_name]
+    names += [f"head {head}" for head in range(heads)]
+    cells = [sequence[start : start + columns] for start in range(0, len(sequence), columns)]
+    titles = {divmod(index, columns): name for index, name in enumerate(names)}
 
     title = f"Layer {layer}: class-token attention per head (each map scaled to its range)"
     if class_name is not None:
         title = f"{class_name}: " + title[0].lower() + title[1:]
-    fig = Figure(figsize=_figsize(rows, columns, image), dpi=DPI, layout="constrained")
-    fig.suptitle(title, fontsize=_TITLE_FONT)
-    ax = fig.add_subplot(rows, columns, 1)
-    _show_image(ax, image)
-    ax.set_title("image" if class_name is None else class_name, fontsize=_FONT)
-    for head in range(heads):
-        ax = fig.add_subplot(rows, columns, 2 + head)
-        _show_overlay(ax, image, maps[head])
-        ax.set_title(f"head {head}", fontsize=_FONT)
-    return fig
+    return _mosaic_figure(cells, title, titles)
 
 
 def rollout_figure(
@@ -353,7 +364,7 @@ def rollout_figure(
         class_names: One class name per image (row labels).
     """
     images = _images(images)
-    batch, size = images.shape[0], (images.shape[-2], images.shape[-1])
+    batch = images.shape[0]
     if not maps:
         raise ValueError("maps must name at least one map, got an empty mapping")
     grids = {}
@@ -367,20 +378,19 @@ def rollout_figure(
         grids[name] = grid
     class_names = _names(class_names, batch, "class_names")
 
-    fig, axes = _grid_figure(
-        batch, 1 + 2 * len(grids), "Saliency maps (each scaled to its range)", images[0]
-    )
+    shape = _cell_shape(*images.shape[-2:])
+    cells = []
     for row in range(batch):
-        _show_image(axes[row, 0], images[row])
-        _row_label(axes[row, 0], class_names[row] if class_names else None, None)
-        for index, grid in enumerate(grids.values()):
-            _show_map(axes[row, 1 + 2 * index], grid[row], size)
-            _show_overlay(axes[row, 2 + 2 * index], images[row], grid[row])
-    axes[0, 0].set_title("image", fontsize=_FONT)
+        cells.append([_fit(_image_pixels(images[row]), shape)])
+        for grid in grids.values():
+            cells[-1].append(_fit(_map_pixels(grid[row]), shape))
+            cells[-1].append(_fit(_overlay_pixels(images[row], grid[row]), shape))
+    titles = {(0, 0): "image"}
     for index, name in enumerate(grids):
-        axes[0, 1 + 2 * index].set_title(name, fontsize=_FONT)
-        axes[0, 2 + 2 * index].set_title(f"{name}\non image", fontsize=_FONT)
-    return fig
+        titles[0, 1 + 2 * index] = name
+        titles[0, 2 + 2 * index] = f"{name}\non image"
+    labels = [_row_label(class_names[row] if class_names else None, None) for row in range(batch)]
+    return _mosaic_figure(cells, "Saliency maps (each scaled to its range)", titles, labels)
 
 
 def resolution_figure(
@@ -391,7 +401,8 @@ def resolution_figure(
     """Rollout maps of the same images at several input sizes.
 
     Rows are images, columns sizes (in the order of ``images_by_size``); each
-    cell is that size's map over that size's image, titled e.g. ``"20x20 (5x5 grid)"``.
+    cell is that size's map over that size's image, titled e.g. ``"20x20 (5x5 grid)"``,
+    every size shown at the cell size of the first.
 
     Args:
         images_by_size: Size label -> ``(B, C, h, w)`` raw pixels in [0, 1].
@@ -419,21 +430,19 @@ def resolution_figure(
         grids[size] = grid
     class_names = _names(class_names, batch, "class_names")
 
-    fig, axes = _grid_figure(
-        batch,
-        len(sizes),
-        "Attention rollout by input size (each map scaled to its range)",
-        images[sizes[0]][0],
-    )
+    shape = _cell_shape(*images[sizes[0]].shape[-2:])
+    cells = [
+        [_fit(_overlay_pixels(images[size][row], grids[size][row]), shape) for size in sizes]
+        for row in range(batch)
+    ]
+    titles = {}
     for column, size in enumerate(sizes):
-        for row in range(batch):
-            _show_overlay(axes[row, column], images[size][row], grids[size][row])
         gh, gw = grids[size].shape[-2:]
-        axes[0, column].set_title(f"{size} ({gh}x{gw} grid)", fontsize=_FONT)
-    if class_names:
-        for row in range(batch):
-            _row_label(axes[row, 0], class_names[row], None)
-    return fig
+        titles[0, column] = f"{size} ({gh}x{gw} grid)"
+    labels = [_row_label(class_names[row] if class_names else None, None) for row in range(batch)]
+    return _mosaic_figure(
+        cells, "Attention rollout by input size (each map scaled to its range)", titles, labels
+    )
 
 
 # --------------------------------------------------------------------------- measures

@@ -9,6 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
@@ -21,10 +23,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def images_in(ax) -> int:
     return sum(isinstance(artist, AxesImage) for artist in ax.get_children())
-
-
-def image_axes(fig: Figure) -> list:
-    return [ax for ax in fig.axes if images_in(ax)]
 
 
 def bars_in(ax) -> int:
@@ -44,35 +42,92 @@ def assert_renders(fig: Figure) -> torch.Tensor:
     return image
 
 
+def mosaic_of(fig: Figure) -> tuple:
+    """The one Axes of an image grid figure and its ``(h, w, 3)`` uint8 mosaic."""
+    (ax,) = fig.axes
+    (image,) = ax.get_images()
+    pixels = np.asarray(image.get_array())
+    assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
+    return ax, pixels
+
+
+def column_titles(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts if t.get_rotation() == 0]
+
+
+def row_labels(ax) -> list[tuple[str, str]]:
+    return [(t.get_text(), t.get_color()) for t in ax.texts if t.get_rotation() == 90]
+
+
+def cell(pixels: np.ndarray, row: int, column: int, shape, row_gap=plotting._GAP_PX) -> np.ndarray:
+    """Cell ``(row, column)`` of a mosaic of ``shape`` cells: 1-pixel margin, gaps between."""
+    height, width = shape
+    top, left = 1 + row * (height + row_gap), 1 + column * (width + plotting._GAP_PX)
+    return pixels[top : top + height, left : left + width].astype(np.float64) / 255
+
+
+def colormap(values) -> np.ndarray:
+    return colormaps[plotting.MAP_CMAP](np.asarray(values, dtype=np.float64))[..., :3]
+
+
+def scaled(grid: torch.Tensor) -> torch.Tensor:
+    return (grid - grid.min()) / (grid.max() - grid.min())
+
+
+def expected_overlay(image: torch.Tensor, grid: torch.Tensor) -> np.ndarray:
+    """Half the gray image, half the map's colour, the map bilinearly upsampled to the image."""
+    weights = torch.tensor([0.299, 0.587, 0.114])[: image.shape[0]] if image.shape[0] == 3 else None
+    gray = (image * weights.view(3, 1, 1)).sum(0) if weights is not None else image[0]
+    size = tuple(image.shape[-2:])
+    up = F.interpolate(scaled(grid)[None, None], size=size, mode="bilinear", align_corners=False)
+    return 0.5 * gray.numpy()[..., None] + 0.5 * colormap(up[0, 0].numpy())
+
+
 @pytest.mark.parametrize(
-    ("channels", "height", "width", "grid", "layers"),
-    [(1, 28, 40, (7, 10), 3), (3, 28, 28, (7, 7), 2), (1, 30, 30, (7, 7), 1)],
+    ("channels", "height", "width", "grid", "layers", "shape"),
+    [
+        (1, 28, 40, (7, 10), 3, (84, 120)),  # enlarged 3x: 125 px / 40
+        (3, 28, 28, (7, 7), 2, (112, 112)),
+        (1, 30, 30, (7, 7), 1, (120, 120)),
+    ],
 )
-def test_layer_maps_figure(channels, height, width, grid, layers):
+def test_layer_maps_figure(channels, height, width, grid, layers, shape):
     images = make_images(2, channels, height, width)
     maps = torch.rand(layers, 2, *grid)
     fig = plotting.layer_maps_figure(images, maps, ["Coat", "Bag"], ["Coat", "Shirt"])
     assert isinstance(fig, Figure)
-    axes = image_axes(fig)
-    assert len(fig.axes) == len(axes) == 2 * (1 + layers)
-    # First column: the image alone; the others: gray image + map.
-    assert [images_in(ax) for ax in axes[: 1 + layers]] == [1] + [2] * layers
-    overlay = axes[1].get_images()[1].get_array()
-    assert overlay.shape == (height, width)  # upsampled to the image size
-    assert axes[0].get_images()[0].get_array().shape[:2] == (height, width)
-    assert [axes[i].get_title() for i in range(1 + layers)] == ["image"] + [
-        f"layer {i}" for i in range(layers)
+    ax, pixels = mosaic_of(fig)
+    gap = plotting._GAP_PX
+    assert pixels.shape[:2] == (2 * shape[0] + gap + 2, (1 + layers) * (shape[1] + gap) - gap + 2)
+    assert column_titles(ax) == ["image"] + [f"layer {i}" for i in range(layers)]
+    assert row_labels(ax) == [
+        ("true: Coat\npred: Coat", "black"),
+        ("true: Bag\npred: Shirt", plotting._WRONG_COLOR),
     ]
-    assert "Coat" in axes[0].get_ylabel() and "pred: Coat" in axes[0].get_ylabel()
-    assert "true: Bag" in axes[1 + layers].get_ylabel()
-    assert "pred: Shirt" in axes[1 + layers].get_ylabel()
+    factor = shape[0] // height
+    for row in range(2):
+        # First column: the image itself, each pixel a factor x factor block.
+        shown = cell(pixels, row, 0, shape)[::factor, ::factor]
+        assert np.abs(shown - images[row].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+        # The others: each layer's map over the gray image.
+        for layer in range(layers):
+            overlay = cell(pixels, row, 1 + layer, shape)[::factor, ::factor]
+            reference = expected_overlay(images[row], maps[layer, row])
+            assert np.abs(overlay - reference).max() <= 1 / 255
     assert_renders(fig)
 
 
 def test_layer_maps_one_layer_no_names():
     fig = plotting.layer_maps_figure(make_images(1, 1, 28, 28), torch.rand(1, 1, 7, 7))
-    assert len(image_axes(fig)) == 2
-    assert fig.axes[0].get_ylabel() == ""
+    ax, pixels = mosaic_of(fig)
+    assert pixels.shape[:2] == (112 + 2, 2 * 112 + plotting._GAP_PX + 2)
+    assert row_labels(ax) == []
+
+
+def test_layer_maps_shrinks_large_images():
+    fig = plotting.layer_maps_figure(make_images(1, 3, 224, 224), torch.rand(2, 1, 14, 14))
+    _, pixels = mosaic_of(fig)
+    assert pixels.shape[:2] == (125 + 2, 3 * (125 + plotting._GAP_PX) - plotting._GAP_PX + 2)
 
 
 def test_layer_maps_rejects_mismatched_batch():
@@ -84,14 +139,24 @@ def test_layer_maps_rejects_mismatched_batch():
         plotting.layer_maps_figure(make_images(2, 1, 28, 28), torch.rand(3, 2, 7, 7), ["a"])
 
 
-@pytest.mark.parametrize("heads", [1, 3, 12])
-def test_head_maps_figure(heads):
-    fig = plotting.head_maps_figure(
-        make_images(1, 3, 28, 40)[0], torch.rand(heads, 7, 10), layer=4, class_name="Sneaker"
+@pytest.mark.parametrize(("heads", "rows"), [(1, 1), (3, 1), (12, 2)])
+def test_head_maps_figure(heads, rows):
+    image = make_images(1, 3, 28, 40)[0]
+    maps = torch.rand(heads, 7, 10)
+    fig = plotting.head_maps_figure(image, maps, layer=4, class_name="Sneaker")
+    ax, pixels = mosaic_of(fig)
+    columns = min(1 + heads, plotting.MAX_COLUMNS)
+    row_gap = plotting._GAP_PX + (plotting._TITLE_PX if rows > 1 else 0)
+    assert pixels.shape[:2] == (
+        rows * (84 + row_gap) - row_gap + 2,
+        columns * (120 + plotting._GAP_PX) - plotting._GAP_PX + 2,
     )
-    axes = image_axes(fig)
-    assert len(fig.axes) == len(axes) == 1 + heads
-    assert [ax.get_title() for ax in axes[1:]] == [f"head {h}" for h in range(heads)]
+    assert column_titles(ax) == ["Sneaker"] + [f"head {h}" for h in range(heads)]
+    last = divmod(heads, columns)  # the cell of the last head
+    overlay = cell(pixels, *last, (84, 120), row_gap)[::3, ::3]
+    assert np.abs(overlay - expected_overlay(image, maps[-1])).max() <= 1 / 255
+    if rows > 1:  # cells after the last head stay empty
+        assert (cell(pixels, rows - 1, columns - 1, (84, 120), row_gap) == 1).all()
     title = fig.get_suptitle()
     assert "layer 4" in title and "Sneaker" in title
     assert_renders(fig)
@@ -105,15 +170,21 @@ def test_rollout_figure():
         "grad rollout (pred)": torch.rand(3, 7, 10),
     }
     fig = plotting.rollout_figure(images, maps, ["Coat", "Bag", "Dress"])
-    axes = image_axes(fig)
-    assert len(fig.axes) == len(axes) == 3 * 7
-    # image | map | overlay | map | overlay | map | overlay
-    assert [images_in(ax) for ax in axes[:7]] == [1, 1, 2, 1, 2, 1, 2]
-    titles = [ax.get_title() for ax in axes[:7]]
-    assert titles[0] == "image" and titles[1] == "rollout" and "grad rollout (pred)" in titles[5]
-    assert [axes[7 * r].get_ylabel() for r in range(3)] == ["Coat", "Bag", "Dress"]
-    # The map alone is drawn in the image's coordinates, so it lines up with the overlay.
-    assert axes[1].get_images()[0].get_extent() == [-0.5, 39.5, 27.5, -0.5]
+    ax, pixels = mosaic_of(fig)
+    assert pixels.shape[1] == 7 * (120 + plotting._GAP_PX) - plotting._GAP_PX + 2
+    titles = column_titles(ax)
+    assert titles[:2] == ["image", "rollout"] and titles[5] == "grad rollout (pred)"
+    assert titles[6] == "grad rollout (pred)\non image"
+    assert row_labels(ax) == [("Coat", "black"), ("Bag", "black"), ("Dress", "black")]
+    for row in range(3):
+        for index, grid in enumerate(maps.values()):
+            # The map alone: one 12x12 block per patch, lined up with the image.
+            alone = cell(pixels, row, 1 + 2 * index, (84, 120))
+            blocks = alone[6::12, 6::12]
+            assert np.abs(blocks - colormap(scaled(grid[row]).numpy())).max() <= 1 / 255
+            assert (alone[:12, :12] == alone[0, 0]).all()
+            overlay = cell(pixels, row, 2 + 2 * index, (84, 120))[::3, ::3]
+            assert np.abs(overlay - expected_overlay(images[row], grid[row])).max() <= 1 / 255
     assert_renders(fig)
 
 
@@ -133,16 +204,14 @@ def test_resolution_figure():
         else:
             images[label], maps[label] = make_images(2, 1, side, side), torch.rand(2, grid, grid)
     fig = plotting.resolution_figure(images, maps, ["Pullover", "Sandal"])
-    axes = image_axes(fig)
-    assert len(fig.axes) == len(axes) == 2 * 3
-    assert all(images_in(ax) == 2 for ax in axes)
-    assert [ax.get_title() for ax in axes[:3]] == [
-        "20x20 (5x5 grid)",
-        "28x28 (7x7 grid)",
-        "28x40 (7x10 grid)",
-    ]
-    assert axes[0].get_ylabel() == "Pullover" and axes[3].get_ylabel() == "Sandal"
-    assert axes[0].get_images()[1].get_array().shape == (20, 20)
+    ax, pixels = mosaic_of(fig)
+    # Every size in the first size's cell: 20x20 enlarged 6x.
+    gap = plotting._GAP_PX
+    assert pixels.shape[:2] == (2 * (120 + gap) - gap + 2, 3 * (120 + gap) - gap + 2)
+    assert column_titles(ax) == ["20x20 (5x5 grid)", "28x28 (7x7 grid)", "28x40 (7x10 grid)"]
+    assert row_labels(ax) == [("Pullover", "black"), ("Sandal", "black")]
+    first = cell(pixels, 1, 0, (120, 120))[::6, ::6]
+    assert np.abs(first - expected_overlay(images["20x20"][1], maps["20x20"][1])).max() <= 1 / 255
     assert_renders(fig)
     with pytest.raises(ValueError, match="same keys"):
         plotting.resolution_figure(images, {"20x20": maps["20x20"]})
@@ -264,14 +333,14 @@ def test_accepts_low_precision_tensors_with_grad():
     images = make_images(1, 1, 28, 28).half()
     maps = torch.rand(2, 1, 7, 7, dtype=torch.bfloat16, requires_grad=True)
     fig = plotting.layer_maps_figure(images, maps)
-    assert len(image_axes(fig)) == 3
+    assert mosaic_of(fig)[1].shape[1] == 3 * (112 + plotting._GAP_PX) - plotting._GAP_PX + 2
     assert plotting.layer_bar_figure(maps[:, 0, 0, 0], "t", "y").axes
 
 
 def test_constant_map_is_drawn_mid_scale():
     fig = plotting.rollout_figure(make_images(1, 1, 28, 28), {"uniform": torch.ones(1, 7, 7)})
-    alone = image_axes(fig)[1].get_images()[0].get_array()
-    assert float(alone.min()) == float(alone.max()) == 0.5
+    alone = cell(mosaic_of(fig)[1], 0, 1, (112, 112))
+    assert np.abs(alone - colormap([0.5])[0]).max() <= 0.5 / 255 + 1e-6
 
 
 def test_save_image_writes_the_rendered_pixels(tmp_path):
