@@ -207,55 +207,49 @@ def _row_label(true: str | None, predicted: str | None) -> tuple[str, str] | Non
 
 
 def _mosaic_figure(
-    cells: Sequence[Sequence[Tensor | None]],
+    cells: Sequence[Sequence[Tensor]],
     suptitle: str,
     titles: Mapping[tuple[int, int], str],
     row_labels: Sequence[tuple[str, str] | None] = (),
 ) -> Figure:
-    """One figure of a ``rows x columns`` grid of equally sized image cells.
+    """One figure of a grid of equally sized image cells, drawn as one image.
 
     Args:
         cells: Rows of ``(3, ch, cw)`` RGB pixels in [0, 1], all of one size;
-            ``None`` leaves a cell empty.
+            a shorter row leaves its last cells empty.
         suptitle: Title of the figure.
         titles: ``(row, column)`` -> the title above that cell.
         row_labels: Per row, ``(text, colour)`` written left of it, or ``None``.
     """
     rows, columns = len(cells), max(len(row) for row in cells)
-    cell_h, cell_w = next(c for row in cells for c in row if c is not None).shape[-2:]
+    cell_h, cell_w = cells[0][0].shape[-2:]
     row_gap = _GAP_PX + (_TITLE_PX if any(row > 0 for row, _ in titles) else 0)
-    tops = [row * (cell_h + row_gap) for row in range(rows)]
-    lefts = [column * (cell_w + _GAP_PX) for column in range(columns)]
-    mosaic = torch.ones(3, tops[-1] + cell_h + 2, lefts[-1] + cell_w + 2)  # 1-pixel margin
-    for row, top in zip(range(rows), tops, strict=True):
-        for column, pixels in enumerate(cells[row]):
-            if pixels is None:
-                continue
-            top_, left = top + 1, lefts[column] + 1
-            mosaic[:, top_ - 1 : top_ + cell_h + 1, left - 1 : left + cell_w + 1] = _FRAME_GRAY
-            mosaic[:, top_ : top_ + cell_h, left : left + cell_w] = pixels
+    # Top-left pixel of each cell; a 1-pixel margin around all for the frames.
+    tops = [1 + row * (cell_h + row_gap) for row in range(rows)]
+    lefts = [1 + column * (cell_w + _GAP_PX) for column in range(columns)]
+    mosaic = torch.ones(3, tops[-1] + cell_h + 1, lefts[-1] + cell_w + 1)  # (3, H, W)
+    for row_cells, top in zip(cells, tops, strict=True):
+        for pixels, left in zip(row_cells, lefts, strict=False):
+            mosaic[:, top - 1 : top + cell_h + 1, left - 1 : left + cell_w + 1] = _FRAME_GRAY
+            mosaic[:, top : top + cell_h, left : left + cell_w] = pixels
 
     height_px = _TOP_PX + mosaic.shape[1] + _PAD_PX
     width_px = _LEFT_PX + mosaic.shape[2] + _PAD_PX
     fig = Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI)
-    ax = fig.add_axes(
-        (
-            _LEFT_PX / width_px,
-            _PAD_PX / height_px,
-            mosaic.shape[2] / width_px,
-            mosaic.shape[1] / height_px,
-        )
-    )
+    # One image pixel per figure pixel: the Axes is exactly the mosaic's size.
+    left, bottom, width, height = _LEFT_PX, _PAD_PX, mosaic.shape[2], mosaic.shape[1]
+    ax = fig.add_axes((left / width_px, bottom / height_px, width / width_px, height / height_px))
     pixels = (mosaic.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
     ax.imshow(pixels, interpolation="nearest", aspect="auto")
     ax.set_axis_off()
+    # Text in the image's pixel coordinates (pixel centres at integers, y down).
     for (row, column), title in titles.items():
-        x = lefts[column] + 1 + cell_w / 2 - 0.5
-        ax.text(x, tops[row] - 2, title, ha="center", va="bottom", fontsize=_FONT)
+        x = lefts[column] + (cell_w - 1) / 2
+        ax.text(x, tops[row] - 3, title, ha="center", va="bottom", fontsize=_FONT)
     for row, label in enumerate(row_labels):
         if label is not None:
-            y = tops[row] + 1 + cell_h / 2 - 0.5
             text, color = label
+            y = tops[row] + (cell_h - 1) / 2
             ax.text(-4, y, text, rotation=90, ha="right", va="center", fontsize=_FONT, color=color)
     fig.suptitle(suptitle, fontsize=_TITLE_FONT, y=1 - 4 / height_px, va="top", wrap=True)
     return fig
