@@ -58,7 +58,7 @@ MAP_CMAP = "inferno"
 
 OVERLAY_ALPHA = 0.5
 DPI = 100
-CELL = 1.25  # inches (at DPI) of an image grid's cell, about
+CELL = 1.25  # inches an image grid's cell is wide, roughly (whole-pixel enlargement)
 MAX_COLUMNS = 8  # head_maps_figure wraps after this many cells
 _LEFT_PX = 45  # pixels left of an image grid: two-line row labels
 _TOP_PX = 60  # pixels above it: the title and two-line column titles
