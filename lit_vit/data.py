@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchvision.datasets import FashionMNIST
 from torchvision.datasets.utils import extract_archive
 
+from lit_vit.attention import resize_images
+
 CLASS_NAMES = (
     "T-shirt/top",
     "Trouser",
@@ -184,7 +186,7 @@ class FashionMNISTDataModule(LightningDataModule):
         if self.augment and self.trainer is not None and self.trainer.training:
             images = random_crop(images, self.crop_padding)
             images = random_horizontal_flip(images)
-        images = resize(images, self.img_size)
+        images = resize_images(images, self.img_size)
         return [images, labels]
 
     def denormalize(self, images: Tensor) -> Tensor:
@@ -274,14 +276,3 @@ def random_horizontal_flip(images: Tensor, p: float = 0.5) -> Tensor:
     """Flip each ``(B, C, H, W)`` image left-right with probability ``p``."""
     flip = torch.rand(images.shape[0], device=images.device) < p
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
-
-
-def resize(images: Tensor, size: int | tuple[int, int]) -> Tensor:
-    """Bilinear resize of ``(B, C, H, W)`` images, antialiased when shrinking."""
-    target = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(images.shape[-2:]) == target:
-        return images
-    shrinking = target[0] < images.shape[-2] or target[1] < images.shape[-1]
-    return F.interpolate(
-        images, size=target, mode="bilinear", align_corners=False, antialias=shrinking
-    )

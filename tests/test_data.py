@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lit_vit import data as data_module
+from lit_vit.attention import resize_images as resize
 from lit_vit.data import (
     CLASS_NAMES,
     DEBIAN_DIR,
@@ -12,7 +13,6 @@ from lit_vit.data import (
     FashionMNISTDataModule,
     random_crop,
     random_horizontal_flip,
-    resize,
 )
 from tests.conftest import TEST_IMAGES, TRAIN_IMAGES
 

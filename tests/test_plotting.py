@@ -17,6 +17,7 @@ from matplotlib.image import AxesImage
 from PIL import Image
 
 from lit_vit import plotting
+from lit_vit.plotting import mosaics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -59,10 +60,10 @@ def row_labels(ax) -> list[tuple[str, str]]:
     return [(t.get_text(), t.get_color()) for t in ax.texts if t.get_rotation() == 90]
 
 
-def cell(pixels: np.ndarray, row: int, column: int, shape, row_gap=plotting._GAP_PX) -> np.ndarray:
+def cell(pixels: np.ndarray, row: int, column: int, shape, row_gap=mosaics._GAP_PX) -> np.ndarray:
     """Cell ``(row, column)`` of a mosaic of ``shape`` cells: 1-pixel margin, gaps between."""
     height, width = shape
-    top, left = 1 + row * (height + row_gap), 1 + column * (width + plotting._GAP_PX)
+    top, left = 1 + row * (height + row_gap), 1 + column * (width + mosaics._GAP_PX)
     return pixels[top : top + height, left : left + width].astype(np.float64) / 255
 
 
@@ -97,12 +98,12 @@ def test_layer_maps_figure(channels, height, width, grid, layers, shape):
     fig = plotting.layer_maps_figure(images, maps, ["Coat", "Bag"], ["Coat", "Shirt"])
     assert isinstance(fig, Figure)
     ax, pixels = mosaic_of(fig)
-    gap = plotting._GAP_PX
+    gap = mosaics._GAP_PX
     assert pixels.shape[:2] == (2 * shape[0] + gap + 2, (1 + layers) * (shape[1] + gap) - gap + 2)
     assert column_titles(ax) == ["image"] + [f"layer {i}" for i in range(layers)]
     assert row_labels(ax) == [
         ("true: Coat\npred: Coat", "black"),
-        ("true: Bag\npred: Shirt", plotting._WRONG_COLOR),
+        ("true: Bag\npred: Shirt", mosaics._WRONG_COLOR),
     ]
     factor = shape[0] // height
     for row in range(2):
@@ -120,14 +121,14 @@ def test_layer_maps_figure(channels, height, width, grid, layers, shape):
 def test_layer_maps_one_layer_no_names():
     fig = plotting.layer_maps_figure(make_images(1, 1, 28, 28), torch.rand(1, 1, 7, 7))
     ax, pixels = mosaic_of(fig)
-    assert pixels.shape[:2] == (112 + 2, 2 * 112 + plotting._GAP_PX + 2)
+    assert pixels.shape[:2] == (112 + 2, 2 * 112 + mosaics._GAP_PX + 2)
     assert row_labels(ax) == []
 
 
 def test_layer_maps_shrinks_large_images():
     fig = plotting.layer_maps_figure(make_images(1, 3, 224, 224), torch.rand(2, 1, 14, 14))
     _, pixels = mosaic_of(fig)
-    assert pixels.shape[:2] == (125 + 2, 3 * (125 + plotting._GAP_PX) - plotting._GAP_PX + 2)
+    assert pixels.shape[:2] == (125 + 2, 3 * (125 + mosaics._GAP_PX) - mosaics._GAP_PX + 2)
 
 
 def test_layer_maps_rejects_mismatched_batch():
@@ -145,11 +146,11 @@ def test_head_maps_figure(heads, rows):
     maps = torch.rand(heads, 7, 10)
     fig = plotting.head_maps_figure(image, maps, layer=4, class_name="Sneaker")
     ax, pixels = mosaic_of(fig)
-    columns = min(1 + heads, plotting.MAX_COLUMNS)
-    row_gap = plotting._GAP_PX + (plotting._TITLE_PX if rows > 1 else 0)
+    columns = min(1 + heads, mosaics.MAX_COLUMNS)
+    row_gap = mosaics._GAP_PX + (mosaics._TITLE_PX if rows > 1 else 0)
     assert pixels.shape[:2] == (
         rows * (84 + row_gap) - row_gap + 2,
-        columns * (120 + plotting._GAP_PX) - plotting._GAP_PX + 2,
+        columns * (120 + mosaics._GAP_PX) - mosaics._GAP_PX + 2,
     )
     assert column_titles(ax) == ["Sneaker"] + [f"head {h}" for h in range(heads)]
     last = divmod(heads, columns)  # the cell of the last head
@@ -171,7 +172,7 @@ def test_rollout_figure():
     }
     fig = plotting.rollout_figure(images, maps, ["Coat", "Bag", "Dress"])
     ax, pixels = mosaic_of(fig)
-    assert pixels.shape[1] == 7 * (120 + plotting._GAP_PX) - plotting._GAP_PX + 2
+    assert pixels.shape[1] == 7 * (120 + mosaics._GAP_PX) - mosaics._GAP_PX + 2
     titles = column_titles(ax)
     assert titles[:2] == ["image", "rollout"] and titles[5] == "grad rollout (pred)"
     assert titles[6] == "grad rollout (pred)\non image"
@@ -206,7 +207,7 @@ def test_resolution_figure():
     fig = plotting.resolution_figure(images, maps, ["Pullover", "Sandal"])
     ax, pixels = mosaic_of(fig)
     # Every size in the first size's cell: 20x20 enlarged 6x.
-    gap = plotting._GAP_PX
+    gap = mosaics._GAP_PX
     assert pixels.shape[:2] == (2 * (120 + gap) - gap + 2, 3 * (120 + gap) - gap + 2)
     assert column_titles(ax) == ["20x20 (5x5 grid)", "28x28 (7x7 grid)", "28x40 (7x10 grid)"]
     assert row_labels(ax) == [("Pullover", "black"), ("Sandal", "black")]
@@ -333,7 +334,7 @@ def test_accepts_low_precision_tensors_with_grad():
     images = make_images(1, 1, 28, 28).half()
     maps = torch.rand(2, 1, 7, 7, dtype=torch.bfloat16, requires_grad=True)
     fig = plotting.layer_maps_figure(images, maps)
-    assert mosaic_of(fig)[1].shape[1] == 3 * (112 + plotting._GAP_PX) - plotting._GAP_PX + 2
+    assert mosaic_of(fig)[1].shape[1] == 3 * (112 + mosaics._GAP_PX) - mosaics._GAP_PX + 2
     assert plotting.layer_bar_figure(maps[:, 0, 0, 0], "t", "y").axes
 
 

@@ -4,6 +4,7 @@ Torch and timm only (no Lightning): capture the attention of every block,
 then compute rollout and the measures defined in ``docs/attention.md``.
 """
 
+from lit_vit.attention._validate import NonFiniteAttentionError
 from lit_vit.attention.capture import AttentionRecorder, AttentionRecording
 from lit_vit.attention.faithfulness import FaithfulnessResult, deletion_insertion_auc
 from lit_vit.attention.layout import TokenLayout, find_vit
@@ -20,7 +21,12 @@ from lit_vit.attention.metrics import (
     object_mass,
     query_distribution,
 )
-from lit_vit.attention.resolution import ResolutionResult, resolution_sweep
+from lit_vit.attention.resolution import (
+    ResolutionResult,
+    check_size,
+    resize_images,
+    resolution_sweep,
+)
 from lit_vit.attention.rollout import QueryAttention, cls_attention, gradient_rollout, rollout
 
 __all__ = [
@@ -29,11 +35,13 @@ __all__ = [
     "AttentionRecorder",
     "AttentionRecording",
     "FaithfulnessResult",
+    "NonFiniteAttentionError",
     "ObjectMass",
     "QueryAttention",
     "ResolutionResult",
     "TokenLayout",
     "attention_entropy",
+    "check_size",
     "cls_attention",
     "coverage",
     "deletion_insertion_auc",
@@ -45,6 +53,7 @@ __all__ = [
     "mean_attention_distance",
     "object_mass",
     "query_distribution",
+    "resize_images",
     "resolution_sweep",
     "rollout",
 ]

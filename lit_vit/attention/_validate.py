@@ -15,6 +15,10 @@ from lit_vit.attention.layout import TokenLayout
 ROW_SUM_ATOL = 1e-2
 
 
+class NonFiniteAttentionError(ValueError):
+    """Attention with NaN or inf values: usually a model whose loss diverged."""
+
+
 def check_layout(layout: object) -> TokenLayout:
     if not isinstance(layout, TokenLayout):
         raise ValueError(
@@ -81,6 +85,7 @@ def checked_chunks(
     name: str = "attention",
     rows_sum_to_one: bool = True,
     last_layer_first: bool = False,
+    check_values: bool = True,
 ) -> Iterator[CheckedChunk]:
     """Walk ``(L, B, H, N, N)`` attention in cache-sized chunks, validating it on the way.
 
@@ -96,6 +101,8 @@ def checked_chunks(
         name: the argument's name in error messages.
         rows_sum_to_one: check post-softmax rows (off for gradients).
         last_layer_first: yield layers ``L-1 .. 0`` (rollout's order).
+        check_values: off for attention validated before (a recording): the
+            chunks and their row sums are yielded, nothing is checked.
 
     Yields:
         :class:`CheckedChunk` per layer and group of images.
@@ -114,12 +121,16 @@ def checked_chunks(
             images = slice(start, min(start + per_chunk, batch))
             chunk = attention[layer, images].float()  # (b, H, N, N)
             row_sums = chunk.sum(dim=-1)  # (b, H, N); NaN and inf propagate into it
+            if not check_values:
+                yield CheckedChunk(layer, images, chunk, row_sums)
+                continue
             finite.setdefault(layer, []).append(torch.isfinite(row_sums).all())
             if rows_sum_to_one:
                 row_error.setdefault(layer, []).append((row_sums - 1).abs().amax())
                 minimum.setdefault(layer, []).append(chunk.amin())
             yield CheckedChunk(layer, images, chunk, row_sums)
-    _raise_if_invalid(finite, row_error, minimum, name)
+    if check_values:
+        _raise_if_invalid(finite, row_error, minimum, name)
 
 
 def _raise_if_invalid(
@@ -133,7 +144,7 @@ def _raise_if_invalid(
     layer_finite = torch.stack([torch.stack(finite[i]).all() for i in layers]).tolist()
     bad = [layer for layer, ok in zip(layers, layer_finite, strict=True) if not ok]
     if bad:
-        raise ValueError(f"{name} has NaN or inf values in layer(s) {bad}.")
+        raise NonFiniteAttentionError(f"{name} has NaN or inf values in layer(s) {bad}.")
     if not row_error:
         return
     errors = torch.stack([torch.stack(row_error[i]).amax() for i in layers])
@@ -159,6 +170,23 @@ def check_attention(
     for _ in checked_chunks(attention, layout, name, rows_sum_to_one):
         pass
     return attention.float()
+
+
+def checked_attention(
+    attention: object,
+    layout: TokenLayout,
+    validate: bool,
+    name: str = "attention",
+    rows_sum_to_one: bool = True,
+) -> Tensor:
+    """``attention`` as float32: fully validated, or only its shape when ``validate`` is off.
+
+    ``validate=False`` is for attention already validated where it was captured
+    (an :class:`~lit_vit.attention.AttentionRecording`).
+    """
+    if validate:
+        return check_attention(attention, layout, name, rows_sum_to_one)
+    return check_attention_shape(attention, layout, name).float()
 
 
 def renormalize(x: Tensor, dim: int = -1) -> Tensor:

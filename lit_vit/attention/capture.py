@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lit_vit.attention._validate import NonFiniteAttentionError, check_attention
 from lit_vit.attention.layout import TokenLayout, _unwrap, find_vit
 
 __all__ = ["AttentionRecorder", "AttentionRecording"]
@@ -36,7 +37,9 @@ class AttentionRecording:
     Attributes:
         logits: ``(B, C)`` model output, detached.
         attention: ``(L, B, H, N, N)`` float32 post-softmax attention (the output
-            of ``attn_drop``, i.e. what multiplies ``v``), layers in forward order.
+            of ``attn_drop``, i.e. what multiplies ``v``), layers in forward order,
+            validated once when recorded: pass ``validate=False`` to the
+            toolkit's functions to skip checking it again.
         layout: token layout for the input size that was recorded.
         attention_grads: one ``(L, B, H, N, N)`` float32 tensor per grad target:
             ``d(sum_b logits[b, target_b]) / d attention``.
@@ -150,10 +153,16 @@ class AttentionRecorder:
         Returns:
             An :class:`AttentionRecording`; ``layers`` follow the forward order.
 
+        The images are cast to the dtype of the model's parameters (a model
+        trained in ``bf16-true`` takes bfloat16); the attention is stored as
+        float32 whatever that dtype.
+
         Raises:
             ValueError: bad images (not 4-D, empty batch, wrong channels, a size
                 the model cannot take), bad targets, or captured attention that
                 does not match the layout.
+            NonFiniteAttentionError: the attention or the logits have NaN or
+                inf values (a ``ValueError``; usually a diverged model).
         """
         layout = self._check_images(images)
         grad_targets = tuple(grad_targets)
@@ -191,7 +200,8 @@ class AttentionRecorder:
         else:
             grad_mode.enter_context(torch.no_grad())
         with grad_mode, self._probe_mode(make_hook):
-            x = images.detach().clone().requires_grad_(True) if want_grad else images
+            x = images.detach().to(self._dtype())
+            x = x.clone().requires_grad_(True) if want_grad else x
             with _eager():
                 output = _unwrap(self.model)(x)
             logits = output[0] if isinstance(output, (tuple, list)) else output
@@ -205,6 +215,9 @@ class AttentionRecorder:
             if want_grad:
                 grads, targets = self._gradients(logits, maps, grad_targets)
         attention = torch.stack([a.detach().float() for a in maps])
+        check_attention(attention, layout)
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteAttentionError("the model's logits have NaN or inf values.")
         return AttentionRecording(
             logits=logits.detach(),
             attention=attention,
@@ -214,6 +227,11 @@ class AttentionRecorder:
         )
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _dtype(self) -> torch.dtype:
+        """The floating dtype of the ViT's parameters (float32 when it has none)."""
+        floating = (p.dtype for p in self.vit.parameters() if p.dtype.is_floating_point)
+        return next(floating, torch.float32)
 
     def _check_images(self, images: object) -> TokenLayout:
         if not isinstance(images, Tensor) or images.dim() != 4:

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_vit.attention._validate import (
-    check_attention,
     check_fraction,
     check_layout,
     check_saliency,
+    checked_attention,
     renormalize,
 )
 from lit_vit.attention.layout import TokenLayout
@@ -45,7 +45,7 @@ def _plogp(p: Tensor, log=torch.log) -> Tensor:
     return torch.where(p > 0, p * log(p.clamp_min(_TINY)), torch.zeros_like(p))
 
 
-def query_distribution(attention: Tensor, layout: TokenLayout) -> Tensor:
+def query_distribution(attention: Tensor, layout: TokenLayout, *, validate: bool = True) -> Tensor:
     """Query distribution ``q`` of every layer, image and head over the patches.
 
     With a class token: row 0 restricted to patch keys; without: the mean of the
@@ -55,6 +55,8 @@ def query_distribution(attention: Tensor, layout: TokenLayout) -> Tensor:
     Args:
         attention: ``(L, B, H, N, N)`` post-softmax attention.
         layout: token layout with ``N`` tokens.
+        validate: check the values (skip it for an already validated
+            :class:`~lit_vit.attention.AttentionRecording`); shapes are always checked.
 
     Returns:
         ``(L, B, H, G)`` float32, rows sum to 1.
@@ -62,10 +64,10 @@ def query_distribution(attention: Tensor, layout: TokenLayout) -> Tensor:
     Raises:
         ValueError: bad attention or layout.
     """
-    return cls_attention(attention, layout).maps.flatten(-2)
+    return cls_attention(attention, layout, validate=validate).maps.flatten(-2)
 
 
-def head_diversity(attention: Tensor, layout: TokenLayout) -> Tensor:
+def head_diversity(attention: Tensor, layout: TokenLayout, *, validate: bool = True) -> Tensor:
     """Mean pairwise Jensen-Shannon divergence between the heads of each layer.
 
     JS in bits (log base 2), so in [0, 1]: 0 when all heads attend alike, 1 for
@@ -74,6 +76,8 @@ def head_diversity(attention: Tensor, layout: TokenLayout) -> Tensor:
     Args:
         attention: ``(L, B, H, N, N)`` post-softmax attention.
         layout: token layout with ``N`` tokens.
+        validate: check the values (skip it for an already validated
+            :class:`~lit_vit.attention.AttentionRecording`); shapes are always checked.
 
     Returns:
         ``(L,)`` float32 in [0, 1]; 0 for a single head.
@@ -81,7 +85,7 @@ def head_diversity(attention: Tensor, layout: TokenLayout) -> Tensor:
     Raises:
         ValueError: bad attention or layout.
     """
-    q = query_distribution(attention, layout)  # (L, B, H, G)
+    q = query_distribution(attention, layout, validate=validate)  # (L, B, H, G)
     heads = q.shape[2]
     if heads < 2:
         return q.new_zeros(q.shape[0])
@@ -109,12 +113,16 @@ class AttentionEntropy(NamedTuple):
     effective_area: Tensor
 
 
-def attention_entropy(attention: Tensor, layout: TokenLayout) -> AttentionEntropy:
+def attention_entropy(
+    attention: Tensor, layout: TokenLayout, *, validate: bool = True
+) -> AttentionEntropy:
     """Normalised entropy and effective area of each head's query distribution.
 
     Args:
         attention: ``(L, B, H, N, N)`` post-softmax attention.
         layout: token layout with ``N`` tokens.
+        validate: check the values (skip it for an already validated
+            :class:`~lit_vit.attention.AttentionRecording`); shapes are always checked.
 
     Returns:
         :class:`AttentionEntropy` of ``(L, H)`` tensors. With a single patch
@@ -123,7 +131,7 @@ def attention_entropy(attention: Tensor, layout: TokenLayout) -> AttentionEntrop
     Raises:
         ValueError: bad attention or layout.
     """
-    q = query_distribution(attention, layout)  # (L, B, H, G)
+    q = query_distribution(attention, layout, validate=validate)  # (L, B, H, G)
     grid = q.shape[-1]
     nats = -_plogp(q).sum(dim=-1)  # (L, B, H)
     normalized = (nats / math.log(grid)).clamp(0.0, 1.0) if grid > 1 else torch.ones_like(nats)
@@ -145,7 +153,9 @@ class AttentionDistance(NamedTuple):
     relative: Tensor
 
 
-def mean_attention_distance(attention: Tensor, layout: TokenLayout) -> AttentionDistance:
+def mean_attention_distance(
+    attention: Tensor, layout: TokenLayout, *, validate: bool = True
+) -> AttentionDistance:
     """Mean attention distance of patch queries over patch keys.
 
     For each patch query ``i`` the patch-to-patch row is renormalised over patch
@@ -155,6 +165,8 @@ def mean_attention_distance(attention: Tensor, layout: TokenLayout) -> Attention
     Args:
         attention: ``(L, B, H, N, N)`` post-softmax attention.
         layout: token layout with ``N`` tokens.
+        validate: check the values (skip it for an already validated
+            :class:`~lit_vit.attention.AttentionRecording`); shapes are always checked.
 
     Returns:
         :class:`AttentionDistance` of ``(L, H)`` tensors. With a single patch
@@ -163,7 +175,7 @@ def mean_attention_distance(attention: Tensor, layout: TokenLayout) -> Attention
     Raises:
         ValueError: bad attention or layout.
     """
-    attention = check_attention(attention, layout)
+    attention = checked_attention(attention, layout, validate)
     p = layout.num_prefix_tokens
     patch_rows = renormalize(attention[..., p:, p:])  # (L, B, H, G, G)
     centers = layout.patch_centers(device=attention.device)

@@ -36,7 +36,7 @@ from lit_vit.attention.metrics import (
 )
 from lit_vit.attention.rollout import rollout
 
-__all__ = ["ResolutionResult", "resolution_sweep"]
+__all__ = ["ResolutionResult", "check_size", "resize_images", "resolution_sweep"]
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,16 @@ def _as_pair(size: int | Sequence[int], what: str) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
-def _check_size(size: int | Sequence[int], pair: tuple[int, int], patch: tuple[int, int]) -> None:
-    """Raise a ValueError naming the nearest valid sizes if ``pair`` is off the patch grid."""
+def check_size(size: int | Sequence[int], patch: tuple[int, int]) -> tuple[int, int]:
+    """``size`` as ``(h, w)``, checked to be a multiple of the patch size.
+
+    Raises:
+        ValueError: ``size`` is not a positive int or pair, or is off the patch
+            grid (the message names the nearest valid sizes).
+    """
+    pair = _as_pair(size, "size")
     if pair[0] % patch[0] == 0 and pair[1] % patch[1] == 0:
-        return
+        return pair
     options = []
     for s, p in zip(pair, patch, strict=True):
         below, above = (s // p) * p, (s // p + 1) * p
@@ -98,12 +104,23 @@ def _check_size(size: int | Sequence[int], pair: tuple[int, int], patch: tuple[i
     )
 
 
-def _resize(images: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of ``(B, C, H, W)`` to ``size``, antialiased when any side shrinks."""
-    if tuple(images.shape[-2:]) == size:
+def resize_images(images: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Bilinear resize of ``(B, C, H, W)`` images, antialiased when any side shrinks.
+
+    Args:
+        images: ``(B, C, H, W)`` float images.
+        size: the new side (square) or ``(h, w)``.
+
+    Returns:
+        ``(B, C, h, w)``; ``images`` itself when it already has that size.
+    """
+    target = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(images.shape[-2:]) == target:
         return images
-    shrink = size[0] < images.shape[-2] or size[1] < images.shape[-1]
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    shrink = target[0] < images.shape[-2] or target[1] < images.shape[-1]
+    return F.interpolate(
+        images, size=target, mode="bilinear", align_corners=False, antialias=shrink
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -172,9 +189,7 @@ def resolution_sweep(
             "resolution_sweep needs a timm VisionTransformer"
         )
     patch = _as_pair(tuple(int(p) for p in vit.patch_embed.patch_size), "patch size")
-    pairs = [_as_pair(s, "size") for s in sizes]
-    for size, pair in zip(sizes, pairs, strict=True):
-        _check_size(size, pair, patch)
+    pairs = [check_size(s, patch) for s in sizes]
 
     results = []
     for size in pairs:
@@ -183,7 +198,7 @@ def resolution_sweep(
         resized_vit = resized.get_submodule(name) if name else resized  # same name in the copy
         resized_vit.set_input_size(img_size=size)
         device = next(resized.parameters()).device
-        x = _resize(images.detach().to(device), size)
+        x = resize_images(images.detach().to(device), size)
 
         correct = 0
         with torch.no_grad():

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from lit_vit.attention._validate import (
-    check_attention,
     check_attention_shape,
+    checked_attention,
     checked_chunks,
     renormalize,
 )
@@ -63,7 +63,9 @@ def _to_grid(row: Tensor, layout: TokenLayout) -> Tensor:
     return patches.reshape(*patches.shape[:-1], *layout.grid_size)
 
 
-def cls_attention(attention: Tensor, layout: TokenLayout) -> QueryAttention:
+def cls_attention(
+    attention: Tensor, layout: TokenLayout, *, validate: bool = True
+) -> QueryAttention:
     """Per-head attention of the query token over the patch grid.
 
     With a class token the query is row 0; without one it is the mean of the
@@ -73,6 +75,8 @@ def cls_attention(attention: Tensor, layout: TokenLayout) -> QueryAttention:
     Args:
         attention: ``(L, B, H, N, N)`` post-softmax attention.
         layout: token layout with ``N`` tokens.
+        validate: check the values (skip it for an already validated
+            :class:`~lit_vit.attention.AttentionRecording`); shapes are always checked.
 
     Returns:
         :class:`QueryAttention` with ``maps (L, B, H, gh, gw)`` and
@@ -81,7 +85,7 @@ def cls_attention(attention: Tensor, layout: TokenLayout) -> QueryAttention:
     Raises:
         ValueError: bad attention shape, values or layout.
     """
-    attention = check_attention(attention, layout)
+    attention = checked_attention(attention, layout, validate)
     rows = _query_rows(attention, layout)  # (L, B, H, N)
     prefix_mass = rows[..., : layout.num_prefix_tokens].sum(dim=-1)
     return QueryAttention(maps=_to_grid(rows, layout), prefix_mass=prefix_mass)
@@ -137,7 +141,9 @@ def _row_times_mixed(row: Tensor, fused: Tensor) -> Tensor:
     return torch.bmm(weights[:, None, :], fused)[:, 0] + weights
 
 
-def _mean_rollout_row(attention: Tensor, layout: TokenLayout, start_layer: int) -> Tensor:
+def _mean_rollout_row(
+    attention: Tensor, layout: TokenLayout, start_layer: int, validate: bool
+) -> Tensor:
     """Row-form rollout for mean head fusion without discard: one pass over memory.
 
     ``row @ rownorm(0.5 * mean_h A + 0.5 * I)`` is ``w @ mean_h A + w`` with
@@ -149,16 +155,18 @@ def _mean_rollout_row(attention: Tensor, layout: TokenLayout, start_layer: int) 
     in place, chunk by chunk, last layer first.
 
     Args:
-        attention: ``(L, B, H, N, N)`` attention, not yet validated.
+        attention: ``(L, B, H, N, N)`` attention.
         layout: token layout with ``N`` tokens.
         start_layer: first layer included.
+        validate: validate each chunk on the way (else only compute).
 
     Returns:
         ``(B, N)`` row of the rollout matrix (class-token row, or mean patch row).
     """
     _, batch, heads, n, _ = attention.shape
     row = _start_vector(layout, (batch,), attention.device)  # (B, N)
-    for chunk in checked_chunks(attention, layout, last_layer_first=True):
+    chunks = checked_chunks(attention, layout, last_layer_first=True, check_values=validate)
+    for chunk in chunks:
         if chunk.layer < start_layer:
             continue  # validated, not part of the product
         weights = 0.5 * row[chunk.images] / (0.5 * chunk.row_sums.mean(dim=1) + 0.5)  # (b, N)
@@ -175,6 +183,8 @@ def rollout(
     discard_ratio: float = 0.0,
     start_layer: int = 0,
     method: Literal["row", "matrix"] = "row",
+    *,
+    validate: bool = True,
 ) -> Tensor:
     """Attention rollout map over the patch grid.
 
@@ -193,6 +203,8 @@ def rollout(
         start_layer: first layer included, ``0 <= start_layer < L``.
         method: ``"row"`` propagates one row vector (``O(L N^2)`` per image);
             ``"matrix"`` forms the full product (``O(L N^3)``). Same result.
+        validate: check the values (skip it for an already validated
+            :class:`~lit_vit.attention.AttentionRecording`); shapes are always checked.
 
     Returns:
         ``(B, gh, gw)`` float32, non-negative, sums to 1 per image.
@@ -224,8 +236,8 @@ def rollout(
             f"{num_layers} layers), got {start_layer!r}."
         )
     if method == "row" and head_fusion == "mean" and discard_ratio == 0:
-        return _to_grid(_mean_rollout_row(attention, layout, start_layer), layout)
-    attention = check_attention(attention, layout)
+        return _to_grid(_mean_rollout_row(attention, layout, start_layer, validate), layout)
+    attention = checked_attention(attention, layout, validate)
     batch = attention.shape[1]
     layers = range(num_layers - 1, start_layer - 1, -1)  # last layer first
     if method == "row":
@@ -244,7 +256,9 @@ def rollout(
     return _to_grid(row, layout)
 
 
-def gradient_rollout(attention: Tensor, attention_grad: Tensor, layout: TokenLayout) -> Tensor:
+def gradient_rollout(
+    attention: Tensor, attention_grad: Tensor, layout: TokenLayout, *, validate: bool = True
+) -> Tensor:
     """Class-specific gradient-weighted rollout (Chefer et al., ICCV 2021).
 
     ``Abar[l] = mean_h relu(dA[l] * A[l])``; ``R = I``; for each layer in
@@ -258,6 +272,8 @@ def gradient_rollout(attention: Tensor, attention_grad: Tensor, layout: TokenLay
         attention_grad: same shape, ``d logit_c / d attention``
             (``AttentionRecording.attention_grads[i]``).
         layout: token layout with ``N`` tokens.
+        validate: check the values (skip it for an already validated
+            :class:`~lit_vit.attention.AttentionRecording`); shapes are always checked.
 
     Returns:
         ``(B, gh, gw)`` float32, non-negative, sums to 1 per image.
@@ -265,9 +281,9 @@ def gradient_rollout(attention: Tensor, attention_grad: Tensor, layout: TokenLay
     Raises:
         ValueError: bad attention, gradient or layout, or mismatched shapes.
     """
-    attention = check_attention(attention, layout)
-    attention_grad = check_attention(
-        attention_grad, layout, name="attention_grad", rows_sum_to_one=False
+    attention = checked_attention(attention, layout, validate)
+    attention_grad = checked_attention(
+        attention_grad, layout, validate, name="attention_grad", rows_sum_to_one=False
     )
     if attention_grad.shape != attention.shape:
         raise ValueError(

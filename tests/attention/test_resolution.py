@@ -14,7 +14,7 @@ from lit_vit.attention.metrics import (
     focus_score,
     mean_attention_distance,
 )
-from lit_vit.attention.resolution import _resize, resolution_sweep
+from lit_vit.attention.resolution import resize_images, resolution_sweep
 from lit_vit.attention.rollout import rollout
 
 
@@ -115,13 +115,13 @@ def test_wrapper_model_and_vit_name(data, make_vit) -> None:
 
 def test_resize_antialiases_only_when_shrinking() -> None:
     x = torch.rand(2, 1, 28, 28)
-    assert _resize(x, (28, 28)) is x
-    small = _resize(x, (20, 20))
+    assert resize_images(x, (28, 28)) is x
+    small = resize_images(x, (20, 20))
     torch.testing.assert_close(
         small, F.interpolate(x, size=(20, 20), mode="bilinear", antialias=True)
     )
     assert not torch.allclose(small, F.interpolate(x, size=(20, 20), mode="bilinear"))
-    big = _resize(x, (36, 36))
+    big = resize_images(x, (36, 36))
     torch.testing.assert_close(big, F.interpolate(x, size=(36, 36), mode="bilinear"))
 
 

@@ -1,0 +1,381 @@
+"""Charts of attention measures: bars, scatters, heatmaps and curves per layer, head or class."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from lit_vit.plotting._style import DPI, FONT, MAP_CMAP, TITLE_FONT, as_cpu, check_dim
+
+
+def layer_bar_figure(values: Tensor, title: str, ylabel: str) -> Figure:
+    """One bar per layer with its value written on top (3 decimals).
+
+    Args:
+        values: ``(L,)`` one value per layer, e.g. head diversity in [0, 1].
+        title: Figure title.
+        ylabel: Label of the value axis.
+    """
+    values = as_cpu(values, "values")
+    check_dim(values, 1, "values", "(L,)")
+    layers = values.shape[0]
+    fig = Figure(figsize=(max(4.0, 0.5 * layers + 1.5), 3.0), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    bars = ax.bar(range(layers), values.numpy(), color="#5b3a8c", width=0.7)
+    ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2, rotation=90 if layers > 12 else 0)
+    finite = values[torch.isfinite(values)]
+    high = max(float(finite.max()), 0.0) if finite.numel() else 1.0
+    low = min(float(finite.min()), 0.0) if finite.numel() else 0.0
+    span = (high - low) or 1.0
+    ax.set_ylim(
+        low - (0.15 * span if low < 0 else 0.0), high + (0.3 if layers > 12 else 0.15) * span
+    )
+    ax.set_xticks(range(layers))
+    ax.set_xlabel("layer", fontsize=FONT + 1)
+    ax.set_ylabel(ylabel, fontsize=FONT + 1)
+    ax.set_title(title, fontsize=TITLE_FONT)
+    ax.tick_params(labelsize=FONT)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def _head_colors(heads: int) -> list:
+    """Distinct colours for ``heads`` categories (tab10 / tab20, else viridis samples)."""
+    if heads <= 10:
+        return [colormaps["tab10"](h) for h in range(heads)]
+    if heads <= 20:
+        return [colormaps["tab20"](h) for h in range(heads)]
+    return [colormaps["viridis"](h / (heads - 1)) for h in range(heads)]
+
+
+def distance_scatter_figure(
+    distance: Tensor,
+    ylabel: str = "mean attention distance (px)",
+    reference: float | None = None,
+) -> Figure:
+    """Attention distance of every head against depth (Dosovitskiy et al., 2020, Fig. 7).
+
+    One dot per head (colour = head index, slightly offset sideways so heads at
+    the same value stay visible), the per-layer mean over heads as a line, and
+    an optional dashed reference level labelled "uniform".
+
+    Args:
+        distance: ``(L, H)`` distance of each head of each layer.
+        ylabel: Label of the distance axis (and, without its unit, the title).
+        reference: Value drawn as a dashed line, e.g. 1.0 for relative distance.
+    """
+    distance = as_cpu(distance, "distance")
+    check_dim(distance, 2, "distance", "(L, H)")
+    layers, heads = distance.shape
+    fig = Figure(figsize=(max(4.5, 0.35 * layers + 3.0), 3.4), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(layers, dtype=float)
+    spread = min(0.3, 0.06 * heads)
+    offsets = np.linspace(-spread, spread, heads) if heads > 1 else np.zeros(1)
+    for head, color in enumerate(_head_colors(heads)):
+        ax.scatter(
+            x + offsets[head],
+            distance[:, head].numpy(),
+            s=18,
+            color=color,
+            edgecolors="none",
+            label=f"head {head}",
+            zorder=3,
+        )
+    ax.plot(x, distance.mean(1).numpy(), color="0.2", lw=1.2, label="mean over heads", zorder=2)
+    if reference is not None:
+        ax.axhline(reference, color="0.5", ls="--", lw=1, label="uniform", zorder=1)
+    top = float(distance[torch.isfinite(distance)].max()) if distance.numel() else 1.0
+    if reference is not None:
+        top = max(top, float(reference))
+    ax.set_ylim(0, 1.08 * top if top > 0 else 1.0)
+    ax.set_xlim(-0.6, layers - 0.4)
+    ax.set_xticks(range(layers))
+    ax.set_xlabel("layer (network depth)", fontsize=FONT + 1)
+    ax.set_ylabel(ylabel, fontsize=FONT + 1)
+    quantity = re.sub(r"\s*\([^)]*\)\s*$", "", ylabel) or "distance"
+    ax.set_title(quantity[0].upper() + quantity[1:] + " per head", fontsize=TITLE_FONT)
+    ax.tick_params(labelsize=FONT)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
+        ncols=1 if heads <= 12 else 2,
+        handletextpad=0.2,
+        borderaxespad=0,
+    )
+    return fig
+
+
+def layer_head_heatmap_figure(
+    values: Tensor,
+    title: str,
+    cbar_label: str,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> Figure:
+    """A layers x heads heatmap, with each value written in its cell when there are <= 200.
+
+    Args:
+        values: ``(L, H)`` one value per head of each layer (rows are layers).
+        title: Figure title.
+        cbar_label: Label of the colour bar.
+        vmin: Bottom of the colour scale (default: the smallest value).
+        vmax: Top of the colour scale (default: the largest value).
+    """
+    values = as_cpu(values, "values")
+    check_dim(values, 2, "values", "(L, H)")
+    layers, heads = values.shape
+    fig = Figure(
+        figsize=(max(3.5, 0.5 * heads + 2.0), max(2.5, 0.32 * layers + 1.2)),
+        dpi=DPI,
+        layout="constrained",
+    )
+    ax = fig.add_subplot()
+    image = ax.imshow(
+        values.numpy(), cmap=MAP_CMAP, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest"
+    )
+    colorbar = fig.colorbar(image, ax=ax, pad=0.02, aspect=30)
+    colorbar.set_label(cbar_label, fontsize=FONT + 1)
+    colorbar.ax.tick_params(labelsize=FONT)
+    if layers * heads <= 200:
+        low, high = image.get_clim()
+        for layer in range(layers):
+            for head in range(heads):
+                value = float(values[layer, head])
+                level = (value - low) / (high - low) if high > low else 0.5
+                ax.text(
+                    head,
+                    layer,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7 if heads <= 12 else 6,
+                    color="black" if level > 0.6 else "white",
+                )
+    ax.set_xticks(range(heads))
+    ax.set_yticks(range(layers))
+    ax.set_xlabel("head", fontsize=FONT + 1)
+    ax.set_ylabel("layer", fontsize=FONT + 1)
+    ax.set_title(title, fontsize=TITLE_FONT)
+    ax.tick_params(labelsize=FONT, length=0)
+    return fig
+
+
+def faithfulness_figure(fractions: Tensor, curves: Mapping[str, Tensor]) -> Figure:
+    """Deletion and insertion curves, mean over images, with the AUC in the legend.
+
+    Curves are sorted into the deletion or the insertion panel by their name
+    (``"deletion: rollout"``, ``"insertion: random"``); the part after ``":"``
+    is the legend entry, with one colour per method in both panels and random
+    orders dashed gray. A panel is drawn only if some curve belongs to it.
+
+    Args:
+        fractions: ``(T + 1,)`` fraction of patches deleted / inserted.
+        curves: Name -> ``(B, T + 1)`` probability of the class predicted on
+            the clean image, per image and fraction.
+    """
+    fractions = as_cpu(fractions, "fractions")
+    check_dim(fractions, 1, "fractions", "(T + 1,)")
+    panels: dict[str, list[tuple[str, Tensor]]] = {"deletion": [], "insertion": []}
+    for name, curve in curves.items():
+        curve = as_cpu(curve, f"curves[{name!r}]")
+        if curve.dim() == 1:
+            curve = curve[None]
+        if curve.dim() != 2 or curve.shape[1] != fractions.shape[0]:
+            raise ValueError(
+                f"curves[{name!r}] must have shape (B, T + 1) with T + 1 = {fractions.shape[0]}, "
+                f"got {tuple(curve.shape)}"
+            )
+        kind = "insertion" if "insertion" in name.lower() else "deletion"
+        if kind not in name.lower():
+            raise ValueError(f"curves[{name!r}]: the name must contain 'deletion' or 'insertion'")
+        panels[kind].append((name, curve))
+    panels = {kind: entries for kind, entries in panels.items() if entries}
+    if not panels:
+        raise ValueError("curves must hold at least one curve, got an empty mapping")
+
+    methods: list[str] = []
+    for entries in panels.values():
+        for name, _ in entries:
+            method = _method(name)
+            if method not in methods and "random" not in method.lower():
+                methods.append(method)
+    palette = _head_colors(max(len(methods), 1))
+    hint = {"deletion": "lower AUC is better", "insertion": "higher AUC is better"}
+
+    fig = Figure(figsize=(4.0 * len(panels) + 0.5, 3.3), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    x = fractions.numpy()
+    for ax, (kind, entries) in zip(axes, panels.items(), strict=True):
+        for name, curve in entries:
+            mean = curve.mean(0)
+            auc = float(torch.trapezoid(mean, fractions))
+            method = _method(name)
+            if "random" in method.lower():
+                style = {"color": "0.5", "ls": "--"}
+            else:
+                style = {"color": palette[methods.index(method)], "ls": "-"}
+            ax.plot(x, mean.numpy(), lw=1.5, label=f"{method} (AUC {auc:.3f})", **style)
+        ax.set_title(f"{kind} ({hint[kind]})", fontsize=TITLE_FONT)
+        ax.set_xlabel("fraction of patches", fontsize=FONT + 1)
+        ax.set_xlim(float(x.min()), float(x.max()))
+        ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=FONT)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.legend(fontsize=7, frameon=False, loc="best")
+    axes[0].set_ylabel("probability of predicted class", fontsize=FONT + 1)
+    batch = next(iter(panels.values()))[0][1].shape[0]
+    fig.suptitle(f"Deletion / insertion, mean over {batch} images", fontsize=TITLE_FONT)
+    return fig
+
+
+def _method(name: str) -> str:
+    """``"deletion: rollout"`` -> ``"rollout"``; a name without ``":"`` is kept."""
+    return name.split(":", 1)[1].strip() if ":" in name else name
+
+
+def metric_by_class_figure(
+    values: Tensor,
+    labels: Tensor,
+    class_names: Sequence[str] | None,
+    title: str,
+    ylabel: str,
+) -> Figure:
+    """Mean of a per-image measure for each class, with the image count per class.
+
+    NaN values (e.g. lift of an image without foreground) are left out of the
+    mean and the count; a class without images gets no bar and ``n=0``. The
+    dashed line is the mean over all images.
+
+    Args:
+        values: ``(B,)`` one value per image.
+        labels: ``(B,)`` integer class of each image.
+        class_names: Name of each class, indexed by label (``None``: the index).
+        title: Figure title.
+        ylabel: Label of the value axis.
+    """
+    values = as_cpu(values, "values")
+    labels = torch.as_tensor(labels).detach().cpu()
+    check_dim(values, 1, "values", "(B,)")
+    if labels.shape != values.shape or labels.is_floating_point():
+        raise ValueError(
+            f"labels must be integers of shape {tuple(values.shape)}, got "
+            f"{tuple(labels.shape)} {labels.dtype}"
+        )
+    labels = labels.long()
+    if class_names is not None:
+        classes = len(class_names)
+    else:
+        classes = int(labels.max()) + 1 if labels.numel() else 0
+    if labels.numel() and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(
+            f"labels must lie in [0, {classes}) (one per class name), "
+            f"got values in [{int(labels.min())}, {int(labels.max())}]"
+        )
+    names = (
+        [str(n) for n in class_names]
+        if class_names is not None
+        else [str(c) for c in range(classes)]
+    )
+
+    valid = torch.isfinite(values)
+    means, counts = [], []
+    for c in range(classes):
+        chosen = values[(labels == c) & valid]
+        counts.append(chosen.numel())
+        means.append(float(chosen.mean()) if chosen.numel() else float("nan"))
+
+    fig = Figure(figsize=(max(4.0, 0.55 * classes + 1.5), 3.4), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    present = [c for c in range(classes) if counts[c]]
+    bars = ax.bar(present, [means[c] for c in present], color="#5b3a8c", width=0.7)
+    ax.bar_label(
+        bars,
+        labels=[f"{means[c]:.2f}\nn={counts[c]}" for c in present],
+        fontsize=7,
+        padding=2,
+    )
+    for c in range(classes):
+        if not counts[c]:
+            ax.text(c, 0, "n=0", ha="center", va="bottom", fontsize=7, color="0.4")
+    if valid.any():
+        ax.axhline(
+            float(values[valid].mean()), color="0.4", ls="--", lw=1, label="mean of all images"
+        )
+        ax.legend(fontsize=7, frameon=False, loc="lower right")
+    finite = [means[c] for c in present]
+    high = max(finite + [0.0])
+    low = min(finite + [0.0])
+    span = (high - low) or 1.0
+    ax.set_ylim(low - (0.1 * span if low < 0 else 0.0), high + 0.25 * span)
+    ax.set_xticks(range(classes))
+    long_names = max((len(n) for n in names), default=0) > 6
+    ax.set_xticklabels(
+        names, rotation=35 if long_names else 0, ha="right" if long_names else "center"
+    )
+    ax.set_ylabel(ylabel, fontsize=FONT + 1)
+    ax.set_title(title, fontsize=TITLE_FONT)
+    ax.tick_params(labelsize=FONT)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+# --------------------------------------------------------------------------- output
+
+
+def per_image_metrics_figure(
+    values,
+    true_names: Sequence[str],
+    predicted_names: Sequence[str],
+    uniform: dict[str, float],
+    k: float,
+    m: float,
+) -> Figure:
+    """Focus, coverage and lift of each image as horizontal bars, uniform values dashed.
+
+    Args:
+        values: Per-image ``focus``, ``coverage`` and ``lift`` (``(B,)`` each;
+            NaN lift is drawn as an empty bar labelled ``nan``).
+        true_names, predicted_names: Class names per image, for the labels.
+        uniform: ``{"focus": ..., "coverage": ...}`` of a uniform map.
+        k, m: The focus and coverage parameters, for the titles.
+    """
+    count = len(true_names)
+    labels = [
+        f"{i}: {true}" if true == pred else f"{i}: {true} (pred {pred})"
+        for i, (true, pred) in enumerate(zip(true_names, predicted_names, strict=True))
+    ]
+    panels = (
+        ("focus", f"focus@{k:g}", uniform["focus"]),
+        ("coverage", f"coverage@{m:g}", uniform["coverage"]),
+        ("lift", "lift on the object", 1.0),
+    )
+    fig = Figure(figsize=(9.0, max(2.2, 0.28 * count + 1.0)), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True)
+    rows = list(range(count))
+    for ax, (name, title, reference) in zip(axes, panels, strict=True):
+        data = getattr(values, name).tolist()
+        shown = [0.0 if math.isnan(value) else value for value in data]
+        bars = ax.barh(rows, shown, color="#5b3a8c", height=0.7)
+        ax.bar_label(bars, labels=[f"{value:.2f}" for value in data], fontsize=7, padding=2)
+        ax.axvline(reference, color="0.4", ls="--", lw=1)
+        high = max([reference, *(value for value in shown)])
+        ax.set_xlim(0, 1.25 * high if high > 0 else 1.0)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(labelsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].set_yticks(rows)
+    axes[0].set_yticklabels(labels)
+    axes[0].invert_yaxis()
+    fig.suptitle("Rollout map per probe image (dashed: a uniform map)", fontsize=10)
+    return fig

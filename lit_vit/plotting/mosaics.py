@@ -1,0 +1,388 @@
+"""Image grids: probe images, attention maps and overlays composed as one mosaic.
+
+Each grid's cells are composed as pixels (the map through the colormap, alpha-blended
+over the gray image) and drawn with a single ``imshow`` on one Axes; titles and row
+labels are text around it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from matplotlib.colors import Colormap
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from lit_vit.plotting._style import DPI, FONT, MAP_CMAP, TITLE_FONT, as_cpu, check_dim
+
+OVERLAY_ALPHA = 0.5
+CELL = 1.25  # inches an image grid's cell is wide, roughly (whole-pixel enlargement)
+MAX_COLUMNS = 8  # head_maps_figure wraps after this many cells
+_LEFT_PX = 45  # pixels left of an image grid: two-line row labels
+_TOP_PX = 60  # pixels above it: the title and two-line column titles
+_PAD_PX = 8  # pixels right of and below it
+_GAP_PX = 8  # pixels between its cells
+_TITLE_PX = 14  # pixels more between rows when later rows have titles too
+_FRAME_GRAY = 0.6  # the 1-pixel frame around each cell
+_WRONG_COLOR = "tab:red"  # row label of a misclassified image
+
+
+def _images(images: Tensor, name: str = "images") -> Tensor:
+    """``(B, C, H, W)`` with C in {1, 3}, as float32 on the CPU."""
+    images = as_cpu(images, name)
+    check_dim(images, 4, name, "(B, C, H, W)")
+    if images.shape[1] not in (1, 3):
+        raise ValueError(
+            f"{name} must have 1 (gray) or 3 (RGB) channels, got shape {tuple(images.shape)}"
+        )
+    return images
+
+
+def _names(names: Sequence[str] | None, count: int, name: str) -> list[str] | None:
+    if names is None:
+        return None
+    names = [str(n) for n in names]
+    if len(names) != count:
+        raise ValueError(f"{name} must have one entry per image ({count}), got {len(names)}")
+    return names
+
+
+def _gray(image: Tensor) -> np.ndarray:
+    """``(C, H, W)`` in [0, 1] -> ``(H, W)`` luminance."""
+    image = image.clamp(0, 1)
+    if image.shape[0] == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        return (image * weights).sum(0).numpy()
+    return image[0].numpy()
+
+
+def _scaled(grid: Tensor) -> Tensor:
+    """``grid`` scaled to [0, 1] by its own range; a constant grid becomes 0.5."""
+    low, high = grid.min(), grid.max()
+    if not torch.isfinite(high - low) or high - low <= 1e-12:
+        return torch.full_like(grid, 0.5)
+    return (grid - low) / (high - low)
+
+
+def _upsample(grid: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(gh, gw)`` -> ``(H, W)``, bilinear with patch centres on pixel centres."""
+    out = F.interpolate(grid[None, None], size=size, mode="bilinear", align_corners=False)
+    return out[0, 0]
+
+
+# --------------------------------------------------------------------------- image grids
+#
+# An image grid (layer maps, rollout, head maps, resolution) is one RGB mosaic
+# drawn by a single ``imshow`` on a single Axes, with the titles and row labels
+# as text around it: the cells are composed here as pixels (the map through
+# the colormap, alpha-blended over the gray image) instead of one Axes per
+# cell, which for a 100-cell grid cost seconds in Axes creation, tick set-up
+# and drawing (``benchmarks/callback_overhead.py``).
+
+
+def _cell_shape(height: int, width: int) -> tuple[int, int]:
+    """Pixel size of a cell showing an ``height x width`` image, about ``CELL * DPI`` wide.
+
+    Small images are enlarged by a whole factor (sharp, even pixels); large
+    ones are shrunk to fit.
+    """
+    scale = CELL * DPI / max(height, width)
+    if scale >= 1:
+        scale = math.floor(scale)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _fit(pixels: Tensor, shape: tuple[int, int]) -> Tensor:
+    """``(3, h, w)`` -> ``(3, *shape)``: blocks when enlarging, area average when shrinking."""
+    if tuple(pixels.shape[-2:]) == shape:
+        return pixels
+    shrinking = shape[0] < pixels.shape[-2] or shape[1] < pixels.shape[-1]
+    mode = "area" if shrinking else "nearest-exact"
+    return F.interpolate(pixels[None], size=shape, mode=mode)[0]
+
+
+@functools.cache
+def _map_colormap() -> Colormap:
+    """``MAP_CMAP``, looked up once (the registry hands out a fresh copy per lookup)."""
+    return colormaps[MAP_CMAP]
+
+
+def _colorize(values: Tensor) -> Tensor:
+    """``(h, w)`` in [0, 1] -> ``(3, h, w)`` RGB through ``MAP_CMAP``."""
+    rgba = _map_colormap()(values.numpy())
+    return torch.from_numpy(rgba[..., :3]).float().permute(2, 0, 1)
+
+
+def _image_pixels(image: Tensor) -> Tensor:
+    """``(C, H, W)`` in [0, 1] -> ``(3, H, W)``: gray for one channel, RGB for three."""
+    return image.clamp(0, 1).expand(3, -1, -1)
+
+
+def _map_pixels(grid: Tensor) -> Tensor:
+    """``(gh, gw)`` -> ``(3, gh, gw)``: the map alone, scaled to its own range."""
+    return _colorize(_scaled(grid))
+
+
+def _overlay_pixels(image: Tensor, grid: Tensor) -> Tensor:
+    """``(C, H, W)`` image and ``(gh, gw)`` map -> ``(3, H, W)``.
+
+    The map is upsampled bilinearly to the image, coloured and blended with
+    ``OVERLAY_ALPHA`` over the image's gray.
+    """
+    size = (image.shape[-2], image.shape[-1])
+    gray = torch.from_numpy(_gray(image)).expand(3, -1, -1)
+    heat = _colorize(_upsample(_scaled(grid), size))
+    return (1 - OVERLAY_ALPHA) * gray + OVERLAY_ALPHA * heat
+
+
+def _row_label(true: str | None, predicted: str | None) -> tuple[str, str] | None:
+    """Text and colour of a row label; red when the prediction is wrong."""
+    if true is None and predicted is None:
+        return None
+    if predicted is None:
+        return true, "black"
+    lines = ([f"true: {true}"] if true is not None else []) + [f"pred: {predicted}"]
+    wrong = true is not None and predicted != true
+    return "\n".join(lines), _WRONG_COLOR if wrong else "black"
+
+
+def _mosaic_figure(
+    cells: Sequence[Sequence[Tensor]],
+    suptitle: str,
+    titles: Mapping[tuple[int, int], str],
+    row_labels: Sequence[tuple[str, str] | None] = (),
+) -> Figure:
+    """One figure of a grid of equally sized image cells, drawn as one image.
+
+    Args:
+        cells: Rows of ``(3, ch, cw)`` RGB pixels in [0, 1], all of one size;
+            a shorter row leaves its last cells empty.
+        suptitle: Title of the figure.
+        titles: ``(row, column)`` -> the title above that cell.
+        row_labels: Per row, ``(text, colour)`` written left of it, or ``None``.
+    """
+    rows, columns = len(cells), max(len(row) for row in cells)
+    cell_h, cell_w = cells[0][0].shape[-2:]
+    row_gap = _GAP_PX + (_TITLE_PX if any(row > 0 for row, _ in titles) else 0)
+    # Top-left pixel of each cell; a 1-pixel margin around all for the frames.
+    tops = [1 + row * (cell_h + row_gap) for row in range(rows)]
+    lefts = [1 + column * (cell_w + _GAP_PX) for column in range(columns)]
+    mosaic = torch.ones(3, tops[-1] + cell_h + 1, lefts[-1] + cell_w + 1)  # (3, H, W)
+    for row_cells, top in zip(cells, tops, strict=True):
+        for pixels, left in zip(row_cells, lefts, strict=False):
+            mosaic[:, top - 1 : top + cell_h + 1, left - 1 : left + cell_w + 1] = _FRAME_GRAY
+            mosaic[:, top : top + cell_h, left : left + cell_w] = pixels
+
+    height_px = _TOP_PX + mosaic.shape[1] + _PAD_PX
+    width_px = _LEFT_PX + mosaic.shape[2] + _PAD_PX
+    fig = Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI)
+    # One image pixel per figure pixel: the Axes is exactly the mosaic's size.
+    left, bottom, width, height = _LEFT_PX, _PAD_PX, mosaic.shape[2], mosaic.shape[1]
+    ax = fig.add_axes((left / width_px, bottom / height_px, width / width_px, height / height_px))
+    pixels = (mosaic.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    ax.imshow(pixels, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    # Text in the image's pixel coordinates (pixel centres at integers, y down).
+    for (row, column), title in titles.items():
+        x = lefts[column] + (cell_w - 1) / 2
+        ax.text(x, tops[row] - 3, title, ha="center", va="bottom", fontsize=FONT)
+    for row, label in enumerate(row_labels):
+        if label is not None:
+            text, color = label
+            y = tops[row] + (cell_h - 1) / 2
+            ax.text(-4, y, text, rotation=90, ha="right", va="center", fontsize=FONT, color=color)
+    fig.suptitle(suptitle, fontsize=TITLE_FONT, y=1 - 4 / height_px, va="top", wrap=True)
+    return fig
+
+
+# --------------------------------------------------------------------------- map grids
+
+
+def layer_maps_figure(
+    images: Tensor,
+    maps: Tensor,
+    class_names: Sequence[str] | None = None,
+    predicted_names: Sequence[str] | None = None,
+) -> Figure:
+    """Class-token attention of every layer, one row per image.
+
+    Each row: the image, then the overlay of each layer's map. The row label is
+    the true class, and the predicted one (in red when wrong) if given.
+
+    Args:
+        images: ``(B, C, H, W)`` raw pixels in [0, 1].
+        maps: ``(L, B, gh, gw)`` attention of the class token over the patches
+            of each layer, heads averaged.
+        class_names: One true class name per image.
+        predicted_names: One predicted class name per image.
+    """
+    images = _images(images)
+    maps = as_cpu(maps, "maps")
+    check_dim(maps, 4, "maps", "(L, B, gh, gw)")
+    batch = images.shape[0]
+    if maps.shape[1] != batch:
+        raise ValueError(
+            f"maps must have shape (L, B, gh, gw) with B = {batch} images, got {tuple(maps.shape)}"
+        )
+    class_names = _names(class_names, batch, "class_names")
+    predicted_names = _names(predicted_names, batch, "predicted_names")
+    layers = maps.shape[0]
+
+    shape = _cell_shape(*images.shape[-2:])
+    cells = [
+        [_fit(_image_pixels(images[row]), shape)]
+        + [_fit(_overlay_pixels(images[row], maps[layer, row]), shape) for layer in range(layers)]
+        for row in range(batch)
+    ]
+    titles = {(0, 0): "image"} | {(0, 1 + layer): f"layer {layer}" for layer in range(layers)}
+    labels = [
+        _row_label(
+            class_names[row] if class_names else None,
+            predicted_names[row] if predicted_names else None,
+        )
+        for row in range(batch)
+    ]
+    return _mosaic_figure(
+        cells,
+        "Class-token attention per layer (heads averaged, each map scaled to its range)",
+        titles,
+        labels,
+    )
+
+
+def head_maps_figure(
+    image: Tensor, maps: Tensor, layer: int, class_name: str | None = None
+) -> Figure:
+    """Class-token attention of each head of one layer, on one image.
+
+    The image, then one overlay per head, wrapped after ``MAX_COLUMNS`` cells.
+
+    Args:
+        image: ``(C, H, W)`` raw pixels in [0, 1].
+        maps: ``(H, gh, gw)`` attention of the class token of each head.
+        layer: 0-based index of the layer, for the title.
+        class_name: Class of the image, for the title.
+    """
+    image = _images(as_cpu(image, "image")[None], "image")[0]
+    maps = as_cpu(maps, "maps")
+    check_dim(maps, 3, "maps", "(H, gh, gw)")
+    heads = maps.shape[0]
+    columns = min(1 + heads, MAX_COLUMNS)
+
+    shape = _cell_shape(*image.shape[-2:])
+    sequence = [_fit(_image_pixels(image), shape)]
+    sequence += [_fit(_overlay_pixels(image, maps[head]), shape) for head in range(heads)]
+    names = ["image" if class_name is None else class_name]
+    names += [f"head {head}" for head in range(heads)]
+    cells = [sequence[start : start + columns] for start in range(0, len(sequence), columns)]
+    titles = {divmod(index, columns): name for index, name in enumerate(names)}
+
+    title = f"Layer {layer}: class-token attention per head (each map scaled to its range)"
+    if class_name is not None:
+        title = f"{class_name}: " + title[0].lower() + title[1:]
+    return _mosaic_figure(cells, title, titles)
+
+
+def rollout_figure(
+    images: Tensor, maps: Mapping[str, Tensor], class_names: Sequence[str] | None = None
+) -> Figure:
+    """Several saliency maps of the same images, alone and as overlays.
+
+    Rows are images; columns: the image, then for each map the map alone (one
+    block per patch) and its overlay on the image.
+
+    Args:
+        images: ``(B, C, H, W)`` raw pixels in [0, 1].
+        maps: Name -> ``(B, gh, gw)`` map, e.g. ``{"rollout": ..., "grad rollout
+            (pred)": ...}``; the names become column titles.
+        class_names: One class name per image (row labels).
+    """
+    images = _images(images)
+    batch = images.shape[0]
+    if not maps:
+        raise ValueError("maps must name at least one map, got an empty mapping")
+    grids = {}
+    for name, grid in maps.items():
+        grid = as_cpu(grid, f"maps[{name!r}]")
+        if grid.dim() != 3 or grid.shape[0] != batch:
+            raise ValueError(
+                f"maps[{name!r}] must have shape (B, gh, gw) with B = {batch} images, "
+                f"got {tuple(grid.shape)}"
+            )
+        grids[name] = grid
+    class_names = _names(class_names, batch, "class_names")
+
+    shape = _cell_shape(*images.shape[-2:])
+    cells = []
+    for row in range(batch):
+        cells.append([_fit(_image_pixels(images[row]), shape)])
+        for grid in grids.values():
+            cells[-1].append(_fit(_map_pixels(grid[row]), shape))
+            cells[-1].append(_fit(_overlay_pixels(images[row], grid[row]), shape))
+    titles = {(0, 0): "image"}
+    for index, name in enumerate(grids):
+        titles[0, 1 + 2 * index] = name
+        titles[0, 2 + 2 * index] = f"{name}\non image"
+    labels = [_row_label(class_names[row] if class_names else None, None) for row in range(batch)]
+    return _mosaic_figure(cells, "Saliency maps (each scaled to its range)", titles, labels)
+
+
+def resolution_figure(
+    images_by_size: Mapping[str, Tensor],
+    maps_by_size: Mapping[str, Tensor],
+    class_names: Sequence[str] | None = None,
+) -> Figure:
+    """Rollout maps of the same images at several input sizes.
+
+    Rows are images, columns sizes (in the order of ``images_by_size``); each
+    cell is that size's map over that size's image, titled e.g. ``"20x20 (5x5 grid)"``,
+    every size shown at the cell size of the first.
+
+    Args:
+        images_by_size: Size label -> ``(B, C, h, w)`` raw pixels in [0, 1].
+        maps_by_size: Size label -> ``(B, gh, gw)`` rollout maps; same keys.
+        class_names: One class name per image (row labels).
+    """
+    if not images_by_size:
+        raise ValueError("images_by_size must hold at least one size, got an empty mapping")
+    if set(images_by_size) != set(maps_by_size):
+        raise ValueError(
+            "images_by_size and maps_by_size must have the same keys, got "
+            f"{sorted(images_by_size)} and {sorted(maps_by_size)}"
+        )
+    sizes = list(images_by_size)
+    images = {s: _images(images_by_size[s], f"images_by_size[{s!r}]") for s in sizes}
+    batch = images[sizes[0]].shape[0]
+    grids = {}
+    for size in sizes:
+        grid = as_cpu(maps_by_size[size], f"maps_by_size[{size!r}]")
+        if images[size].shape[0] != batch or grid.dim() != 3 or grid.shape[0] != batch:
+            raise ValueError(
+                f"size {size!r}: images must be (B, C, h, w) and maps (B, gh, gw) with "
+                f"B = {batch}, got {tuple(images[size].shape)} and {tuple(grid.shape)}"
+            )
+        grids[size] = grid
+    class_names = _names(class_names, batch, "class_names")
+
+    shape = _cell_shape(*images[sizes[0]].shape[-2:])
+    cells = [
+        [_fit(_overlay_pixels(images[size][row], grids[size][row]), shape) for size in sizes]
+        for row in range(batch)
+    ]
+    titles = {}
+    for column, size in enumerate(sizes):
+        gh, gw = grids[size].shape[-2:]
+        titles[0, column] = f"{size} ({gh}x{gw} grid)"
+    labels = [_row_label(class_names[row] if class_names else None, None) for row in range(batch)]
+    return _mosaic_figure(
+        cells, "Attention rollout by input size (each map scaled to its range)", titles, labels
+    )
+
+
+# --------------------------------------------------------------------------- measures
