@@ -18,14 +18,17 @@ Where the data comes from, first found wins:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
-from torch import Tensor
+from timm.data.random_erasing import RandomErasing
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchvision.datasets import FashionMNIST
 from torchvision.datasets.utils import extract_archive
+from torchvision.transforms import v2
 
 from lit_vit.attention import resize_images
 
@@ -52,6 +55,12 @@ NATIVE_SIZE = 28
 # Mean and standard deviation of the 60,000 training images' pixels in [0, 1].
 PIXEL_MEAN = 0.2860
 PIXEL_STD = 0.3530
+# Automatic augmentation policies (torchvision), by the name the config uses.
+POLICIES = {
+    "none": lambda: None,
+    "trivial": v2.TrivialAugmentWide,
+    "randaugment": v2.RandAugment,
+}
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -82,10 +91,17 @@ class FashionMNISTDataModule(LightningDataModule):
         augment: Random crop with ``crop_padding`` zero padding and
             horizontal flip, on training batches only.
         crop_padding: Padding of the random crop, in native pixels.
+        policy: An automatic augmentation policy on training batches, after
+            the crop and flip: torchvision's ``TrivialAugmentWide``
+            (``"trivial"``) or ``RandAugment`` (``"randaugment"``), one random
+            draw per image; ``"none"`` (default) for none.
+        random_erasing: Probability that timm's ``RandomErasing`` erases a
+            random rectangle of a training image (per-pixel normal noise, as
+            in timm's recipes); 0 turns it off.
 
     Raises:
-        ValueError: On a non-positive size or a ``val_size`` that leaves no
-            training images.
+        ValueError: On a non-positive size, a ``val_size`` that leaves no
+            training images or a ``random_erasing`` outside [0, 1].
         DataNotFoundError: When no source has the data (names all three).
         PermissionError: When ``data_dir`` must be written and cannot be.
     """
@@ -102,6 +118,8 @@ class FashionMNISTDataModule(LightningDataModule):
         img_size: int = NATIVE_SIZE,
         augment: bool = True,
         crop_padding: int = 2,
+        policy: Literal["none", "trivial", "randaugment"] = "none",
+        random_erasing: float = 0.0,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("img_size", img_size)):
@@ -109,6 +127,10 @@ class FashionMNISTDataModule(LightningDataModule):
                 raise ValueError(f"{name}={value} must be a positive integer.")
         if not 0 < val_size < 60_000:
             raise ValueError(f"val_size={val_size} must be between 1 and 59,999.")
+        if not 0 <= random_erasing <= 1:
+            raise ValueError(f"random_erasing={random_erasing} must be a probability in [0, 1].")
+        if policy not in POLICIES:
+            raise ValueError(f"policy={policy!r} must be one of {sorted(POLICIES)}.")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.system_dir = Path(system_dir) if system_dir else None
@@ -118,6 +140,8 @@ class FashionMNISTDataModule(LightningDataModule):
         self.img_size = img_size
         self.augment = augment
         self.crop_padding = crop_padding
+        self.policy = POLICIES[policy]()
+        self.random_erasing = random_erasing
         self.train_dataset: TensorDataset | None = None
         self.val_dataset: TensorDataset | None = None
         self.test_dataset: TensorDataset | None = None
@@ -183,9 +207,15 @@ class FashionMNISTDataModule(LightningDataModule):
     def on_after_batch_transfer(self, batch: list[Tensor], dataloader_idx: int) -> list[Tensor]:
         """Augment training batches and resize every batch, on its device."""
         images, labels = batch
-        if self.augment and self.trainer is not None and self.trainer.training:
-            images = random_crop(images, self.crop_padding)
-            images = random_horizontal_flip(images)
+        if self.trainer is not None and self.trainer.training:
+            if self.augment:
+                images = random_crop(images, self.crop_padding)
+                images = random_horizontal_flip(images)
+            if self.policy is not None:
+                images = apply_policy(images, self.policy)
+            if self.random_erasing > 0:
+                erase = RandomErasing(self.random_erasing, mode="pixel", device=images.device)
+                images = erase(images)
         images = resize_images(images, self.img_size)
         return [images, labels]
 
@@ -276,3 +306,13 @@ def random_horizontal_flip(images: Tensor, p: float = 0.5) -> Tensor:
     """Flip each ``(B, C, H, W)`` image left-right with probability ``p``."""
     flip = torch.rand(images.shape[0], device=images.device) < p
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def apply_policy(images: Tensor, policy: nn.Module) -> Tensor:
+    """An augmentation policy drawn per image on normalised ``(B, 1, H, W)`` images.
+
+    The policy runs on the uint8 pixels, as torchvision's policies expect.
+    """
+    pixels = (images * PIXEL_STD + PIXEL_MEAN).clamp(0, 1).mul(255).round().to(torch.uint8)
+    augmented = torch.stack([policy(image) for image in pixels])
+    return (augmented.float() / 255 - PIXEL_MEAN) / PIXEL_STD

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import difflib
-import math
+from typing import Any
 
 import timm
 import torch
 from lightning.pytorch import LightningModule
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 from timm.models import split_model_name_tag
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+# Checkpoint key of the raw (non-EMA) weights when EMA is on; ``state_dict`` holds the EMA ones.
+TRAINING_WEIGHTS_KEY = "lit_vit_training_weights"
+
 
 class LitViT(LightningModule):
-    """A timm ViT trained with AdamW, warm-up + cosine decay and label smoothing.
+    """A timm ViT trained with AdamW, warm-up + cosine decay and label smoothing,
+    optionally Mixup/CutMix and a weight EMA.
 
     The network is built by ``timm.create_model(model_name, ...)``; every
     architecture argument left at ``None`` keeps the variant's default, so
@@ -22,7 +31,19 @@ class LitViT(LightningModule):
     is a 12-layer ViT over a 7x7 grid. The timm model is the plain attribute
     :attr:`vit`, where the attention callbacks (or your code) find it.
 
-    Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
+    The optimizer is timm's ``create_optimizer_v2`` (AdamW; norms, biases and
+    the tokens timm lists in ``no_weight_decay()`` are not decayed) and the
+    schedule timm's ``CosineLRScheduler`` stepped per optimizer step.
+
+    Mixup and CutMix are timm's ``Mixup`` (per batch; soft targets carry the
+    label smoothing, and the loss is timm's ``SoftTargetCrossEntropy``).
+    With ``ema_decay``, timm's ``ModelEmaV3`` follows the weights; validation,
+    test, prediction and the attention callbacks see the EMA weights, and
+    checkpoints store them as the model's ``state_dict`` (the raw weights ride
+    along for resuming), so a checkpoint tests and deploys as the EMA model.
+
+    Logs ``train/loss``, ``train/acc`` (only without Mixup/CutMix: mixed
+    images have no single true class), ``val/loss``, ``val/acc``,
     ``test/loss`` and ``test/acc``.
 
     Args:
@@ -45,10 +66,17 @@ class LitViT(LightningModule):
         warmup_epochs: Linear warm-up length (fractions allowed).
         min_lr_ratio: Final learning rate over peak at the end of the cosine.
         label_smoothing: Cross-entropy label smoothing.
+        mixup_alpha: Mixup's Beta(alpha, alpha) parameter; 0 turns Mixup off.
+        cutmix_alpha: CutMix's Beta parameter; 0 turns CutMix off.
+        mix_prob: Probability that a batch is mixed at all.
+        mix_switch_prob: With both on, probability of CutMix rather than Mixup.
+        ema_decay: Decay of the weight EMA (e.g. 0.9998); ``None`` turns it off.
 
     Raises:
         ValueError: For an unknown model name (with close names), an image
-            size that the patch size does not divide, or non-positive rates.
+            size that the patch size does not divide, non-positive rates,
+            negative mixing parameters, probabilities outside [0, 1] or an EMA
+            decay outside (0, 1).
         FileNotFoundError: When pretrained weights cannot be fetched.
     """
 
@@ -70,12 +98,29 @@ class LitViT(LightningModule):
         warmup_epochs: float = 1.0,
         min_lr_ratio: float = 0.01,
         label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
+        mix_switch_prob: float = 0.5,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0 or weight_decay < 0 or not 0 <= label_smoothing < 1:
             raise ValueError(
                 f"lr={lr} must be > 0, weight_decay={weight_decay} >= 0 and "
                 f"label_smoothing={label_smoothing} in [0, 1)."
+            )
+        if mixup_alpha < 0 or cutmix_alpha < 0:
+            raise ValueError(
+                f"mixup_alpha={mixup_alpha} and cutmix_alpha={cutmix_alpha} must be >= 0 "
+                "(0 turns each off)."
+            )
+        for name, value in (("mix_prob", mix_prob), ("mix_switch_prob", mix_switch_prob)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name}={value} must be a probability in [0, 1].")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ValueError(
+                f"ema_decay={ema_decay} must be in (0, 1), e.g. 0.9998; or null for no EMA."
             )
         self.save_hyperparameters()
         architecture = {
@@ -95,6 +140,21 @@ class LitViT(LightningModule):
             **{key: value for key, value in architecture.items() if value is not None},
         )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.mixup = None
+        if (mixup_alpha > 0 or cutmix_alpha > 0) and mix_prob > 0:
+            self.mixup = Mixup(
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                prob=mix_prob,
+                switch_prob=mix_switch_prob,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+            )
+            self.mixed_criterion = SoftTargetCrossEntropy()
+        # Outside the module tree, so that only one ViT is found in the module and saved.
+        self._ema: list[ModelEmaV3] = []
+        self._ema_holds_training_weights = False
+        self._restored_weights: dict[str, dict[str, Tensor]] | None = None
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -104,7 +164,18 @@ class LitViT(LightningModule):
         return self.vit(images)
 
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train", self.train_acc)
+        if self.mixup is None:
+            return self._shared_step(batch, "train", self.train_acc)
+        images, labels = batch
+        if len(images) % 2:
+            raise ValueError(
+                f"Mixup/CutMix needs an even batch size, got {len(images)}: set an even "
+                "data.batch_size (training batches drop the last incomplete one)."
+            )
+        images, targets = self.mixup(images, labels)
+        loss = self.mixed_criterion(self(images), targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
 
     def validation_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val", self.val_acc)
@@ -128,18 +199,99 @@ class LitViT(LightningModule):
         return loss
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            parameter_groups(self.vit, self.hparams.weight_decay), lr=self.hparams.lr
+        optimizer = create_optimizer_v2(
+            self.vit, opt="adamw", lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
         total_steps = max(1, self.trainer.estimated_stepping_batches)
         steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
         warmup_steps = min(total_steps - 1, round(self.hparams.warmup_epochs * steps_per_epoch))
-        schedule = warmup_cosine(warmup_steps, total_steps, self.hparams.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = CosineLRScheduler(
+            optimizer,
+            t_initial=max(1, total_steps - warmup_steps),
+            lr_min=self.hparams.lr * self.hparams.min_lr_ratio,
+            warmup_t=warmup_steps,
+            warmup_lr_init=self.hparams.lr / max(1, warmup_steps + 1),
+            warmup_prefix=True,
+            t_in_epochs=False,
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def lr_scheduler_step(self, scheduler: CosineLRScheduler, metric: Any) -> None:
+        """timm schedulers are stepped with the number of optimizer updates so far."""
+        scheduler.step_update(num_updates=self.global_step)
+
+    # -- weight EMA ---------------------------------------------------------------------
+
+    @property
+    def ema(self) -> ModelEmaV3 | None:
+        """timm's ``ModelEmaV3`` of :attr:`vit` during fit with ``ema_decay``, else ``None``."""
+        return self._ema[0] if self._ema else None
+
+    def on_fit_start(self) -> None:
+        if self.hparams.ema_decay is None:
+            return
+        self._ema = [ModelEmaV3(self.vit, decay=self.hparams.ema_decay, device=self.device)]
+        self._ema_holds_training_weights = False
+        if self._restored_weights is not None:  # resuming: vit holds the EMA weights
+            self.ema.module.load_state_dict(self._restored_weights["ema"])
+            self.vit.load_state_dict(self._restored_weights["training"])
+            self._restored_weights = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None and self._ema_holds_training_weights:
+            self._swap_ema()  # back to the training weights after a validation run
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.vit, step=self.global_step)
+
+    def on_validation_epoch_start(self) -> None:
+        if self.ema is not None and not self._ema_holds_training_weights:
+            self._swap_ema()  # validate (and let the attention callbacks see) the EMA weights
+
+    def on_fit_end(self) -> None:
+        if self.ema is not None and not self._ema_holds_training_weights:
+            self._swap_ema()  # after fit, the module is the EMA model
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """``state_dict`` holds the EMA weights; the training weights are kept beside them."""
+        if self.ema is None:
+            return
+        holder = self.ema.module
+        ema, training = (
+            (self.vit, holder) if self._ema_holds_training_weights else (holder, self.vit)
+        )
+        state = checkpoint["state_dict"]
+        for name, tensor in ema.state_dict().items():
+            state[f"vit.{name}"] = tensor.detach().clone()
+        checkpoint[TRAINING_WEIGHTS_KEY] = {
+            name: tensor.detach().clone() for name, tensor in training.state_dict().items()
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep both weight sets for a resumed fit; evaluation uses ``state_dict`` (EMA)."""
+        training = checkpoint.get(TRAINING_WEIGHTS_KEY)
+        if training is not None:
+            ema = {
+                name.removeprefix("vit."): tensor
+                for name, tensor in checkpoint["state_dict"].items()
+                if name.startswith("vit.")
+            }
+            self._restored_weights = {"ema": ema, "training": training}
+
+    @torch.no_grad()
+    def _swap_ema(self) -> None:
+        """Exchange the weights of :attr:`vit` and the EMA in place (the optimizer keeps its
+        parameters)."""
+        ema_state = self.ema.module.state_dict()
+        for name, tensor in self.vit.state_dict().items():
+            kept = tensor.clone()
+            tensor.copy_(ema_state[name])
+            ema_state[name].copy_(kept)
+        self._ema_holds_training_weights = not self._ema_holds_training_weights
 
 
 def create_vit(model_name: str, *, pretrained: bool, img_size: int, **kwargs) -> nn.Module:
@@ -187,34 +339,3 @@ def _size_message(img_size: int, patch_size: int) -> str:
         f"of {lower or patch_size} or {lower + patch_size} (--data.img_size), or a patch size "
         f"that divides {img_size} (--model.patch_size)."
     )
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decayed weight matrices, and everything else.
-
-    Norm weights, biases (1-D) and the embeddings that timm lists in
-    ``no_weight_decay()`` (class, register, position tokens) are not decayed.
-    """
-    skip = set(getattr(model, "no_weight_decay", set)())
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        keep_plain = parameter.ndim <= 1 or name in skip
-        (no_decay if keep_plain else decay).append(parameter)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
-    """Learning-rate multiplier: linear from 0 to 1, then cosine to ``min_ratio``."""
-
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return multiplier

@@ -86,3 +86,28 @@ def read_events(run_dir: Path):
 def run_dirs(logs: Path) -> list[Path]:
     """Version directories under ``logs``, oldest first."""
     return sorted(logs.glob("*/version_*"), key=lambda path: int(path.name.split("_")[1]))
+
+
+def checkpoint_probe(checkpoint: Path, data_dir: Path, val_size: int = 128):
+    """The validation probe a checkpoint's ``AttentionProbe`` state names, rebuilt from the data.
+
+    Asserts that the rebuilt images have the checkpoint's fingerprint.
+    """
+    from lit_vit.callbacks.probe import Probe
+    from lit_vit.data import FashionMNISTDataModule
+
+    state = torch.load(checkpoint, weights_only=False)["callbacks"]["AttentionProbe"]
+    datamodule = FashionMNISTDataModule(
+        data_dir=str(data_dir), system_dir=None, download=False, val_size=val_size
+    )
+    datamodule.setup("fit")
+    images, labels = datamodule.val_dataset.tensors
+    indices = torch.tensor(state["indices"])
+    probe = Probe(
+        images=images[indices],
+        labels=labels[indices],
+        pixels=datamodule.denormalize(images[indices]).clamp(0, 1),
+        indices=indices,
+    )
+    assert probe.fingerprint == state["fingerprint"], "checkpoint probe differs from the data"
+    return probe

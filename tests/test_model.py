@@ -1,9 +1,9 @@
-import math
-
 import pytest
 import torch
+from lightning.pytorch import Callback, Trainer
+from torch.utils.data import DataLoader, TensorDataset
 
-from lit_vit.model import LitViT, create_vit, parameter_groups, warmup_cosine
+from lit_vit.model import LitViT, create_vit
 
 
 def tiny(**kwargs) -> LitViT:
@@ -19,24 +19,45 @@ def test_architecture_arguments_reach_timm():
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_no_weight_decay_for_norms_biases_and_tokens():
-    model = tiny()
-    decay, plain = parameter_groups(model.vit, 0.05)
+class LearningRates(Callback):
+    def __init__(self) -> None:
+        self.rates = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def fit_briefly(model: LitViT, epochs: int = 2, batches: int = 5) -> Trainer:
+    images, labels = torch.randn(batches * 8, 1, 28, 28), torch.arange(batches * 8) % 10
+    trainer = Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[LearningRates()],
+    )
+    trainer.fit(model, DataLoader(TensorDataset(images, labels), batch_size=8))
+    return trainer
+
+
+def test_no_weight_decay_for_norms_biases_and_tokens_and_warmup_then_cosine():
+    model = tiny(lr=1e-3, warmup_epochs=1, min_lr_ratio=0.1)
+    trainer = fit_briefly(model)
     names = {id(p): n for n, p in model.vit.named_parameters()}
-    plain_names = {names[id(p)] for p in plain["params"]}
-    assert {"cls_token", "pos_embed", "norm.weight", "head.bias"} <= plain_names
-    assert all(p.ndim >= 2 for p in decay["params"])
-    assert "head.weight" not in plain_names
-    assert decay["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
-
-
-def test_warmup_then_cosine():
-    schedule = warmup_cosine(warmup_steps=4, total_steps=14, min_ratio=0.1)
-    assert schedule(0) == pytest.approx(1 / 5)
-    assert schedule(3) == pytest.approx(4 / 5)
-    assert schedule(4) == pytest.approx(1.0)
-    assert schedule(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert schedule(14) == pytest.approx(0.1)
+    groups = {
+        group["weight_decay"]: {names[id(p)] for p in group["params"]}
+        for group in trainer.optimizers[0].param_groups
+    }
+    assert {"cls_token", "pos_embed", "norm.weight", "head.bias"} <= groups[0.0]
+    assert "head.weight" in groups[0.05] and "head.weight" not in groups[0.0]
+    (monitor,) = [cb for cb in trainer.callbacks if isinstance(cb, LearningRates)]
+    rates = monitor.rates
+    # 10 steps: 5 of linear warm-up towards 1e-3, then a cosine from 1e-3 down to 1e-4.
+    assert rates[0] == pytest.approx(1e-3 / 6)
+    assert rates[:6] == sorted(rates[:6]) and max(rates) == pytest.approx(1e-3)
+    assert rates[5:] == sorted(rates[5:], reverse=True) and rates[-1] > 1e-4
 
 
 def test_unknown_model_name_suggests_close_names():

@@ -1,8 +1,9 @@
 """Lightning callbacks: thin schedulers and loggers around :mod:`lit_vit.attention`.
 
-Each attention callback probes a fixed, class-balanced set of validation
-images at the end of validation epochs (and of the test), shares one captured
-forward pass with the others, and logs figures and scalars.
+One :class:`AttentionProbe` owns a fixed, class-balanced set of validation
+images and captures their attention once per analysed validation run (and
+once at test); each analysis callback receives that capture and logs its
+figures, scalars and report section.
 """
 
 from lit_vit.callbacks.attention_maps import AttentionMaps
@@ -12,16 +13,19 @@ from lit_vit.callbacks.faithfulness import Faithfulness
 from lit_vit.callbacks.focus_coverage import FocusCoverage
 from lit_vit.callbacks.head_diversity import HeadDiversity
 from lit_vit.callbacks.prediction_writer import PredictionWriter
+from lit_vit.callbacks.probe import AttentionProbe, ProbeAnalysis
 from lit_vit.callbacks.resolution_sweep import ResolutionSweep
 
 __all__ = [
     "AttentionCallback",
     "AttentionMaps",
+    "AttentionProbe",
     "AttentionRollout",
     "Faithfulness",
     "FocusCoverage",
     "HeadDiversity",
     "PredictionWriter",
+    "ProbeAnalysis",
     "ReportSection",
     "ResolutionSweep",
 ]

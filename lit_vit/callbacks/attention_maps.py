@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from lightning.pytorch import LightningModule, Trainer
 
-from lit_vit.attention import cls_attention
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
@@ -25,11 +24,13 @@ class AttentionMaps(AttentionCallback):
     - scalar ``attention/prefix_mass/layer_LL``: mean attention the query puts
       on prefix tokens (class, distillation, registers) instead of patches.
 
+    At test the same tags under ``attention_test/``; with ``name=...`` every
+    tag gets ``<name>/`` after the root.
+
     Args:
         head_layers: Layers that get per-head figures; ``None`` is first,
             middle and last. Negative indices count from the end.
-        probe_size, every_n_epochs, seed, module: See
-            :class:`~lit_vit.callbacks.base.AttentionCallback`.
+        every_n_epochs, name: See :class:`~lit_vit.callbacks.base.AttentionCallback`.
 
     Raises:
         ValueError: At setup, for a layer index outside the model's depth.
@@ -43,7 +44,7 @@ class AttentionMaps(AttentionCallback):
         trainer:
           callbacks:
             - class_path: lit_vit.callbacks.AttentionMaps
-              init_args: {probe_size: 8, head_layers: [0, 11]}
+              init_args: {head_layers: [0, 11]}
     """
 
     report_order = 10
@@ -51,12 +52,10 @@ class AttentionMaps(AttentionCallback):
     def __init__(
         self,
         head_layers: list[int] | None = None,
-        probe_size: int = 8,
         every_n_epochs: int = 1,
-        seed: int = 0,
-        module: str | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(probe_size, every_n_epochs, seed, module)
+        super().__init__(every_n_epochs, name)
         self.head_layers = head_layers
 
     def check_model(self, num_layers: int) -> None:
@@ -71,52 +70,56 @@ class AttentionMaps(AttentionCallback):
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None:
-        stage, probe = analysis.stage, analysis.probe
-        query = cls_attention(analysis.recording.attention, analysis.recording.layout)
-        maps = query.maps.cpu()  # (L, B, H, gh, gw)
+        run, probe, rows = analysis.run, analysis.probe, analysis.figure_rows
+        maps = analysis.query_maps  # (L, B, H, gh, gw)
         names = self.class_names(trainer, analysis)
         figure = layer_maps_figure(
-            probe.pixels,
-            maps.mean(dim=2),
-            [names[label] for label in probe.labels],
-            [names[label] for label in analysis.predictions],
+            probe.pixels[:rows],
+            maps[:, :rows].mean(dim=2),
+            [names[label] for label in probe.labels[:rows]],
+            [names[label] for label in analysis.predictions[:rows]],
         )
-        grid_path = self.log_figure(trainer, stage, "layer_maps", figure)
-        head_paths = []
-        for layer in self._head_layers():
-            figure = head_maps_figure(
-                probe.pixels[0], maps[layer, 0], layer, names[probe.labels[0]]
+        grid_path = self.log_figure(trainer, run, "layer_maps", figure)
+        head_paths = [
+            self.log_figure(
+                trainer,
+                run,
+                f"head_maps/layer_{layer:02d}",
+                head_maps_figure(probe.pixels[0], maps[layer, 0], layer, names[probe.labels[0]]),
             )
-            head_paths.append(
-                self.log_figure(trainer, stage, f"head_maps/layer_{layer:02d}", figure)
-            )
-        prefix_mass = query.prefix_mass.mean(dim=(1, 2)).cpu()  # (L,)
+            for layer in self._head_layers()
+        ]
+        prefix_mass = analysis.prefix_mass.mean(dim=(1, 2))  # (L,)
         self.log_scalars(
             pl_module,
-            {
-                f"attention/prefix_mass/layer_{layer:02d}": mass
-                for layer, mass in enumerate(prefix_mass)
-            },
+            run,
+            {f"prefix_mass/layer_{layer:02d}": mass for layer, mass in enumerate(prefix_mass)},
         )
-        if stage == "test":
-            rows = [(layer, float(mass)) for layer, mass in enumerate(prefix_mass)]
-            body = "\n\n".join(
-                [
-                    "Class-token attention of every layer (heads averaged), one row per probe "
-                    "image; each map is scaled to its own range.",
-                    f"![maps per layer]({grid_path.name})",
-                    *(
-                        f"![per-head maps]({path.relative_to(grid_path.parent)})"
-                        for path in head_paths
-                    ),
-                    "Attention mass the query puts on prefix tokens rather than patches:",
-                    markdown_table(["layer", "prefix mass"], rows),
-                ]
-            )
-            self.report_section = ReportSection("Attention maps per layer", self.report_order, body)
+        if analysis.stage == "test":
+            self.report_section = self._section(grid_path, head_paths, prefix_mass, rows)
+
+    def _section(
+        self, grid_path: str, head_paths: list[str], prefix_mass, rows: int
+    ) -> ReportSection:
+        table = markdown_table(
+            ["layer", "prefix mass"],
+            [(layer, float(mass)) for layer, mass in enumerate(prefix_mass)],
+        )
+        body = "\n\n".join(
+            [
+                f"Class-token attention of every layer (heads averaged) on the first {rows} "
+                "probe images, one row each; each map is scaled to its own range.",
+                f"![maps per layer]({grid_path})",
+                *(f"![per-head maps]({path})" for path in head_paths),
+                "Attention mass the query puts on prefix tokens rather than patches:",
+                table,
+            ]
+        )
+        return ReportSection(self.title("Attention maps per layer"), self.report_order, body)
 
     def _head_layers(self) -> list[int]:
+        num_layers = self.probe.num_layers
         layers = self.head_layers
         if layers is None:
-            layers = sorted({0, self.num_layers // 2, self.num_layers - 1})
-        return [layer % self.num_layers for layer in layers]
+            layers = sorted({0, num_layers // 2, num_layers - 1})
+        return [layer % num_layers for layer in layers]

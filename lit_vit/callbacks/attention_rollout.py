@@ -25,14 +25,18 @@ class AttentionRollout(AttentionCallback):
     - image ``attention/rollout``: one row per probe image, columns rollout,
       gradient rollout (true class), gradient rollout (predicted class).
 
+    At test the same tag under ``attention_test/``; with ``name=...`` it is
+    ``attention/<name>/rollout``. Two instances with other settings (e.g.
+    ``head_fusion="max"``) run side by side when each has its own name.
+
     Args:
         head_fusion: How heads are fused before rolling out.
         discard_ratio: Fraction in [0, 1) of the weakest patch attention
             dropped in each layer.
         start_layer: First layer rolled out.
-        gradient: Add the two gradient-rollout columns.
-        probe_size, every_n_epochs, seed, module: See
-            :class:`~lit_vit.callbacks.base.AttentionCallback`.
+        gradient: Add the two gradient-rollout columns (the probe then records
+            attention gradients for the true and the predicted class).
+        every_n_epochs, name: See :class:`~lit_vit.callbacks.base.AttentionCallback`.
 
     Raises:
         ValueError: For ``discard_ratio`` outside [0, 1), or at setup for a
@@ -40,7 +44,12 @@ class AttentionRollout(AttentionCallback):
 
     Example::
 
-        Trainer(callbacks=[AttentionRollout(head_fusion="max", discard_ratio=0.9)])
+        Trainer(
+            callbacks=[
+                AttentionRollout(),
+                AttentionRollout(head_fusion="max", discard_ratio=0.9, name="rollout_max"),
+            ]
+        )
 
     .. code-block:: yaml
 
@@ -48,6 +57,8 @@ class AttentionRollout(AttentionCallback):
           callbacks:
             - class_path: lit_vit.callbacks.AttentionRollout
               init_args: {head_fusion: mean, discard_ratio: 0.0}
+            - class_path: lit_vit.callbacks.AttentionRollout
+              init_args: {head_fusion: max, discard_ratio: 0.9, name: rollout_max}
     """
 
     report_order = 40
@@ -58,18 +69,20 @@ class AttentionRollout(AttentionCallback):
         discard_ratio: float = 0.0,
         start_layer: int = 0,
         gradient: bool = True,
-        probe_size: int = 8,
         every_n_epochs: int = 1,
-        seed: int = 0,
-        module: str | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(probe_size, every_n_epochs, seed, module)
+        super().__init__(every_n_epochs, name)
         if not 0 <= discard_ratio < 1:
             raise ValueError(f"AttentionRollout: discard_ratio={discard_ratio} must be in [0, 1).")
         self.head_fusion = head_fusion
         self.discard_ratio = discard_ratio
         self.start_layer = start_layer
         self.gradient = gradient
+
+    @property
+    def gradients(self) -> frozenset[str]:
+        return frozenset({"true", "predicted"} if self.gradient else ())
 
     def check_model(self, num_layers: int) -> None:
         if not 0 <= self.start_layer < num_layers:
@@ -81,35 +94,37 @@ class AttentionRollout(AttentionCallback):
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None:
-        recording = analysis.recording
-        plain = (self.head_fusion, self.discard_ratio, self.start_layer) == ("mean", 0.0, 0)
-        maps = {
-            "rollout": analysis.rollout
-            if plain
-            else rollout(
-                recording.attention,
-                recording.layout,
-                self.head_fusion,
-                self.discard_ratio,
-                self.start_layer,
-            ).cpu()
-        }
+        rows = analysis.figure_rows
+        maps = {"rollout": self._rollout(analysis)[:rows]}
         if self.gradient:
-            maps["grad rollout (true)"] = analysis.grad_rollout_true
-            maps["grad rollout (pred)"] = analysis.grad_rollout_predicted
+            maps["grad rollout (true)"] = analysis.gradient_rollout("true")[:rows]
+            maps["grad rollout (pred)"] = analysis.gradient_rollout("predicted")[:rows]
         names = self.class_names(trainer, analysis)
-        labels = [names[label] for label in analysis.probe.labels]
-        figure = rollout_figure(analysis.probe.pixels, maps, labels)
-        path = self.log_figure(trainer, analysis.stage, "rollout", figure)
+        labels = [names[label] for label in analysis.probe.labels[:rows]]
+        figure = rollout_figure(analysis.probe.pixels[:rows], maps, labels)
+        path = self.log_figure(trainer, analysis.run, "rollout", figure)
         if analysis.stage == "test":
+            gradient = ", and gradient rollout for the true and the predicted class"
             body = (
                 f"Rollout with head fusion `{self.head_fusion}`, discard ratio "
                 f"{self.discard_ratio}, from layer {self.start_layer}"
-                + (
-                    ", and gradient rollout for the true and the predicted class"
-                    if self.gradient
-                    else ""
-                )
-                + f".\n\n![rollout]({path.name})"
+                f"{gradient if self.gradient else ''}, on the first {rows} probe images."
+                f"\n\n![rollout]({path})"
             )
-            self.report_section = ReportSection("Attention rollout", self.report_order, body)
+            self.report_section = ReportSection(
+                self.title("Attention rollout"), self.report_order, body
+            )
+
+    def _rollout(self, analysis: ProbeAnalysis):
+        """``(B, gh, gw)`` rollout with this callback's settings (the shared one by default)."""
+        if (self.head_fusion, self.discard_ratio, self.start_layer) == ("mean", 0.0, 0):
+            return analysis.rollout
+        recording = analysis.recording
+        return rollout(
+            recording.attention,
+            recording.layout,
+            self.head_fusion,
+            self.discard_ratio,
+            self.start_layer,
+            validate=False,
+        ).cpu()

@@ -9,7 +9,6 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from lit_vit.attention import (
-    AttentionRecorder,
     FaithfulnessResult,
     TokenLayout,
     cls_attention,
@@ -17,8 +16,9 @@ from lit_vit.attention import (
     gradient_rollout,
     rollout,
 )
+from lit_vit.callbacks._data import iterate_batches
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
-from lit_vit.callbacks.probe import ProbeAnalysis, iterate_batches
+from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import faithfulness_figure
 
@@ -62,12 +62,16 @@ class Faithfulness(AttentionCallback):
       ``rollout``, ``cls``, ``grad_rollout``, ``random``.
     - image ``attention/faithfulness``: mean deletion and insertion curves.
 
+    At test the same tags under ``attention_test/``; with ``name=...`` every
+    tag gets ``<name>/`` after the root.
+
     Args:
         steps: Number ``T`` of intervals on the fraction axis (``T + 1`` points).
-        test_images: Test images scored at test (at most the test set).
+        test_images: Test images scored at test (at most the test set; under
+            ``fast_dev_run``, the probe's size).
         max_batch: Largest number of masked images in one forward pass.
-        probe_size, every_n_epochs, seed, module: See
-            :class:`~lit_vit.callbacks.base.AttentionCallback`.
+        seed: Seed of the random order (batch ``i`` of the test set uses ``seed + i``).
+        every_n_epochs, name: See :class:`~lit_vit.callbacks.base.AttentionCallback`.
 
     Raises:
         ValueError: For ``steps``, ``test_images`` or ``max_batch`` smaller than 1.
@@ -91,12 +95,11 @@ class Faithfulness(AttentionCallback):
         steps: int = 16,
         test_images: int = 256,
         max_batch: int = 512,
-        probe_size: int = 8,
-        every_n_epochs: int = 1,
         seed: int = 0,
-        module: str | None = None,
+        every_n_epochs: int = 1,
+        name: str | None = None,
     ) -> None:
-        super().__init__(probe_size, every_n_epochs, seed, module)
+        super().__init__(every_n_epochs, name)
         for name, value in (
             ("steps", steps),
             ("test_images", test_images),
@@ -107,31 +110,37 @@ class Faithfulness(AttentionCallback):
         self.steps = steps
         self.test_images = test_images
         self.max_batch = max_batch
+        self.seed = seed
+
+    @property
+    def gradients(self) -> frozenset[str]:
+        return frozenset({"predicted"})
 
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None:
         if analysis.stage == "test":
-            results = self._score_test_set(trainer, pl_module)
+            limit = len(analysis.probe.labels) if analysis.reduced else self.test_images
+            results = self._score_test_set(trainer, pl_module, limit)
         else:
             maps = {
                 "rollout": analysis.rollout,
                 "cls": analysis.query_maps[-1].mean(dim=1),
-                "grad_rollout": analysis.grad_rollout_predicted,
+                "grad_rollout": analysis.gradient_rollout("predicted"),
             }
             images = analysis.probe.images.to(pl_module.device)
             results = self.score(pl_module, images, maps, analysis.recording.layout, 0)
         aucs = {
-            f"attention/faithfulness/{kind}_{method}": float(values.mean())
+            f"faithfulness/{kind}_{method}": float(values.mean())
             for method, (deletion, insertion) in _aucs(results).items()
             for kind, values in (("deletion", deletion), ("insertion", insertion))
         }
-        self.log_scalars(pl_module, aucs)
+        self.log_scalars(pl_module, analysis.run, aucs)
         path = self.log_figure(
-            trainer, analysis.stage, "faithfulness", faithfulness_figure(*_curves(results))
+            trainer, analysis.run, "faithfulness", faithfulness_figure(*_curves(results))
         )
         if analysis.stage == "test":
-            self.report_section = self._section(aucs, len(results["rollout"].deletion), path.name)
+            self.report_section = self._section(aucs, len(results["rollout"].deletion), path)
 
     def score(
         self,
@@ -149,22 +158,21 @@ class Faithfulness(AttentionCallback):
             layout,
             steps=self.steps,
             max_batch=self.max_batch,
-            seed=self.settings.seed + batch_index,
+            seed=self.seed + batch_index,
         )
 
     def _score_test_set(
-        self, trainer: Trainer, pl_module: LightningModule
+        self, trainer: Trainer, pl_module: LightningModule, limit: int
     ) -> dict[str, FaithfulnessResult]:
-        recorder = AttentionRecorder(pl_module, vit_name=self.settings.module)
         parts: list[dict[str, FaithfulnessResult]] = []
-        batches = iterate_batches(trainer, pl_module, "test", self.test_images)
-        for index, (images, _) in enumerate(batches):
-            recording = recorder.record(images, grad_targets=[None])
+        for index, (images, _) in enumerate(iterate_batches(trainer, pl_module, "test", limit)):
+            recording = self.probe.recorder.record(images, grad_targets=[None])
             attention, layout = recording.attention, recording.layout
+            grads = recording.attention_grads[0]
             maps = {
-                "rollout": rollout(attention, layout),
-                "cls": cls_attention(attention, layout).maps[-1].mean(dim=1),
-                "grad_rollout": gradient_rollout(attention, recording.attention_grads[0], layout),
+                "rollout": rollout(attention, layout, validate=False),
+                "cls": cls_attention(attention, layout, validate=False).maps[-1].mean(dim=1),
+                "grad_rollout": gradient_rollout(attention, grads, layout, validate=False),
             }
             del recording, attention  # one batch's attention and gradients at a time
             parts.append(self.score(pl_module, images, maps, layout, index))
@@ -172,7 +180,7 @@ class Faithfulness(AttentionCallback):
 
     def _section(self, aucs: dict[str, float], count: int, figure: str) -> ReportSection:
         def auc(kind: str, method: str) -> float:
-            return aucs[f"attention/faithfulness/{kind}_{method}"]
+            return aucs[f"faithfulness/{kind}_{method}"]
 
         rows = [
             (name, auc("deletion", method), auc("insertion", method))
@@ -190,11 +198,14 @@ class Faithfulness(AttentionCallback):
                 f"![deletion and insertion curves]({figure})",
             ]
         )
-        facts = {
-            "deletion_rollout": auc("deletion", "rollout"),
-            "deletion_random": auc("deletion", "random"),
-        }
-        return ReportSection("Faithfulness (deletion / insertion)", self.report_order, body, facts)
+        summary = (
+            f"- Deleting patches in rollout order drops the predicted class's probability with "
+            f"AUC {auc('deletion', 'rollout'):.3f} against {auc('deletion', 'random'):.3f} for "
+            f"a random order (lower is more faithful; {count} test images)."
+        )
+        return ReportSection(
+            self.title("Faithfulness (deletion / insertion)"), self.report_order, body, [summary]
+        )
 
 
 def _aucs(results: Mapping[str, FaithfulnessResult]) -> dict[str, tuple[Tensor, Tensor]]:

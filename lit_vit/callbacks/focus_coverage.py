@@ -12,7 +12,6 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from lit_vit.attention import (
-    AttentionRecorder,
     TokenLayout,
     coverage,
     focus_score,
@@ -20,8 +19,9 @@ from lit_vit.attention import (
     object_mass,
     rollout,
 )
+from lit_vit.callbacks._data import class_names, iterate_batches, to_pixels
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
-from lit_vit.callbacks.probe import ProbeAnalysis, class_names, iterate_batches, to_pixels
+from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import metric_by_class_figure, per_image_metrics_figure
 
@@ -77,11 +77,15 @@ class FocusCoverage(AttentionCallback):
       probe images (lift: over images with foreground; not logged when none has).
     - image ``attention/focus_coverage``: focus, coverage and lift of every
       probe image, with the values of a uniform map.
-    - at test, scalars ``attention/focus/test_mean``,
-      ``attention/coverage/test_mean``, ``attention/object_mass/test_mean``,
-      ``attention/lift/test_mean`` over the test images, and images
-      ``attention/focus_by_class``, ``attention/coverage_by_class``,
-      ``attention/lift_by_class`` (mean per true class).
+    - at test, the same under ``attention_test/`` for the test probe, and
+      scalars ``attention_test/focus/test_mean``,
+      ``attention_test/coverage/test_mean``,
+      ``attention_test/object_mass/test_mean``,
+      ``attention_test/lift/test_mean`` over the test images, and images
+      ``attention_test/focus_by_class``, ``attention_test/coverage_by_class``,
+      ``attention_test/lift_by_class`` (mean per true class).
+
+    With ``name=...`` every tag gets ``<name>/`` after the root.
 
     Args:
         k: Fraction of the patches whose mass focus counts, in (0, 1].
@@ -90,9 +94,8 @@ class FocusCoverage(AttentionCallback):
             foreground patch.
         test_images: Test images measured per class at test; ``None`` for the
             whole test set (the dataloader's, not limited by
-            ``limit_test_batches``).
-        probe_size, every_n_epochs, seed, module: See
-            :class:`~lit_vit.callbacks.base.AttentionCallback`.
+            ``limit_test_batches``). Under ``fast_dev_run``: the probe's size.
+        every_n_epochs, name: See :class:`~lit_vit.callbacks.base.AttentionCallback`.
 
     Raises:
         ValueError: For ``k`` or ``m`` outside (0, 1], ``foreground_threshold``
@@ -118,12 +121,10 @@ class FocusCoverage(AttentionCallback):
         m: float = 0.5,
         foreground_threshold: float = 0.1,
         test_images: int | None = 1000,
-        probe_size: int = 8,
         every_n_epochs: int = 1,
-        seed: int = 0,
-        module: str | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(probe_size, every_n_epochs, seed, module)
+        super().__init__(every_n_epochs, name)
         for name, value in (("k", k), ("m", m)):
             if not 0 < value <= 1:
                 raise ValueError(f"FocusCoverage: {name}={value} must be in (0, 1].")
@@ -145,9 +146,9 @@ class FocusCoverage(AttentionCallback):
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None:
-        stage, probe, layout = analysis.stage, analysis.probe, analysis.recording.layout
+        run, probe, layout = analysis.run, analysis.probe, analysis.recording.layout
         probe_values = self.measure(analysis.rollout, probe.pixels, layout)
-        self.log_scalars(pl_module, _scalars(probe_values, "mean"))
+        self.log_scalars(pl_module, run, _scalars(probe_values, "mean"))
         names = self.class_names(trainer, analysis)
         true_names = [names[label] for label in probe.labels]
         predicted_names = [names[label] for label in analysis.predictions]
@@ -155,11 +156,12 @@ class FocusCoverage(AttentionCallback):
         figure = per_image_metrics_figure(
             probe_values, true_names, predicted_names, uniform, self.k, self.m
         )
-        probe_path = self.log_figure(trainer, stage, "focus_coverage", figure)
-        if stage != "test":
+        probe_path = self.log_figure(trainer, run, "focus_coverage", figure)
+        if analysis.stage != "test":
             return
-        test_values, labels = self._measure_test_set(trainer, pl_module)
-        self.log_scalars(pl_module, _scalars(test_values, "test_mean"))
+        limit = len(probe.labels) if analysis.reduced else self.test_images
+        test_values, labels = self._measure_test_set(trainer, pl_module, limit)
+        self.log_scalars(pl_module, run, _scalars(test_values, "test_mean"))
         num_classes = analysis.recording.logits.shape[-1]
         all_names = class_names(trainer, num_classes)
         class_paths = []
@@ -171,7 +173,7 @@ class FocusCoverage(AttentionCallback):
             figure = metric_by_class_figure(
                 getattr(test_values, name), labels, all_names, f"Rollout {label} per class", label
             )
-            class_paths.append(self.log_figure(trainer, stage, f"{name}_by_class", figure))
+            class_paths.append(self.log_figure(trainer, run, f"{name}_by_class", figure))
         probe_rows = [
             (int(index), true_names[i], predicted_names[i], *probe_values.values(i))
             for i, index in enumerate(probe.indices)
@@ -196,23 +198,23 @@ class FocusCoverage(AttentionCallback):
                     ["index", "class", "predicted", "focus", "coverage", "object mass", "lift"],
                     probe_rows,
                 ),
-                f"![focus and coverage per probe image]({probe_path.name})",
+                f"![focus and coverage per probe image]({probe_path})",
                 f"Mean per true class over {len(labels)} test images:",
                 markdown_table(
                     ["class", "n", "focus", "coverage", "object mass", "lift"], class_rows
                 ),
-                " ".join(f"![{path.stem}]({path.name})" for path in class_paths),
+                " ".join(f"![{path[:-4]}]({path})" for path in class_paths),
             ]
         )
-        facts = {
-            "focus_mean": means["focus"],
-            "focus_k": self.k,
-            "focus_uniform": uniform["focus"],
-            "coverage_mean": means["coverage"],
-            "coverage_m": self.m,
-            "lift_mean": means["lift"],
-        }
-        self.report_section = ReportSection("Focus and coverage", self.report_order, body, facts)
+        summary = (
+            f"- Rollout focus@{self.k:.0%}: {means['focus']:.3f} of the mass on the top patches "
+            f"(uniform: {uniform['focus']:.3f}); coverage@{self.m:.0%}: "
+            f"{means['coverage']:.3f} of the grid; lift on the object {means['lift']:.2f} "
+            f"(1.00 = no better than uniform); means over {len(labels)} test images."
+        )
+        self.report_section = ReportSection(
+            self.title("Focus and coverage"), self.report_order, body, [summary]
+        )
 
     def measure(self, saliency: Tensor, pixels: Tensor, layout: TokenLayout) -> SaliencyMeasures:
         """Focus, coverage, object mass and lift of ``(B, gh, gw)`` saliency maps.
@@ -230,14 +232,13 @@ class FocusCoverage(AttentionCallback):
         )
 
     def _measure_test_set(
-        self, trainer: Trainer, pl_module: LightningModule
+        self, trainer: Trainer, pl_module: LightningModule, limit: int | None
     ) -> tuple[SaliencyMeasures, Tensor]:
-        recorder = AttentionRecorder(pl_module, vit_name=self.settings.module)
-        limit = sys.maxsize if self.test_images is None else self.test_images
+        limit = sys.maxsize if limit is None else limit
         parts, labels = [], []
         for images, batch_labels in iterate_batches(trainer, pl_module, "test", limit):
-            recording = recorder.record(images)
-            maps = rollout(recording.attention, recording.layout)
+            recording = self.probe.recorder.record(images)
+            maps = rollout(recording.attention, recording.layout, validate=False)
             layout = recording.layout
             del recording  # keep one batch's (L, B, H, N, N) attention at a time
             parts.append(self.measure(maps, to_pixels(trainer, images.detach().cpu()), layout))
@@ -257,7 +258,7 @@ def _scalars(values: SaliencyMeasures, suffix: str) -> dict[str, float]:
     """Scalar tags of the means; lift left out when no image has foreground."""
     means = values.means()
     return {
-        f"attention/{name}/{suffix}": value
+        f"{name}/{suffix}": value
         for name, value in means.items()
         if not (name == "lift" and math.isnan(value))
     }

@@ -28,9 +28,11 @@ class HeadDiversity(AttentionCallback):
     - image ``attention/distance`` (distance vs depth, one dot per head)
     - image ``attention/entropy`` (layers x heads heatmap)
 
+    At test the same tags under ``attention_test/``; with ``name=...`` every
+    tag gets ``<name>/`` after the root.
+
     Args:
-        probe_size, every_n_epochs, seed, module: See
-            :class:`~lit_vit.callbacks.base.AttentionCallback`.
+        every_n_epochs, name: See :class:`~lit_vit.callbacks.base.AttentionCallback`.
 
     Example::
 
@@ -48,21 +50,17 @@ class HeadDiversity(AttentionCallback):
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None:
-        attention, layout, stage = (
-            analysis.recording.attention,
-            analysis.recording.layout,
-            analysis.stage,
-        )
-        diversity = head_diversity(attention, layout).cpu()  # (L,)
-        entropy = attention_entropy(attention, layout).normalized.cpu()  # (L, H)
-        distance = mean_attention_distance(attention, layout)
+        attention, layout = analysis.recording.attention, analysis.recording.layout
+        diversity = head_diversity(attention, layout, validate=False).cpu()  # (L,)
+        entropy = attention_entropy(attention, layout, validate=False).normalized.cpu()  # (L, H)
+        distance = mean_attention_distance(attention, layout, validate=False)
         pixels, relative = distance.pixels.cpu(), distance.relative.cpu()  # (L, H) each
         scalars = {}
         for layer in range(len(diversity)):
-            scalars[f"attention/head_diversity/layer_{layer:02d}"] = diversity[layer]
-            scalars[f"attention/distance_relative/layer_{layer:02d}"] = relative[layer].mean()
-            scalars[f"attention/entropy/layer_{layer:02d}"] = entropy[layer].mean()
-        self.log_scalars(pl_module, scalars)
+            scalars[f"head_diversity/layer_{layer:02d}"] = diversity[layer]
+            scalars[f"distance_relative/layer_{layer:02d}"] = relative[layer].mean()
+            scalars[f"entropy/layer_{layer:02d}"] = entropy[layer].mean()
+        self.log_scalars(pl_module, analysis.run, scalars)
         figures = {
             "head_diversity": layer_bar_figure(
                 diversity, "Head diversity per layer", "mean pairwise JS divergence"
@@ -75,8 +73,11 @@ class HeadDiversity(AttentionCallback):
                 entropy, "Attention entropy per head", "normalised entropy", vmin=0.0, vmax=1.0
             ),
         }
-        paths = {name: self.log_figure(trainer, stage, name, fig) for name, fig in figures.items()}
-        if stage == "test":
+        paths = {
+            key: self.log_figure(trainer, analysis.run, key, figure)
+            for key, figure in figures.items()
+        }
+        if analysis.stage == "test":
             self.report_section = self._section(diversity, entropy, pixels, relative, paths)
 
     def _section(self, diversity, entropy, pixels, relative, paths) -> ReportSection:
@@ -100,17 +101,46 @@ class HeadDiversity(AttentionCallback):
             [
                 "Head diversity per layer (mean pairwise Jensen-Shannon divergence, log base 2):",
                 listing,
-                f"![head diversity]({paths['head_diversity'].name})",
+                f"![head diversity]({paths['head_diversity']})",
                 "Entropy and mean attention distance, averaged over heads:",
                 table,
-                f"![distance]({paths['distance'].name}) ![relative distance]"
-                f"({paths['distance_relative'].name}) ![entropy]({paths['entropy'].name})",
+                f"![distance]({paths['distance']}) ![relative distance]"
+                f"({paths['distance_relative']}) ![entropy]({paths['entropy']})",
             ]
         )
-        facts = {
-            "head_diversity_by_layer": [float(value) for value in diversity],
-            "relative_distance_by_layer": [float(value) for value in relative.mean(dim=1)],
-        }
+        summary = [
+            _distance_statement([float(value) for value in relative.mean(dim=1)]),
+            _diversity_statement([float(value) for value in diversity]),
+        ]
         return ReportSection(
-            "Head diversity, entropy and distance per layer", self.report_order, body, facts
+            self.title("Head diversity, entropy and distance per layer"),
+            self.report_order,
+            body,
+            [line for line in summary if line],
         )
+
+
+def _distance_statement(distance: list[float]) -> str:
+    """Early against late layers' relative distance (1.00 = as global as uniform)."""
+    if len(distance) < 2:
+        return ""
+    third = max(1, len(distance) // 3)
+    early, late = sum(distance[:third]) / third, sum(distance[-third:]) / third
+    if abs(late - early) < 0.02:
+        trend = "about as global as"
+    else:
+        trend = "more global than" if late > early else "more local than"
+    return (
+        f"- Mean attention distance, relative to uniform attention: {early:.2f} in the first "
+        f"{third} layer(s), {late:.2f} in the last {third}; late layers are {trend} "
+        "early ones (1.00 = as global as uniform)."
+    )
+
+
+def _diversity_statement(diversity: list[float]) -> str:
+    top = max(range(len(diversity)), key=lambda index: diversity[index])
+    low = min(range(len(diversity)), key=lambda index: diversity[index])
+    return (
+        f"- Heads disagree most in layer {top} (Jensen-Shannon {diversity[top]:.3f}) and "
+        f"least in layer {low} ({diversity[low]:.3f})."
+    )

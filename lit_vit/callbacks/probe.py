@@ -1,34 +1,55 @@
-"""The probe: a fixed, class-balanced set of images, and one captured pass over it.
+"""The probe owner: one fixed set of images, one captured pass per analysed run, one report.
 
-However many attention callbacks a trainer has, they share the probe images
-and the captured forward of each epoch: :func:`shared_analysis` computes it
-for the first callback that asks and hands the same object to the others.
+:class:`AttentionProbe` selects the probe images once, captures their
+attention once per due validation run (and once at test) with exactly the
+gradients its analysis callbacks declare, hands the same
+:class:`ProbeAnalysis` to each of them, and assembles the test report from
+the sections they render. The analysis callbacks find it at ``setup``; when a
+trainer lists them without one, a probe with default settings is added, so
+``Trainer(callbacks=[AttentionMaps()])`` just works. Its checkpoint state is a
+few hundred bytes: the probe's dataset positions and a fingerprint of its
+pixels, never the images.
 """
 
 from __future__ import annotations
 
-import contextlib
-import weakref
-from collections.abc import Iterator
+import hashlib
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cached_property
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from lit_vit.attention import (
     AttentionRecorder,
     AttentionRecording,
+    NonFiniteAttentionError,
     cls_attention,
     gradient_rollout,
     rollout,
 )
+from lit_vit.callbacks._data import MAX_SCAN_IMAGES, choose_probe, scan, to_pixels
+from lit_vit.callbacks.report import write_report
+from lit_vit.plotting import figure_to_image, save_image
 
-# Scanning more than this many images to balance classes buys nothing for a probe of 8-64.
-MAX_SCAN_IMAGES = 4096
+if TYPE_CHECKING:
+    from lit_vit.callbacks.base import AttentionCallback
+
+# Gradient targets an analysis callback may ask for, in the order they are recorded.
+GRADIENT_TARGETS = ("predicted", "true")
+# Above this many probe images, setup warns about the cost.
+LARGE_PROBE = 64
+# Strategies whose parameters are sharded: a forward pass on rank zero alone would deadlock.
+SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
 @dataclass(frozen=True)
@@ -48,17 +69,30 @@ class Probe:
     pixels: Tensor
     indices: Tensor
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {
-            "images": self.images,
-            "labels": self.labels,
-            "pixels": self.pixels,
-            "indices": self.indices,
-        }
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the images' float32 bytes (16 hex digits): the same probe, or not."""
+        data = self.images.detach().float().contiguous().numpy().tobytes()
+        return hashlib.sha256(data).hexdigest()[:16]
 
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Tensor]) -> Probe:
-        return cls(**{key: state[key] for key in ("images", "labels", "pixels", "indices")})
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """Where one analysed run logs.
+
+    Attributes:
+        stage: ``"val"`` (a validation run during fit), ``"fit_end"`` or ``"test"``.
+        step: The logger step, the one of this run's ``val/*`` or ``test/*`` metrics.
+        folder: Folder of this run's PNG files; ``None`` writes no file
+            (``fast_dev_run``).
+        tag_root: ``"attention"`` during fit, ``"attention_test"`` at test, so
+            test values never land on the validation charts.
+    """
+
+    stage: str
+    step: int
+    folder: Path | None
+    tag_root: str
 
 
 @dataclass
@@ -67,15 +101,24 @@ class ProbeAnalysis:
 
     Attributes:
         probe: The probe images.
-        recording: Attention of every layer and its gradients for the
-            predicted (``attention_grads[0]``) and true (``[1]``) classes.
-        stage: ``"val"`` or ``"test"``.
+        recording: Attention of every layer (validated when recorded) and its
+            gradients for the targets the callbacks asked for.
+        run: Where this run logs.
+        figure_rows: Probe images that image grids show (the first ones);
+            measures use all of them.
+        reduced: ``fast_dev_run``: test-set samples shrink to the probe size.
     """
 
     probe: Probe
     recording: AttentionRecording
-    stage: str
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    run: ProbeRun
+    figure_rows: int
+    reduced: bool = False
+    _gradient_index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def stage(self) -> str:
+        return self.run.stage
 
     @property
     def predictions(self) -> Tensor:
@@ -85,199 +128,458 @@ class ProbeAnalysis:
     @cached_property
     def rollout(self) -> Tensor:
         """``(B, gh, gw)`` attention rollout (mean fusion, no discard)."""
-        return rollout(self.recording.attention, self.recording.layout).cpu()
-
-    @cached_property
-    def grad_rollout_predicted(self) -> Tensor:
-        """``(B, gh, gw)`` gradient rollout for the predicted class."""
-        return self._grad_rollout(0)
-
-    @cached_property
-    def grad_rollout_true(self) -> Tensor:
-        """``(B, gh, gw)`` gradient rollout for the true class."""
-        return self._grad_rollout(1)
+        return rollout(self.recording.attention, self.recording.layout, validate=False).cpu()
 
     @cached_property
     def query_maps(self) -> Tensor:
         """``(L, B, H, gh, gw)`` class-token (query) attention per layer and head."""
-        return cls_attention(self.recording.attention, self.recording.layout).maps.cpu()
+        attention, layout = self.recording.attention, self.recording.layout
+        return cls_attention(attention, layout, validate=False).maps.cpu()
 
-    def _grad_rollout(self, index: int) -> Tensor:
-        recording = self.recording
-        maps = gradient_rollout(
-            recording.attention, recording.attention_grads[index], recording.layout
-        )
-        return maps.cpu()
+    @cached_property
+    def prefix_mass(self) -> Tensor:
+        """``(L, B, H)`` attention mass the query puts on prefix tokens."""
+        attention, layout = self.recording.attention, self.recording.layout
+        return cls_attention(attention, layout, validate=False).prefix_mass.cpu()
 
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """What makes two callbacks' probes the same."""
-
-    size: int
-    seed: int
-    module: str | None
-
-
-# Per trainer: the probe of each (stage, settings) and the latest analysis.
-_PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_ANALYSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    def gradient_rollout(self, target: str) -> Tensor:
+        """``(B, gh, gw)`` gradient rollout for ``"predicted"`` or ``"true"`` classes."""
+        cache = self.__dict__.setdefault("_gradient_maps", {})
+        if target not in cache:
+            recording = self.recording
+            grads = recording.attention_grads[self._gradient_index[target]]
+            cache[target] = gradient_rollout(
+                recording.attention, grads, recording.layout, validate=False
+            ).cpu()
+        return cache[target]
 
 
-def shared_probe(
-    trainer: Trainer, pl_module: LightningModule, stage: str, settings: ProbeSettings
-) -> Probe:
-    """The probe of ``stage`` for these settings, selected once per trainer."""
-    probes = _PROBES.setdefault(trainer, {})
-    key = (stage, settings.size, settings.seed)
-    if key not in probes:
-        probes[key] = select_probe(trainer, pl_module, stage, settings.size, settings.seed)
-    return probes[key]
+class AttentionProbe(Callback):
+    """Owns the probe: selects it, captures it once per analysed run, writes the report.
 
+    At the end of each validation run for which one of the analysis
+    callbacks (:class:`~lit_vit.callbacks.AttentionMaps` and the others) is
+    due, and once at test, it records the attention of the probe images in one
+    forward pass, with gradients only for the targets those callbacks declare,
+    and hands the result to each of them. Heavy work runs on rank zero only;
+    never during the sanity check. At the end of the test it writes
+    ``<log_dir>/attention/report.md`` from the callbacks' sections.
 
-def register_probe(trainer: Trainer, stage: str, settings: ProbeSettings, probe: Probe) -> None:
-    """Use ``probe`` (e.g. restored from a checkpoint) for these settings."""
-    _PROBES.setdefault(trainer, {})[(stage, settings.size, settings.seed)] = probe
+    The validation probe is ``size`` class-balanced images of the validation
+    set, drawn with ``seed``; at test, the same draw from the test set. Its
+    state (dataset positions and a fingerprint) is checkpointed, so a resumed
+    run analyses the same images.
 
-
-def shared_analysis(
-    trainer: Trainer, pl_module: LightningModule, stage: str, settings: ProbeSettings, probe: Probe
-) -> ProbeAnalysis:
-    """The captured probe pass of this step, computed once for all callbacks.
-
-    Only the latest analysis per trainer is kept, so memory stays flat.
-    """
-    key = (stage, trainer.current_epoch, trainer.global_step, settings, id(probe))
-    cached = _ANALYSES.get(trainer)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    recorder = AttentionRecorder(pl_module, vit_name=settings.module)
-    images = probe.images.to(pl_module.device)
-    labels = probe.labels.to(pl_module.device)
-    recording = recorder.record(images, grad_targets=[None, labels])
-    analysis = ProbeAnalysis(probe=probe, recording=recording, stage=stage)
-    _ANALYSES[trainer] = (key, analysis)
-    return analysis
-
-
-def stage_dataloader(trainer: Trainer, stage: str):
-    """The first dataloader the trainer uses for ``stage`` (``"val"`` or ``"test"``)."""
-    loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
-    if loaders is None and trainer.datamodule is not None:
-        loaders = (
-            trainer.datamodule.val_dataloader()
-            if stage == "val"
-            else trainer.datamodule.test_dataloader()
-        )
-    if isinstance(loaders, (list, tuple)):
-        loaders = loaders[0] if loaders else None
-    if isinstance(loaders, dict):
-        loaders = next(iter(loaders.values()), None)
-    if loaders is None:
-        raise ValueError(
-            f"the attention probe needs a {stage} dataloader and the trainer has none."
-        )
-    return loaders
-
-
-def iterate_batches(trainer: Trainer, pl_module: LightningModule, stage: str, max_images: int):
-    """``(images, labels)`` batches of ``stage`` as the model sees them, up to ``max_images``.
-
-    Batches go through the module's and data module's transfer hooks (so a
-    resize in ``on_after_batch_transfer`` applies), on the module's device,
-    with the trainer marked as evaluating so that no hook augments them
-    (``on_fit_end`` runs in the training stage).
-    """
-    seen = 0
-    for batch in stage_dataloader(trainer, stage):
-        with _evaluating(trainer, stage):
-            batch = pl_module._apply_batch_transfer_handler(batch)
-        images, labels = batch[0], batch[1]
-        take = min(len(images), max_images - seen)
-        yield images[:take], labels[:take]
-        seen += take
-        if seen >= max_images:
-            return
-
-
-@contextlib.contextmanager
-def _evaluating(trainer: Trainer, stage: str) -> Iterator[None]:
-    """Mark the trainer as validating or testing for the duration of the block."""
-    previous = trainer.state.stage
-    trainer.state.stage = RunningStage.VALIDATING if stage == "val" else RunningStage.TESTING
-    try:
-        yield
-    finally:
-        trainer.state.stage = previous
-
-
-def select_probe(
-    trainer: Trainer, pl_module: LightningModule, stage: str, size: int, seed: int
-) -> Probe:
-    """``size`` images of ``stage``, class-balanced, chosen with ``seed``.
-
-    Scans up to :data:`MAX_SCAN_IMAGES` images; each class gets
-    ``size // classes`` images (the first classes one more when it does not
-    divide), drawn with a seeded permutation.
+    Args:
+        size: Number of probe images.
+        seed: Seed of the probe's selection.
+        module: Qualified name of the ViT inside the LightningModule, for
+            modules holding several; ``None`` finds the only one.
+        figure_rows: Probe images shown in image grids (the first ones); the
+            measures use all ``size``.
 
     Raises:
-        ValueError: When the dataloader has fewer than ``size`` images.
+        ValueError: For ``size`` or ``figure_rows`` below 1; at setup, when the
+            module has no ViT or no attention modules, ``module`` names none,
+            the probe is larger than the evaluation set, two analysis callbacks
+            share a name, or the strategy shards parameters (FSDP, DeepSpeed).
+
+    Example::
+
+        Trainer(callbacks=[AttentionProbe(size=16), AttentionMaps(), AttentionRollout()])
+
+    .. code-block:: yaml
+
+        trainer:
+          callbacks:
+            - class_path: lit_vit.callbacks.AttentionProbe
+              init_args: {size: 16, seed: 0}
+            - class_path: lit_vit.callbacks.AttentionMaps
     """
-    batches = list(iterate_batches(trainer, pl_module, stage, max(MAX_SCAN_IMAGES, size)))
-    images = torch.cat([images for images, _ in batches]).cpu()
-    labels = torch.cat([labels for _, labels in batches]).cpu().long()
-    if len(images) < size:
-        raise ValueError(
-            f"probe_size={size} but the {stage} set has only {len(images)} images; "
-            f"use probe_size <= {len(images)}."
+
+    def __init__(
+        self, size: int = 8, seed: int = 0, module: str | None = None, figure_rows: int = 8
+    ) -> None:
+        for name, value in (("size", size), ("figure_rows", figure_rows)):
+            if value < 1:
+                raise ValueError(f"AttentionProbe: {name}={value} must be at least 1.")
+        self.size = size
+        self.seed = seed
+        self.module = module
+        self.figure_rows = figure_rows
+        self.consumers: list[AttentionCallback] = []
+        self.recorder: AttentionRecorder | None = None
+        self._log_root: Path | None = None
+        self._setup_key: tuple[int, str] | None = None
+        self._probes: dict[str, Probe] = {}
+        self._restored: dict[str, Any] | None = None
+        self._checkpoint: dict[str, Any] = {}
+        self._test_images = 0
+        self._heads = 0
+        self._last_val_step: int | None = None
+        self._warned_divergence = False
+
+    # -- finding the probe ------------------------------------------------------------
+
+    @classmethod
+    def attach(
+        cls, trainer: Trainer, pl_module: LightningModule, stage: str, consumer: AttentionCallback
+    ) -> AttentionProbe:
+        """The trainer's probe (added with defaults when it has none), set up, with
+        ``consumer`` registered.
+
+        Raises:
+            ValueError: Several probes, or ``consumer``'s name taken by another
+                callback of its kind.
+        """
+        probes = [cb for cb in trainer.callbacks if isinstance(cb, AttentionProbe)]
+        if len(probes) > 1:
+            raise ValueError(
+                f"the trainer has {len(probes)} AttentionProbe callbacks; keep one: it is "
+                "shared by every attention callback."
+            )
+        if probes:
+            probe = probes[0]
+        else:
+            probe = cls()
+            trainer.callbacks.append(probe)
+        probe.setup(trainer, pl_module, stage)
+        probe._register(consumer)
+        return probe
+
+    def _register(self, consumer: AttentionCallback) -> None:
+        if consumer in self.consumers:
+            return
+        clash = [other for other in self.consumers if other.state_key == consumer.state_key]
+        if clash:
+            kind = type(consumer).__name__
+            shared = f"the name {consumer.name!r}" if consumer.name else "no name="
+            raise ValueError(
+                f"two {kind} callbacks have {shared}, so their figures, tags and report "
+                f"sections would collide; give each its own name= (e.g. "
+                f"{kind}(name='{kind.lower()}_2') or `init_args: {{name: ...}}` in YAML)."
+            )
+        self.consumers.append(consumer)
+
+    # -- Lightning hooks --------------------------------------------------------------
+
+    @property
+    def state_key(self) -> str:
+        return "AttentionProbe"
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._setup_key == (id(trainer), stage):
+            return
+        self._setup_key = (id(trainer), stage)
+        self.consumers = []
+        strategy = type(trainer.strategy).__name__
+        if strategy in SHARDED_STRATEGIES:
+            raise ValueError(
+                f"AttentionProbe: strategy {strategy} shards the model's parameters, and the "
+                "probe's forward pass runs on rank zero only, which would deadlock. Use "
+                "strategy=ddp (or a single device) for runs with attention callbacks."
+            )
+        self.recorder = AttentionRecorder(pl_module, vit_name=self.module)
+        # On every rank: under DDP, trainer.log_dir is a collective (a broadcast from rank 0).
+        log_dir = trainer.log_dir or trainer.default_root_dir
+        self._log_root = None if trainer.fast_dev_run else Path(log_dir) / "attention"
+        self._check_size(trainer, stage)
+        self._tell_where_figures_go(trainer)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._last_val_step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        due = [c for c in self.consumers if c.per_run and c.due(trainer)]
+        if not due or not trainer.is_global_zero:
+            return
+        self._dispatch(trainer, pl_module, self.run(trainer, "val"), due)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._test_images += len(batch[0])
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._test_images = 0
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        due = [c for c in self.consumers if c.per_run]
+        if due and trainer.is_global_zero:
+            self._dispatch(trainer, pl_module, self.run(trainer, "test"), due)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero or self._log_root is None:
+            return
+        sections = [c.report_section for c in self.consumers if c.report_section is not None]
+        path = write_report(
+            self._log_root / "report.md", self._report_header(trainer, pl_module), sections
         )
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(labels), generator=generator)
-    chosen = balanced_choice(labels[order], size)
-    indices = order[chosen].sort().values
-    return Probe(
-        images=images[indices],
-        labels=labels[indices],
-        pixels=to_pixels(trainer, images[indices]),
-        indices=indices,
-    )
+        rank_zero_info(f"Attention report: {path}")
+
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._checkpoint = {
+            "epoch": checkpoint.get("epoch"),
+            "global_step": checkpoint.get("global_step"),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        probe = self._probes.get("val")
+        if probe is None:
+            return dict(self._restored or {})
+        return {
+            "size": self.size,
+            "seed": self.seed,
+            "indices": probe.indices.tolist(),
+            "fingerprint": probe.fingerprint,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict) if state_dict else None
+        self._probes.pop("val", None)
+
+    # -- for the analysis callbacks ---------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.recorder.module_names)
+
+    @property
+    def reduced(self) -> bool:
+        """``fast_dev_run``: no files, no resolution sweep, small test samples."""
+        return self._log_root is None
+
+    def run(self, trainer: Trainer, stage: str) -> ProbeRun:
+        """Where a run of ``stage`` (``"val"``, ``"fit_end"`` or ``"test"``) logs now."""
+        # The step Lightning logs epoch-level metrics at (see LoggerConnector.log_metrics);
+        # at fit end, that of the last validation run, whose model the sweep analyses.
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        if stage == "fit_end" and self._last_val_step is not None:
+            step = self._last_val_step
+        if stage == "val":
+            folder = f"epoch_{trainer.current_epoch:03d}"
+            if _validations_per_epoch(trainer) > 1:
+                folder += f"_step_{step:07d}"
+        else:
+            folder = stage
+        return ProbeRun(
+            stage=stage,
+            step=step,
+            folder=None if self._log_root is None else self._log_root / folder,
+            tag_root="attention_test" if stage == "test" else "attention",
+        )
+
+    def probe(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> Probe:
+        """The probe of ``"val"`` (also used at fit end) or ``"test"``, selected once."""
+        split = "test" if stage == "test" else "val"
+        if split not in self._probes:
+            self._probes[split] = self._select(trainer, pl_module, split)
+        return self._probes[split]
+
+    def log_figure(self, trainer: Trainer, run: ProbeRun, key: str, figure: Figure) -> str:
+        """Log ``figure`` as image ``<tag_root>/<key>`` at the run's step and save it as a PNG.
+
+        Returns:
+            The PNG's path relative to the run's folder, ``<key>.png``.
+        """
+        image = figure_to_image(figure)  # (3, H, W) uint8: one render for TensorBoard and file
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(
+                    f"{run.tag_root}/{key}", image, run.step, dataformats="CHW"
+                )
+        name = f"{key}.png"
+        if run.folder is not None:
+            save_image(image, run.folder / name)
+        return name
+
+    def log_text(self, trainer: Trainer, run: ProbeRun, key: str, text: str) -> None:
+        """Log Markdown ``text`` as text ``<tag_root>/<key>``; save it as ``<key>.md``."""
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text(f"{run.tag_root}/{key}", text, run.step)
+        if run.folder is not None:
+            path = run.folder / f"{key}.md"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text + "\n")
+
+    # -- internals --------------------------------------------------------------------
+
+    def _dispatch(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        run: ProbeRun,
+        consumers: Sequence[AttentionCallback],
+    ) -> None:
+        analysis = self._capture(trainer, pl_module, run, consumers)
+        if analysis is None:
+            return
+        for consumer in consumers:
+            consumer.analyze(trainer, pl_module, analysis)
+
+    def _capture(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        run: ProbeRun,
+        consumers: Sequence[AttentionCallback],
+    ) -> ProbeAnalysis | None:
+        """The one captured pass of this run, or ``None`` (with one warning) when it diverged."""
+        probe = self.probe(trainer, pl_module, run.stage)
+        wanted = {target for consumer in consumers for target in consumer.gradients}
+        targets = [target for target in GRADIENT_TARGETS if target in wanted]
+        labels = probe.labels.to(pl_module.device)
+        grad_targets = [None if target == "predicted" else labels for target in targets]
+        try:
+            recording = self.recorder.record(
+                probe.images.to(pl_module.device), grad_targets=grad_targets
+            )
+        except NonFiniteAttentionError as error:
+            self._warn_divergence(trainer, consumers, error)
+            return None
+        self._heads = recording.attention.shape[2]
+        return ProbeAnalysis(
+            probe=probe,
+            recording=recording,
+            run=run,
+            figure_rows=min(self.figure_rows, len(probe.labels)),
+            reduced=self.reduced,
+            _gradient_index={target: index for index, target in enumerate(targets)},
+        )
+
+    def _warn_divergence(
+        self, trainer: Trainer, consumers: Sequence[AttentionCallback], error: Exception
+    ) -> None:
+        if self._warned_divergence:
+            return
+        self._warned_divergence = True
+        names = ", ".join(type(consumer).__name__ for consumer in consumers)
+        rank_zero_warn(
+            f"AttentionProbe: at epoch {trainer.current_epoch} {error} The loss has most likely "
+            f"diverged: lower the learning rate (--model.lr). Skipping the analysis of "
+            f"{names} while it lasts (warned once); training and checkpoints go on."
+        )
+
+    def _select(self, trainer: Trainer, pl_module: LightningModule, split: str) -> Probe:
+        restored = self._restored if split == "val" else None
+        if restored and restored.get("size") == self.size and restored.get("seed") == self.seed:
+            indices = torch.tensor(restored["indices"])
+            images, labels = scan(trainer, pl_module, split, int(indices.max()) + 1)
+            probe = self._probe(trainer, images, labels, indices)
+            if probe.fingerprint == restored["fingerprint"]:
+                return probe
+            rank_zero_warn(
+                "AttentionProbe: the checkpoint's probe images differ from the images at the "
+                "same positions of the validation set now (another split or data?); selecting "
+                "a new probe."
+            )
+        images, labels = scan(trainer, pl_module, split, max(MAX_SCAN_IMAGES, self.size))
+        if len(images) < self.size:
+            raise ValueError(
+                f"AttentionProbe: size={self.size} but the {split} set has only {len(images)} "
+                f"images; use size <= {len(images)}."
+            )
+        return self._probe(trainer, images, labels, choose_probe(labels, self.size, self.seed))
+
+    @staticmethod
+    def _probe(trainer: Trainer, images: Tensor, labels: Tensor, indices: Tensor) -> Probe:
+        chosen = images[indices]
+        return Probe(
+            images=chosen,
+            labels=labels[indices],
+            pixels=to_pixels(trainer, chosen.float()),
+            indices=indices,
+        )
+
+    def _check_size(self, trainer: Trainer, stage: str) -> None:
+        datamodule = trainer.datamodule
+        split = "val" if stage in ("fit", "validate") else "test"
+        dataset = getattr(datamodule, f"{split}_dataset", None)
+        if dataset is not None and len(dataset) < self.size:
+            raise ValueError(
+                f"AttentionProbe: size={self.size} but the {split} set has only "
+                f"{len(dataset)} images; use size <= {len(dataset)}."
+            )
+        if self.size > LARGE_PROBE:
+            layers = self.num_layers
+            rank_zero_warn(
+                f"AttentionProbe: size={self.size} probe images. Each analysed run records "
+                f"(L={layers}, B={self.size}, H, N, N) attention and its gradients, and the "
+                "faithfulness callback runs about 70 masked forward passes per image; "
+                f"above {LARGE_PROBE} images this costs seconds to minutes and gigabytes per "
+                f"epoch. Image grids show the first {self.figure_rows} (figure_rows)."
+            )
+
+    def _tell_where_figures_go(self, trainer: Trainer) -> None:
+        if self._log_root is None:
+            rank_zero_info(
+                "AttentionProbe: fast_dev_run, so the attention callbacks run a reduced "
+                "analysis (no files, no resolution sweep, test samples of the probe's size)."
+            )
+        elif not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
+            rank_zero_info(
+                f"AttentionProbe: no TensorBoardLogger, so attention figures are saved as PNG "
+                f"files under {self._log_root} only; scalars go to the trainer's loggers."
+            )
+
+    def _report_header(self, trainer: Trainer, pl_module: LightningModule) -> list[str]:
+        from lit_vit import __version__
+
+        vit = self.recorder.vit
+        test_probe = self._probes.get("test")
+        lines = [
+            f"- Checkpoint: `{trainer.ckpt_path}`"
+            + (
+                f" (epoch {self._checkpoint['epoch']}, global step "
+                f"{self._checkpoint['global_step']})"
+                if self._checkpoint.get("epoch") is not None
+                else ""
+            )
+            if trainer.ckpt_path
+            else "- Checkpoint: none (the model's weights as given)",
+        ]
+        accuracy = trainer.callback_metrics.get("test/acc")
+        total = len(getattr(trainer.datamodule, "test_dataset", None) or [])
+        if accuracy is not None:
+            whole = " (the whole test set)" if self._test_images == total else f" of {total:,}"
+            lines.append(
+                f"- Test accuracy: {float(accuracy):.4f} on {self._test_images:,} test "
+                f"images{whole if total else ''}"
+            )
+        hparams = getattr(pl_module, "hparams", {})
+        patch = tuple(int(p) for p in vit.patch_embed.patch_size)
+        size = test_probe.images.shape[-2:] if test_probe is not None else None
+        parameters = sum(parameter.numel() for parameter in vit.parameters())
+        lines += [
+            f"- Model: {hparams.get('model_name', type(vit).__name__)}: {self.num_layers} layers, "
+            f"width {getattr(vit, 'embed_dim', '?')}, "
+            f"{self._heads} heads, "
+            f"patch {patch[0]}x{patch[1]}"
+            + (f", images {size[0]}x{size[1]}" if size is not None else "")
+            + f", {parameters:,} parameters",
+            f"- Data: {_describe_data(trainer)}",
+            f"- Probe: {self.size} images (seed {self.seed})",
+            f"- Written {date.today().isoformat()} by lit-vit {__version__}",
+        ]
+        return lines
 
 
-def balanced_choice(labels: Tensor, size: int) -> Tensor:
-    """Positions of ``size`` entries of ``labels``: round-robin over the classes."""
-    classes = labels.unique()
-    per_class = [torch.nonzero(labels == c).flatten().tolist() for c in classes]
-    chosen: list[int] = []
-    depth = 0
-    while len(chosen) < size:
-        for positions in per_class:
-            if depth < len(positions) and len(chosen) < size:
-                chosen.append(positions[depth])
-        depth += 1
-    return torch.tensor(chosen)
+def _validations_per_epoch(trainer: Trainer) -> float:
+    """How many validation runs a training epoch has (1 for the usual once per epoch)."""
+    batches, interval = trainer.num_training_batches, trainer.val_check_batch
+    if not isinstance(interval, (int, float)) or not interval or math.isinf(batches):
+        return 1.0
+    return batches / interval
 
 
-def to_pixels(trainer: Trainer, images: Tensor) -> Tensor:
-    """Normalised images back to raw pixels in [0, 1].
-
-    Uses the data module's ``denormalize`` when it has one, else its
-    ``pixel_mean``/``pixel_std``; otherwise scales each image to [0, 1].
-    """
+def _describe_data(trainer: Trainer) -> str:
     datamodule = trainer.datamodule
-    if hasattr(datamodule, "denormalize"):
-        pixels = datamodule.denormalize(images)
-    elif hasattr(datamodule, "pixel_mean") and hasattr(datamodule, "pixel_std"):
-        mean = torch.tensor(datamodule.pixel_mean).view(1, -1, 1, 1)
-        std = torch.tensor(datamodule.pixel_std).view(1, -1, 1, 1)
-        pixels = images * std + mean
-    else:
-        low = images.flatten(1).amin(dim=1).view(-1, 1, 1, 1)
-        high = images.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
-        pixels = (images - low) / (high - low).clamp_min(1e-12)
-    return pixels.clamp(0, 1)
-
-
-def class_names(trainer: Trainer, num_classes: int) -> list[str]:
-    """The data module's ``class_names``, else ``"0"``, ``"1"``, ..."""
-    names = getattr(trainer.datamodule, "class_names", None)
-    return list(names) if names else [str(index) for index in range(num_classes)]
+    if datamodule is None:
+        return "dataloaders passed to the trainer"
+    sizes = [
+        f"{split} {len(dataset):,}"
+        for split in ("train", "val", "test")
+        if (dataset := getattr(datamodule, f"{split}_dataset", None)) is not None
+    ]
+    return type(datamodule).__name__ + (f" ({', '.join(sizes)} images)" if sizes else "")

@@ -1,4 +1,4 @@
-"""``attention/report.md``: the test-time sections of all attention callbacks, and a summary."""
+"""``attention/report.md``, assembled from the sections the attention callbacks render."""
 
 from __future__ import annotations
 
@@ -10,79 +10,33 @@ from pathlib import Path
 IMAGE_LINK = re.compile(r"(!\[[^\]]*\])\((?![a-z]+://|/)([^)]+)\)")
 
 
-def write_report(figures: Path, callbacks: Sequence) -> Path:
-    """Write the sections of ``callbacks`` (those that have one) and a summary.
+def write_report(path: Path, header: Sequence[str], sections: Sequence) -> Path:
+    """Write ``attention/report.md``: a header, the sections' summaries, then the sections.
+
+    Only orders and concatenates: each callback renders its own
+    :class:`~lit_vit.callbacks.base.ReportSection`.
 
     Args:
-        figures: The test figures' folder (``<log_dir>/attention/test``);
-            image links in the sections are relative to it.
-        callbacks: Attention callbacks, each with a ``report_section``.
+        path: The report's path, ``<log_dir>/attention/report.md``; the test
+            figures are in ``path.parent / "test"``, and the sections' relative
+            image links are rebased onto that folder.
+        header: Markdown lines about the run (checkpoint, model, data, ...).
+        sections: Report sections, in any order (sorted by ``order``).
 
     Returns:
-        The report's path, ``figures.parent / "report.md"``, its image links
-        rebased onto ``figures``.
+        ``path``.
     """
-    sections = sorted(
-        (cb.report_section for cb in callbacks if cb.report_section is not None),
-        key=lambda section: section.order,
-    )
-    facts = {name: value for section in sections for name, value in section.facts.items()}
-    parts = ["# Attention analysis report", "", *summary(facts), ""]
+    sections = sorted(sections, key=lambda section: section.order)
+    summary = [line for section in sections for line in section.summary]
+    parts = ["# Attention analysis report", "", *header, "", "## Summary", ""]
+    parts += summary or ["- No analysis callback produced numbers to summarise."]
+    parts.append("")
     for section in sections:
         parts += [f"## {section.title}", "", section.body.strip(), ""]
-    text = IMAGE_LINK.sub(rf"\1({figures.name}/\2)", "\n".join(parts))
-    path = figures.parent / "report.md"
+    text = IMAGE_LINK.sub(r"\1(test/\2)", "\n".join(parts))
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
-
-
-def summary(facts: dict) -> list[str]:
-    """Plain-language statements computed from the sections' numbers."""
-    lines = ["## Summary", ""]
-    distance = facts.get("relative_distance_by_layer")
-    if distance is not None and len(distance) >= 2:
-        third = max(1, len(distance) // 3)
-        early = sum(distance[:third]) / third
-        late = sum(distance[-third:]) / third
-        if abs(late - early) < 0.02:
-            trend = "about as global as"
-        else:
-            trend = "more global than" if late > early else "more local than"
-        lines.append(
-            f"- Mean attention distance, relative to uniform attention: {early:.2f} in the first "
-            f"{third} layer(s), {late:.2f} in the last {third}; late layers are {trend} "
-            f"early ones (1.00 = as global as uniform)."
-        )
-    diversity = facts.get("head_diversity_by_layer")
-    if diversity is not None and len(diversity) >= 1:
-        top = max(range(len(diversity)), key=lambda index: diversity[index])
-        low = min(range(len(diversity)), key=lambda index: diversity[index])
-        lines.append(
-            f"- Heads disagree most in layer {top} (Jensen-Shannon {diversity[top]:.3f}) and "
-            f"least in layer {low} ({diversity[low]:.3f})."
-        )
-    if "focus_mean" in facts:
-        lines.append(
-            f"- Rollout focus@{facts['focus_k']:.0%}: {facts['focus_mean']:.3f} of the mass on "
-            f"the top patches (uniform: {facts['focus_uniform']:.3f}); "
-            f"coverage@{facts['coverage_m']:.0%}: {facts['coverage_mean']:.3f} of the grid; "
-            f"lift on the object {facts['lift_mean']:.2f} (1.00 = no better than uniform)."
-        )
-    if "deletion_rollout" in facts:
-        lines.append(
-            f"- Deleting patches in rollout order drops the predicted class's probability with "
-            f"AUC {facts['deletion_rollout']:.3f} against {facts['deletion_random']:.3f} for a "
-            "random order (lower is more faithful)."
-        )
-    if "best_resolution" in facts:
-        lines.append(
-            f"- Accuracy is highest at {facts['best_resolution']} "
-            f"({facts['best_resolution_accuracy']:.3f}); at the training size it is "
-            f"{facts['training_resolution_accuracy']:.3f}."
-        )
-    if len(lines) == 2:
-        lines.append("- No analysis callback produced numbers to summarise.")
-    return lines
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 
-from lit_vit.attention import ResolutionResult, find_vit, resolution_sweep
-from lit_vit.attention.resolution import _check_size
+from lit_vit.attention import ResolutionResult, check_size, resize_images, resolution_sweep
+from lit_vit.callbacks._data import class_names, iterate_batches
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
-from lit_vit.callbacks.probe import ProbeAnalysis, iterate_batches
+from lit_vit.callbacks.probe import ProbeRun
 from lit_vit.callbacks.report import markdown_table
-from lit_vit.data import resize
 from lit_vit.plotting import resolution_figure
 
 # Images whose attention is recorded per size (distance, entropy, focus, coverage) and timed:
@@ -47,29 +44,30 @@ INTERPOLATION_NOTE = (
 class ResolutionSweep(AttentionCallback):
     """How accuracy and attention change when the input size changes.
 
-    At the end of fit (on validation images) and at test (on test images) a
+    Not a per-epoch analysis: once at the end of fit (on validation images)
+    and once at test (on test images; skipped under ``fast_dev_run``), a
     copy of the model is evaluated at each size: the images are resized
     (bilinear, antialiased when shrinking) and the position embeddings are
     resampled to the new grid (see :func:`~lit_vit.attention.resolution_sweep`
     and ``docs/attention.md``). Accuracy uses up to ``images`` images; the
     attention measures and the timing use the first 32 of them; the figure
-    shows the rollout maps of the first ``figure_images`` probe images.
+    shows the rollout maps of the first ``figure_images`` probe images (the
+    probe of :class:`~lit_vit.callbacks.probe.AttentionProbe`).
 
-    Logs (``SxS`` = the size, zero-padded to 3 digits so tags sort: ``020x020``):
+    Logs (``SxS`` = the size, zero-padded to 3 digits so tags sort: ``020x020``;
+    ``attention/`` at fit end, ``attention_test/`` at test):
 
     - image ``attention/resolution``: probe images x sizes, rollout overlays.
-    - text ``attention/resolution/table`` (TensorBoard only): size, grid,
-      tokens, accuracy, relative distance (first and last layer), entropy and
-      effective area (means over layers and heads), focus and coverage of the
-      rollout (means over images) and milliseconds per image.
+    - text ``attention/resolution/table``: size, grid, tokens, accuracy,
+      relative distance (first and last layer), entropy and effective area
+      (means over layers and heads), focus and coverage of the rollout (means
+      over images) and milliseconds per image; also written to
+      ``attention/fit_end/resolution/table.md`` and ``attention/test/...``.
     - at test only (Lightning allows no ``log`` in ``on_fit_end``), scalars
-      ``attention/resolution/accuracy_SxS``,
-      ``attention/resolution/distance_relative_SxS`` (mean over layers),
-      ``attention/resolution/focus_SxS`` (mean over images) and
-      ``attention/resolution/ms_per_image_SxS``.
-
-    The table is also written to ``attention/fit_end/resolution.md`` and
-    ``attention/test/resolution.md`` under the log directory, next to the figure.
+      ``attention_test/resolution/accuracy_SxS``,
+      ``attention_test/resolution/distance_relative_SxS`` (mean over layers),
+      ``attention_test/resolution/focus_SxS`` (mean over images) and
+      ``attention_test/resolution/ms_per_image_SxS``.
 
     Args:
         sizes: Square input sizes, multiples of the patch size. ``None``: from
@@ -79,13 +77,12 @@ class ResolutionSweep(AttentionCallback):
             the report's reference.
         images: Images of the validation set (fit end) or test set (test)
             whose accuracy is measured, at most.
-        figure_images: Probe images shown in the figure, at most ``probe_size``.
-        probe_size, seed, module: See
-            :class:`~lit_vit.callbacks.base.AttentionCallback`.
+        figure_images: Probe images shown in the figure (at most the probe's).
+        name: See :class:`~lit_vit.callbacks.base.AttentionCallback`.
 
     Raises:
         ValueError: For non-positive or repeated sizes, ``images < 1``,
-            ``figure_images`` outside ``[1, probe_size]``, or at setup for a
+            ``figure_images < 1``, or at setup for a
             size that is not a multiple of the patch size (the message names
             the nearest valid sizes) or a ViT without timm's ``set_input_size``.
 
@@ -102,17 +99,16 @@ class ResolutionSweep(AttentionCallback):
     """
 
     report_order = 30
+    per_run = False
 
     def __init__(
         self,
         sizes: list[int] | None = None,
         images: int = 512,
         figure_images: int = 4,
-        probe_size: int = 8,
-        seed: int = 0,
-        module: str | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(probe_size, 1, seed, module)
+        super().__init__(name=name)
         if sizes is not None:
             if not sizes or any(size < 1 for size in sizes):
                 raise ValueError(
@@ -125,11 +121,8 @@ class ResolutionSweep(AttentionCallback):
                 )
         if images < 1:
             raise ValueError(f"ResolutionSweep: images={images} must be at least 1.")
-        if not 1 <= figure_images <= probe_size:
-            raise ValueError(
-                f"ResolutionSweep: figure_images={figure_images} must be in "
-                f"[1, probe_size={probe_size}]."
-            )
+        if figure_images < 1:
+            raise ValueError(f"ResolutionSweep: figure_images={figure_images} must be at least 1.")
         self.sizes = sizes
         self.images = images
         self.figure_images = figure_images
@@ -138,91 +131,86 @@ class ResolutionSweep(AttentionCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
-            probe_size=self.settings.size, seed=self.settings.seed, sizes=self.sizes
-        )
+        return self._generate_state_key(name=self.name, sizes=self.sizes)
 
     # -- Lightning hooks --------------------------------------------------------------
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        name, vit = find_vit(pl_module, self.settings.module)
+        vit = self.probe.recorder.vit
         if not hasattr(vit, "set_input_size"):
             raise ValueError(
-                f"ResolutionSweep: {type(vit).__name__} at {name or 'the module'!r} has no "
-                "set_input_size(); the sweep needs a timm VisionTransformer."
+                f"ResolutionSweep: {type(vit).__name__} at {self.probe.recorder.vit_name!r} has "
+                "no set_input_size(); the sweep needs a timm VisionTransformer."
             )
         patch = tuple(int(p) for p in vit.patch_embed.patch_size)
         self.training_size = tuple(int(s) for s in vit.patch_embed.img_size)
         self._pairs = self._resolve_sizes(patch)
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Nothing per epoch: the sweep runs once, at the end of fit."""
-
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._run(trainer, pl_module, "val")
+        if trainer.is_global_zero and not self.probe.reduced:
+            self.sweep(trainer, pl_module, self.probe.run(trainer, "fit_end"))
 
-    def output_dir(self, trainer: Trainer, stage: str) -> Path:
-        """``<log_dir>/attention/fit_end`` for the sweep at fit end, ``.../test`` at test."""
-        if stage == "val":
-            return super().output_dir(trainer, "test").parent / "fit_end"
-        return super().output_dir(trainer, stage)
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero and not self.probe.reduced:
+            self.sweep(trainer, pl_module, self.probe.run(trainer, "test"))
 
     # -- analysis ---------------------------------------------------------------------
 
-    def analyze(
-        self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
-    ) -> None:
-        stage, probe = analysis.stage, analysis.probe
-        batches = list(iterate_batches(trainer, pl_module, stage, self.images))
+    def sweep(self, trainer: Trainer, pl_module: LightningModule, run: ProbeRun) -> None:
+        """Evaluate every size on the images of ``run``'s stage; log, and at test report."""
+        split = "test" if run.stage == "test" else "val"
+        batches = list(iterate_batches(trainer, pl_module, split, self.images))
         images = torch.cat([images for images, _ in batches])
         labels = torch.cat([labels for _, labels in batches]).long()
         model = _on_accelerator(trainer, pl_module)
-        vit_name = self.settings.module
+        vit_name = self.probe.recorder.vit_name
         results = resolution_sweep(
             model, images, labels, self._pairs, vit_name=vit_name, batch_size=MEASURE_BATCH
         )
-        shown = probe.images[: self.figure_images]
+        probe = self.probe.probe(trainer, pl_module, split)
+        shown = min(self.figure_images, len(probe.labels))
         # The figure's maps: the measures above are of the swept images, not the probe's.
         shown_results = resolution_sweep(
             model,
-            shown,
-            probe.labels[: len(shown)],
+            probe.images[:shown],
+            probe.labels[:shown],
             self._pairs,
             vit_name=vit_name,
             timing_repeats=1,
         )
-        maps = [result.rollout_maps for result in shown_results]
-
-        pixels = probe.pixels[: len(shown)]
-        names = self.class_names(trainer, analysis)
+        names = class_names(trainer, int(labels.max()) + 1)
         figure = resolution_figure(
-            {_label(r.image_size): resize(pixels, r.image_size) for r in results},
-            {_label(r.image_size): m for r, m in zip(results, maps, strict=True)},
-            [names[label] for label in probe.labels[: len(shown)]],
+            {
+                _label(r.image_size): resize_images(probe.pixels[:shown], r.image_size)
+                for r in results
+            },
+            {
+                _label(r.image_size): s.rollout_maps
+                for r, s in zip(results, shown_results, strict=True)
+            },
+            [names[label] for label in probe.labels[:shown]],
         )
-        figure_path = self.log_figure(trainer, stage, "resolution", figure)
-        table = self._table(results, find_vit(pl_module, vit_name)[1].num_prefix_tokens)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("attention/resolution/table", table, trainer.global_step)
-        (figure_path.parent / "resolution.md").write_text(
-            f"# Effect of input resolution ({len(images)} {stage} images)\n\n{table}\n"
+        figure_path = self.log_figure(trainer, run, "resolution", figure)
+        table = self._table(results, self.probe.recorder.vit.num_prefix_tokens)
+        self.probe.log_text(
+            trainer,
+            run,
+            self.key("resolution/table"),
+            f"# Effect of input resolution ({len(images)} {split} images)\n\n{table}",
         )
-        if stage == "test":
-            self.log_scalars(pl_module, self._scalars(results))
+        if run.stage == "test":
+            self.log_scalars(pl_module, run, self._scalars(results))
             self.report_section = self._section(results, len(images), figure_path, table)
 
     def _scalars(self, results: list[ResolutionResult]) -> dict[str, float]:
         scalars = {}
         for result in results:
             tag = "{:03d}x{:03d}".format(*result.image_size)
-            scalars[f"attention/resolution/accuracy_{tag}"] = result.accuracy
-            scalars[f"attention/resolution/distance_relative_{tag}"] = float(
-                result.relative_distance.mean()
-            )
-            scalars[f"attention/resolution/focus_{tag}"] = float(result.focus.mean())
-            scalars[f"attention/resolution/ms_per_image_{tag}"] = 1000 * result.seconds_per_image
+            scalars[f"resolution/accuracy_{tag}"] = result.accuracy
+            scalars[f"resolution/distance_relative_{tag}"] = float(result.relative_distance.mean())
+            scalars[f"resolution/focus_{tag}"] = float(result.focus.mean())
+            scalars[f"resolution/ms_per_image_{tag}"] = 1000 * result.seconds_per_image
         return scalars
 
     def _table(self, results: list[ResolutionResult], num_prefix_tokens: int) -> str:
@@ -248,7 +236,7 @@ class ResolutionSweep(AttentionCallback):
         return markdown_table(TABLE_HEADER, rows)
 
     def _section(
-        self, results: list[ResolutionResult], count: int, figure_path: Path, table: str
+        self, results: list[ResolutionResult], count: int, figure_path: str, table: str
     ) -> ReportSection:
         training = next(r for r in results if r.image_size == self.training_size)
         area = self.training_size[0] * self.training_size[1]
@@ -261,17 +249,18 @@ class ResolutionSweep(AttentionCallback):
                 f"Accuracy on {count} test images and attention of the first "
                 f"{min(count, MEASURE_BATCH)} at each input size; the figure shows the rollout "
                 "of the same probe images at every size (each map scaled to its own range).",
-                f"![rollout by input size]({figure_path.name})",
+                f"![rollout by input size]({figure_path})",
                 table,
                 INTERPOLATION_NOTE,
             ]
         )
-        facts = {
-            "best_resolution": _label(best.image_size),
-            "best_resolution_accuracy": best.accuracy,
-            "training_resolution_accuracy": training.accuracy,
-        }
-        return ReportSection("Effect of input resolution", self.report_order, body, facts)
+        summary = (
+            f"- Accuracy is highest at {_label(best.image_size)} ({best.accuracy:.3f}); at the "
+            f"training size it is {training.accuracy:.3f} ({count} test images)."
+        )
+        return ReportSection(
+            self.title("Effect of input resolution"), self.report_order, body, [summary]
+        )
 
     def _resolve_sizes(self, patch: tuple[int, int]) -> list[tuple[int, int]]:
         height, width = self.training_size
@@ -283,7 +272,7 @@ class ResolutionSweep(AttentionCallback):
             )
         for size in self.sizes:
             try:
-                _check_size(size, (size, size), patch)
+                check_size(size, patch)
             except ValueError as error:
                 raise ValueError(f"ResolutionSweep: sizes={self.sizes}: {error}") from None
         pairs = [(size, size) for size in self.sizes]

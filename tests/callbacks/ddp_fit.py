@@ -12,7 +12,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_vit.callbacks import AttentionMaps, AttentionRollout, HeadDiversity
+from lit_vit.callbacks import AttentionMaps, AttentionProbe, AttentionRollout, HeadDiversity
 from lit_vit.model import LitViT
 
 
@@ -31,9 +31,10 @@ def main(log_dir: Path) -> None:
         limit_val_batches=2,
         logger=TensorBoardLogger(log_dir, name="ddp"),
         callbacks=[
-            AttentionMaps(probe_size=4),
-            AttentionRollout(probe_size=4),
-            HeadDiversity(probe_size=4),
+            AttentionProbe(size=4),
+            AttentionMaps(),
+            AttentionRollout(),
+            HeadDiversity(),
         ],
         enable_progress_bar=False,
         enable_model_summary=False,

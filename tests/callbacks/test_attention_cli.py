@@ -1,83 +1,79 @@
-"""All attention callbacks through the real CLI: event tags, PNGs, report, resume."""
+"""All attention callbacks through the real CLI: tags, steps, PNGs, report, checkpoint, resume."""
 
 from __future__ import annotations
+
+import pickle
+import re
 
 import pytest
 import torch
 
+from lit_vit import __version__
 from lit_vit.attention import AttentionRecorder, cls_attention, head_diversity
-from lit_vit.callbacks.probe import Probe
 from lit_vit.cli import main
-from lit_vit.model import LitViT
-from tests.conftest import read_events, run_dirs, tiny_run_args
+from tests.callbacks.conftest import EPOCHS, PROBE_SIZE
+from tests.conftest import checkpoint_probe, read_events, run_dirs
 
 IMAGE_TAGS = [
-    "attention/layer_maps",
-    "attention/head_maps/layer_00",
-    "attention/head_maps/layer_01",
-    "attention/rollout",
-    "attention/head_diversity",
-    "attention/distance",
-    "attention/entropy",
+    "layer_maps",
+    "head_maps/layer_00",
+    "head_maps/layer_01",
+    "rollout",
+    "rollout_max/rollout",
+    "head_diversity",
+    "distance",
+    "entropy",
+    "focus_coverage",
+    "faithfulness",
 ]
 SCALAR_TAGS = [
-    "attention/head_diversity/layer_00",
-    "attention/head_diversity/layer_01",
-    "attention/distance_relative/layer_01",
-    "attention/entropy/layer_00",
-    "attention/prefix_mass/layer_01",
-    "attention/focus/mean",
-    "attention/coverage/mean",
-    "attention/faithfulness/deletion_rollout",
+    "head_diversity/layer_00",
+    "head_diversity/layer_01",
+    "distance_relative/layer_01",
+    "entropy/layer_00",
+    "prefix_mass/layer_01",
+    "focus/mean",
+    "coverage/mean",
+    "faithfulness/deletion_rollout",
 ]
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory, fake_fashion_mnist):
-    """``fit`` for 2 epochs then ``test``, with the callbacks of configs/smoke.yaml."""
-    tmp_path = tmp_path_factory.mktemp("attention_cli")
-    args = tiny_run_args(
-        tmp_path, fake_fashion_mnist, "--trainer.max_epochs=2", "--checkpoint.save_top_k=-1"
-    )
-    main(["fit", *args])
-    (fit_dir,) = run_dirs(tmp_path / "logs")
-    main(["test", *args, f"--ckpt_path={fit_dir / 'checkpoints' / 'last.ckpt'}"])
-    test_dir = run_dirs(tmp_path / "logs")[-1]
-    return tmp_path, fit_dir, test_dir
-
-
-def test_every_epoch_logs_each_image_and_scalar_tag(fitted):
-    _, fit_dir, _ = fitted
-    events = read_events(fit_dir)
+def test_each_validation_run_logs_every_tag_at_the_step_of_its_val_metrics(attention_run):
+    events = read_events(attention_run.fit_dir)
+    val_steps = [event.step for event in events.Scalars("val/acc")]
+    assert len(val_steps) == EPOCHS
     for tag in IMAGE_TAGS:
-        steps = {event.step for event in events.Images(tag)}
-        assert len(steps) == 2, f"{tag} logged at steps {steps}, expected one per epoch"
-    scalars = set(events.Tags()["scalars"])
-    missing = [tag for tag in SCALAR_TAGS if tag not in scalars]
-    assert not missing, f"missing scalar tags {missing}"
-    for epoch in ("epoch_000", "epoch_001"):
-        assert (fit_dir / "attention" / epoch / "rollout.png").stat().st_size > 1000
+        steps = [event.step for event in events.Images(f"attention/{tag}")]
+        assert steps == val_steps, f"attention/{tag} at steps {steps}, val/acc at {val_steps}"
+    for tag in SCALAR_TAGS:
+        steps = [event.step for event in events.Scalars(f"attention/{tag}")]
+        assert steps == val_steps, f"attention/{tag} at steps {steps}, val/acc at {val_steps}"
+    for epoch in range(EPOCHS):
+        folder = attention_run.fit_dir / "attention" / f"epoch_{epoch:03d}"
+        assert (folder / "rollout.png").stat().st_size > 1000
+        assert (folder / "rollout_max" / "rollout.png").is_file(), "named instance's own file"
 
 
-def probe_and_model(fit_dir):
-    """The probe saved in a run's last checkpoint, and the model restored from it."""
-    path = fit_dir / "checkpoints" / "last.ckpt"
-    callbacks = torch.load(path, weights_only=False)["callbacks"]
-    (state,) = [state for key, state in callbacks.items() if key.startswith("HeadDiversity")]
-    model = LitViT.load_from_checkpoint(path, map_location="cpu")
-    return Probe.from_state_dict(state["probe"]), model.eval()
+def test_one_capture_per_validation_run_with_only_the_gradients_asked_for(attention_run):
+    # Rollout asks for the true and predicted classes, Faithfulness for the predicted one.
+    assert attention_run.fit_captures == [2] * EPOCHS
 
 
-def test_logged_numbers_match_the_toolkit_on_the_same_probe(fitted):
-    _, fit_dir, _ = fitted
-    probe, model = probe_and_model(fit_dir)
-    assert len(probe.labels) == 8 and len(set(probe.labels.tolist())) == 8, (
-        "probe not class-balanced"
-    )
-    recording = AttentionRecorder(model).record(probe.images)
+def test_test_time_tags_never_land_on_the_validation_charts(attention_run):
+    events = read_events(attention_run.test_dir)
+    tags = set(events.Tags()["images"]) | set(events.Tags()["scalars"])
+    assert not [tag for tag in tags if tag.startswith("attention/")]
+    assert {f"attention_test/{tag}" for tag in IMAGE_TAGS} <= tags
+    assert {f"attention_test/{tag}" for tag in SCALAR_TAGS} <= tags
+
+
+def test_logged_numbers_match_the_toolkit_on_the_checkpoint_probe(attention_run):
+    probe = checkpoint_probe(attention_run.checkpoint, attention_run.data_dir)
+    assert len(probe.labels) == PROBE_SIZE and probe.labels.unique().numel() == PROBE_SIZE
+    recording = AttentionRecorder(attention_run.model).record(probe.images)
     diversity = head_diversity(recording.attention, recording.layout)
     prefix = cls_attention(recording.attention, recording.layout).prefix_mass.mean(dim=(1, 2))
-    events = read_events(fit_dir)
+    events = read_events(attention_run.fit_dir)
     for layer in range(2):
         logged = events.Scalars(f"attention/head_diversity/layer_{layer:02d}")[-1].value
         assert logged == pytest.approx(float(diversity[layer]), abs=1e-5)
@@ -85,37 +81,64 @@ def test_logged_numbers_match_the_toolkit_on_the_same_probe(fitted):
         assert logged == pytest.approx(float(prefix[layer]), abs=1e-5)
 
 
-def test_report_has_every_section_with_the_numbers(fitted):
-    _, _, test_dir = fitted
-    report = (test_dir / "attention" / "report.md").read_text()
+def test_probe_state_is_small_and_holds_no_images(attention_run):
+    state = torch.load(attention_run.checkpoint, weights_only=False)["callbacks"]
+    probe_state = state["AttentionProbe"]
+    assert set(probe_state) == {"size", "seed", "indices", "fingerprint"}
+    assert len(pickle.dumps(probe_state)) < 10_000
+    assert not [key for key in state if "AttentionMaps" in key or "HeadDiversity" in key], (
+        "analysis callbacks keep no state of their own"
+    )
+
+
+def test_report_has_a_header_and_every_section_with_the_numbers(attention_run):
+    report = attention_run.report
+    header = report.split("## Summary")[0]
+    assert f"- Checkpoint: `{attention_run.checkpoint}` (epoch {EPOCHS - 1}, global step" in header
+    assert re.search(r"- Test accuracy: \d\.\d{4} on 64 test images of 160\n", header)
+    assert "- Model: vit_tiny_patch16_224: 2 layers, width 32, 2 heads, patch 4x4" in header
+    assert "images 28x28" in header and "parameters" in header
+    assert "- Data: FashionMNISTDataModule (test 160 images)" in header
+    assert f"lit-vit {__version__}" in header
     for heading in (
         "## Summary",
         "## Attention maps per layer",
         "## Head diversity, entropy and distance per layer",
         "## Effect of input resolution",
         "## Attention rollout",
+        "## Attention rollout (rollout_max)",
         "## Focus and coverage",
         "## Faithfulness (deletion / insertion)",
     ):
-        assert heading in report, f"report lacks {heading!r}"
+        assert f"{heading}\n" in report, f"report lacks {heading!r}"
     assert "- Layer 0: " in report and "- Layer 1: " in report
-    for link in ("layer_maps.png", "rollout.png", "head_diversity.png", "resolution.png"):
-        assert f"](test/{link})" in report and (test_dir / "attention" / "test" / link).is_file()
-    events = read_events(test_dir)
-    logged = events.Scalars("attention/head_diversity/layer_00")[-1].value
-    assert f"- Layer 0: {logged:.3f}" in report
+    for link in ("layer_maps.png", "rollout.png", "rollout_max/rollout.png", "resolution.png"):
+        assert f"](test/{link})" in report
+        assert (attention_run.test_dir / "attention" / "test" / link).is_file()
+    logged = read_events(attention_run.test_dir).Scalars("attention_test/head_diversity/layer_00")[
+        -1
+    ]
+    assert f"- Layer 0: {logged.value:.3f}" in report
 
 
-def test_resume_continues_at_the_right_step_with_the_same_probe(fitted, fake_fashion_mnist):
-    tmp_path, fit_dir, _ = fitted
-    first_epoch = next((fit_dir / "checkpoints").glob("epoch000-*.ckpt"))
-    args = tiny_run_args(tmp_path, fake_fashion_mnist, "--trainer.max_epochs=2")
-    main(["fit", *args, f"--ckpt_path={first_epoch}"])
-    resumed = run_dirs(tmp_path / "logs")[-1]
-    original, again = read_events(fit_dir), read_events(resumed)
-    tag = "attention/rollout"
-    assert [e.step for e in again.Images(tag)] == [original.Images(tag)[-1].step]
-    first_probe, _ = probe_and_model(fit_dir)
-    resumed_probe, _ = probe_and_model(resumed)
-    torch.testing.assert_close(resumed_probe.images, first_probe.images)
-    assert torch.equal(resumed_probe.indices, first_probe.indices)
+def test_resume_uses_the_same_probe_and_one_capture_per_run(attention_run, monkeypatch):
+    first_epoch = next((attention_run.fit_dir / "checkpoints").glob("epoch000-*.ckpt"))
+    captures = []
+    record = AttentionRecorder.record
+
+    def counting(self, images, grad_targets=()):
+        if len(images) == PROBE_SIZE:
+            captures.append(len(grad_targets))
+        return record(self, images, grad_targets)
+
+    monkeypatch.setattr(AttentionRecorder, "record", counting)
+    main(["fit", *attention_run.args, f"--ckpt_path={first_epoch}"])
+    resumed = run_dirs(attention_run.tmp_path / "logs")[-1]
+    original, again = read_events(attention_run.fit_dir), read_events(resumed)
+    for tag in ("attention/rollout", "attention/rollout_max/rollout"):
+        assert [e.step for e in again.Images(tag)] == [original.Images(tag)[-1].step]
+    assert captures == [2], "a resumed run captures once per validation run"
+    first = checkpoint_probe(first_epoch, attention_run.data_dir)
+    after = checkpoint_probe(resumed / "checkpoints" / "last.ckpt", attention_run.data_dir)
+    assert torch.equal(after.indices, first.indices)
+    torch.testing.assert_close(after.images, first.images)

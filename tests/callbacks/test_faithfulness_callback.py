@@ -10,8 +10,6 @@ and the first test images read from the test files.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from torchvision.datasets import FashionMNIST
@@ -24,13 +22,20 @@ from lit_vit.attention import (
     rollout,
 )
 from lit_vit.callbacks.faithfulness import Faithfulness
-from lit_vit.callbacks.probe import Probe
-from lit_vit.cli import main
 from lit_vit.data import PIXEL_MEAN, PIXEL_STD
-from lit_vit.model import LitViT
-from tests.conftest import read_events, run_dirs, tiny_run_args
+from tests.callbacks.conftest import (
+    BATCH_SIZE,
+    FAITHFULNESS_MAX_BATCH,
+    FAITHFULNESS_STEPS,
+    FAITHFULNESS_TEST_IMAGES,
+)
+from tests.conftest import checkpoint_probe, read_events
 
-PROBE_SIZE, STEPS, TEST_IMAGES, MAX_BATCH, BATCH_SIZE = 4, 4, 40, 64, 32
+STEPS, TEST_IMAGES, MAX_BATCH = (
+    FAITHFULNESS_STEPS,
+    FAITHFULNESS_TEST_IMAGES,
+    FAITHFULNESS_MAX_BATCH,
+)
 METHODS = ("rollout", "cls", "grad_rollout", "random")
 ROW_NAMES = {
     "rollout": "rollout",
@@ -41,40 +46,8 @@ ROW_NAMES = {
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, fake_fashion_mnist):
-    """``fit`` (1 epoch) then ``test --ckpt_path last.ckpt``, with Faithfulness."""
-    tmp_path = tmp_path_factory.mktemp("faithfulness")
-    config = tmp_path / "callbacks.yaml"
-    config.write_text(
-        "trainer:\n"
-        "  max_epochs: 1\n"
-        "  callbacks:\n"
-        "    - class_path: lit_vit.callbacks.faithfulness.Faithfulness\n"
-        f"      init_args: {{steps: {STEPS}, test_images: {TEST_IMAGES}, "
-        f"max_batch: {MAX_BATCH}, probe_size: {PROBE_SIZE}}}\n"
-    )
-    args = tiny_run_args(
-        tmp_path,
-        fake_fashion_mnist,
-        f"--data.batch_size={BATCH_SIZE}",
-        "--trainer.limit_train_batches=16",
-        "--config",
-        str(config),
-    )
-    main(["fit", *args])
-    (fit_dir,) = run_dirs(tmp_path / "logs")
-    checkpoint = fit_dir / "checkpoints" / "last.ckpt"
-    main(["test", *args, f"--ckpt_path={checkpoint}"])
-    test_dir = run_dirs(tmp_path / "logs")[-1]
-    model = LitViT.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    return SimpleNamespace(
-        data_dir=tmp_path / "data",
-        fit_dir=fit_dir,
-        test_dir=test_dir,
-        checkpoint=checkpoint,
-        model=model,
-        report=(test_dir / "attention" / "report.md").read_text(),
-    )
+def runs(attention_run):
+    return attention_run
 
 
 def recompute(model, images: torch.Tensor, seed: int) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -100,21 +73,18 @@ def recompute(model, images: torch.Tensor, seed: int) -> dict[str, tuple[torch.T
     return {**aucs, "random": (first.random_deletion, first.random_insertion)}
 
 
-def assert_scalars_match(run_dir, expected: dict[str, tuple[torch.Tensor, ...]]) -> None:
+def assert_scalars_match(run_dir, root: str, expected: dict[str, tuple[torch.Tensor, ...]]) -> None:
     events = read_events(run_dir)
     for method in METHODS:
         for kind, values in zip(("deletion", "insertion"), expected[method], strict=True):
-            (event,) = events.Scalars(f"attention/faithfulness/{kind}_{method}")
+            event = events.Scalars(f"{root}/faithfulness/{kind}_{method}")[-1]
             assert event.value == pytest.approx(float(values.mean()), abs=1e-5), (kind, method)
 
 
 def test_validation_scalars_match_the_toolkit_on_the_checkpoint_probe(runs):
-    callback_state = torch.load(runs.checkpoint, weights_only=False)["callbacks"]
-    (key,) = [key for key in callback_state if key.startswith("Faithfulness")]
-    probe = Probe.from_state_dict(callback_state[key]["probe"])
-    assert len(probe.images) == PROBE_SIZE
-    assert_scalars_match(runs.fit_dir, recompute(runs.model, probe.images, seed=0))
-    assert (runs.fit_dir / "attention" / "epoch_000" / "faithfulness.png").is_file()
+    probe = checkpoint_probe(runs.checkpoint, runs.data_dir)
+    assert_scalars_match(runs.fit_dir, "attention", recompute(runs.model, probe.images, seed=0))
+    assert (runs.fit_dir / "attention" / "epoch_001" / "faithfulness.png").is_file()
     assert "attention/faithfulness" in read_events(runs.fit_dir).Tags()["images"]
 
 
@@ -129,9 +99,9 @@ def test_test_scores_the_first_test_images_batch_by_batch(runs):
         method: tuple(torch.cat([part[method][i] for part in parts]) for i in range(2))
         for method in METHODS
     }
-    assert_scalars_match(runs.test_dir, expected)
+    assert_scalars_match(runs.test_dir, "attention_test", expected)
     assert (runs.test_dir / "attention" / "test" / "faithfulness.png").is_file()
-    assert "attention/faithfulness" in read_events(runs.test_dir).Tags()["images"]
+    assert "attention_test/faithfulness" in read_events(runs.test_dir).Tags()["images"]
 
     section = runs.report.split("## Faithfulness (deletion / insertion)")[1]
     assert f"on {TEST_IMAGES} test images" in section

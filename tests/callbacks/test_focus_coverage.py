@@ -8,7 +8,6 @@ the raw test files (test probe and test set).
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,47 +23,18 @@ from lit_vit.attention import (
     rollout,
 )
 from lit_vit.callbacks.focus_coverage import FocusCoverage, _scalars
-from lit_vit.callbacks.probe import Probe
-from lit_vit.cli import main
 from lit_vit.data import CLASS_NAMES, PIXEL_MEAN, PIXEL_STD
-from lit_vit.model import LitViT
-from tests.conftest import read_events, run_dirs, tiny_run_args
+from tests.callbacks.conftest import FOCUS_K, FOCUS_M, FOCUS_TEST_IMAGES, PROBE_SIZE
+from tests.conftest import checkpoint_probe, read_events
 
-PROBE_SIZE, TEST_IMAGES, K, M = 6, 40, 0.2, 0.5
+TEST_IMAGES, K, M = FOCUS_TEST_IMAGES, FOCUS_K, FOCUS_M
 MEASURES = ("focus", "coverage", "object_mass", "lift")
 PNG_NAMES = ("focus_coverage", "focus_by_class", "coverage_by_class", "lift_by_class")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, fake_fashion_mnist):
-    """``fit`` (1 epoch) then ``test --ckpt_path last.ckpt``, with FocusCoverage."""
-    tmp_path = tmp_path_factory.mktemp("focus_coverage")
-    config = tmp_path / "callbacks.yaml"
-    config.write_text(
-        "trainer:\n"
-        "  max_epochs: 1\n"
-        "  callbacks:\n"
-        "    - class_path: lit_vit.callbacks.focus_coverage.FocusCoverage\n"
-        f"      init_args: {{k: {K}, m: {M}, probe_size: {PROBE_SIZE}, "
-        f"test_images: {TEST_IMAGES}}}\n"
-    )
-    args = tiny_run_args(
-        tmp_path, fake_fashion_mnist, "--trainer.limit_train_batches=16", "--config", str(config)
-    )
-    main(["fit", *args])
-    (fit_dir,) = run_dirs(tmp_path / "logs")
-    checkpoint = fit_dir / "checkpoints" / "last.ckpt"
-    main(["test", *args, f"--ckpt_path={checkpoint}"])
-    test_dir = run_dirs(tmp_path / "logs")[-1]
-    model = LitViT.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    return SimpleNamespace(
-        data_dir=tmp_path / "data",
-        fit_dir=fit_dir,
-        test_dir=test_dir,
-        checkpoint=checkpoint,
-        model=model,
-        report=(test_dir / "attention" / "report.md").read_text(),
-    )
+def runs(attention_run):
+    return attention_run
 
 
 def recompute(model, images: torch.Tensor, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -93,8 +63,8 @@ def raw_test_split(data_dir) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def scalar(run_dir, tag: str) -> float:
-    (event,) = read_events(run_dir).Scalars(tag)
-    return event.value
+    """The last value of ``tag`` (the last epoch's, or the test's)."""
+    return read_events(run_dir).Scalars(tag)[-1].value
 
 
 def table(section: str, first_header: str) -> list[list[str]]:
@@ -107,16 +77,14 @@ def table(section: str, first_header: str) -> list[list[str]]:
 
 
 def test_validation_scalars_match_the_toolkit_on_the_checkpoint_probe(runs):
-    callback_state = torch.load(runs.checkpoint, weights_only=False)["callbacks"]
-    (key,) = [key for key in callback_state if key.startswith("FocusCoverage")]
-    probe = Probe.from_state_dict(callback_state[key]["probe"])
+    probe = checkpoint_probe(runs.checkpoint, runs.data_dir)
     assert len(probe.labels) == PROBE_SIZE and probe.labels.unique().numel() == PROBE_SIZE
     torch.testing.assert_close(probe.pixels, (probe.images * PIXEL_STD + PIXEL_MEAN).clamp(0, 1))
     expected = recompute(runs.model, probe.images, probe.pixels)
     for name in MEASURES:
         logged = scalar(runs.fit_dir, f"attention/{name}/mean")
         assert logged == pytest.approx(float(expected[name].nanmean()), abs=1e-5), name
-    assert (runs.fit_dir / "attention" / "epoch_000" / "focus_coverage.png").is_file()
+    assert (runs.fit_dir / "attention" / "epoch_001" / "focus_coverage.png").is_file()
     assert "attention/focus_coverage" in read_events(runs.fit_dir).Tags()["images"]
 
 
@@ -139,7 +107,7 @@ def test_test_probe_table_lists_each_probe_image_with_its_class(runs):
                 name,
             )
     for name in MEASURES:
-        logged = scalar(runs.test_dir, f"attention/{name}/mean")
+        logged = scalar(runs.test_dir, f"attention_test/{name}/mean")
         assert logged == pytest.approx(float(expected[name].nanmean()), abs=1e-5), name
 
 
@@ -148,7 +116,7 @@ def test_test_set_means_per_class_and_figures(runs):
     images, pixels, labels = images[:TEST_IMAGES], pixels[:TEST_IMAGES], labels[:TEST_IMAGES]
     expected = recompute(runs.model, images, pixels)
     for name in MEASURES:
-        logged = scalar(runs.test_dir, f"attention/{name}/test_mean")
+        logged = scalar(runs.test_dir, f"attention_test/{name}/test_mean")
         assert logged == pytest.approx(float(expected[name].nanmean()), abs=1e-5), name
 
     section = runs.report.split("## Focus and coverage")[1].split("\n## ")[0]
@@ -169,7 +137,7 @@ def test_test_set_means_per_class_and_figures(runs):
     folder = runs.test_dir / "attention" / "test"
     assert all((folder / f"{name}.png").is_file() for name in PNG_NAMES)
     images_logged = read_events(runs.test_dir).Tags()["images"]
-    assert {f"attention/{name}" for name in PNG_NAMES} <= set(images_logged)
+    assert {f"attention_test/{name}" for name in PNG_NAMES} <= set(images_logged)
 
 
 def test_lift_is_left_out_when_no_image_has_foreground():
@@ -181,11 +149,7 @@ def test_lift_is_left_out_when_no_image_has_foreground():
     torch.testing.assert_close(values.focus, torch.tensor([0.7, 0.25]))
     means = values.means()
     assert math.isnan(means["lift"]) and means["focus"] == pytest.approx(0.475)
-    assert set(_scalars(values, "mean")) == {
-        "attention/focus/mean",
-        "attention/coverage/mean",
-        "attention/object_mass/mean",
-    }
+    assert set(_scalars(values, "mean")) == {"focus/mean", "coverage/mean", "object_mass/mean"}
 
 
 @pytest.mark.parametrize(
@@ -196,7 +160,7 @@ def test_lift_is_left_out_when_no_image_has_foreground():
         ({"m": -0.1}, "m=-0.1 must be in (0, 1]"),
         ({"foreground_threshold": 2.0}, "foreground_threshold=2.0 must be in [0, 1]"),
         ({"test_images": 0}, "test_images=0 must be at least 1, or None"),
-        ({"probe_size": 0}, "probe_size=0 must be at least 1"),
+        ({"every_n_epochs": 0}, "every_n_epochs=0 must be at least 1"),
     ],
 )
 def test_bad_arguments_are_refused_with_a_clear_message(kwargs, message):

@@ -5,16 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lit_vit.data
 from lit_vit.attention import resolution_sweep
 from lit_vit.callbacks.resolution_sweep import MEASURE_BATCH, ResolutionSweep
 from lit_vit.cli import main
-from lit_vit.data import FashionMNISTDataModule, random_crop
-from lit_vit.model import LitViT
-from tests.conftest import read_events, run_dirs, tiny_run_args
+from lit_vit.data import FashionMNISTDataModule
+from tests.callbacks.conftest import EPOCHS, SWEEP_IMAGES, SWEEP_SIZES, TRAIN_BATCHES
+from tests.conftest import read_events, tiny_run_args
 
-SIZES = [20, 28, 36]
-IMAGES = 64
+SIZES, IMAGES = SWEEP_SIZES, SWEEP_IMAGES
 TAGS = ["020x020", "028x028", "036x036"]
 
 
@@ -24,46 +22,14 @@ def callbacks_config(tmp_path, sizes) -> str:
         "trainer:\n"
         "  callbacks:\n"
         "    - class_path: lit_vit.callbacks.resolution_sweep.ResolutionSweep\n"
-        f"      init_args: {{sizes: {sizes}, images: {IMAGES}, probe_size: 4, figure_images: 2}}\n"
+        f"      init_args: {{sizes: {sizes}, images: {IMAGES}, figure_images: 2}}\n"
     )
     return str(path)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, fake_fashion_mnist):
-    """``fit`` for one epoch, then ``test`` from ``last.ckpt``.
-
-    Returns the tmp folder, the fit and test run directories, and how many
-    batches were augmented during fit (random crop).
-    """
-    tmp_path = tmp_path_factory.mktemp("resolution")
-    config = callbacks_config(tmp_path, SIZES)
-    augmented = []
-
-    def counting_crop(images, padding):
-        augmented.append(len(images))
-        return random_crop(images, padding)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lit_vit.data, "random_crop", counting_crop)
-        main(
-            [
-                "fit",
-                *tiny_run_args(
-                    tmp_path, fake_fashion_mnist, "--config", config, "--trainer.max_epochs=1"
-                ),
-            ]
-        )
-    (fit_dir,) = run_dirs(tmp_path / "logs")
-    ckpt = fit_dir / "checkpoints" / "last.ckpt"
-    main(
-        [
-            "test",
-            *tiny_run_args(tmp_path, fake_fashion_mnist, "--config", config, f"--ckpt_path={ckpt}"),
-        ]
-    )
-    test_dir = run_dirs(tmp_path / "logs")[-1]
-    return tmp_path, fit_dir, test_dir, len(augmented)
+def runs(attention_run):
+    return attention_run
 
 
 def table_rows(markdown: str) -> list[list[str]]:
@@ -72,64 +38,67 @@ def table_rows(markdown: str) -> list[list[str]]:
 
 
 def test_fit_end_writes_figure_and_table_once(runs):
-    _, fit_dir, _, augmented = runs
+    fit_dir = runs.fit_dir
     folder = fit_dir / "attention" / "fit_end"
     assert (folder / "resolution.png").is_file()
-    rows = table_rows((folder / "resolution.md").read_text())
+    rows = table_rows((folder / "resolution" / "table.md").read_text())
     assert [row[:3] for row in rows] == [
         ["20x20", "5x5", "26"],
         ["28x28 (training)", "7x7", "50"],
         ["36x36", "9x9", "82"],
     ]
     assert all(0.0 <= float(row[3]) <= 1.0 for row in rows)
-    assert not list((fit_dir / "attention").glob("epoch_*")), "nothing runs per epoch"
+    assert not list((fit_dir / "attention").glob("epoch_*/resolution*")), "nothing per epoch"
     events = read_events(fit_dir)
     # The 64 swept images are the 2 validation batches behind the last val/acc, unaugmented:
-    # only the 4 training batches went through the random crop.
+    # only the training batches went through the random crop.
     assert float(rows[1][3]) == pytest.approx(events.Scalars("val/acc")[-1].value, abs=5e-4)
-    assert augmented == 4
-    assert "attention/resolution" in events.Tags()["images"]
+    assert runs.augmented_batches == EPOCHS * TRAIN_BATCHES
+    assert [event.step for event in events.Images("attention/resolution")] == [
+        events.Scalars("val/acc")[-1].step
+    ]
     assert any(tag.startswith("attention/resolution/table") for tag in events.Tags()["tensors"])
     assert not any(tag.startswith("attention/resolution/") for tag in events.Tags()["scalars"])
 
 
 def test_test_scalars_match_an_independent_sweep(runs, fake_fashion_mnist):
-    tmp_path, fit_dir, test_dir, _ = runs
-    scalars = read_events(test_dir)
-    logged = {tag: scalars.Scalars(tag)[0].value for tag in scalars.Tags()["scalars"]}
+    scalars = read_events(runs.test_dir)
+    logged = {
+        tag.removeprefix("attention_test/"): scalars.Scalars(tag)[0].value
+        for tag in scalars.Tags()["scalars"]
+    }
     for metric in ("accuracy", "distance_relative", "focus", "ms_per_image"):
-        assert {f"attention/resolution/{metric}_{tag}" for tag in TAGS} <= set(logged)
+        assert {f"resolution/{metric}_{tag}" for tag in TAGS} <= set(logged)
 
-    data = FashionMNISTDataModule(
-        data_dir=str(tmp_path / "data"), system_dir=str(fake_fashion_mnist)
-    )
+    data = FashionMNISTDataModule(data_dir=str(runs.data_dir), system_dir=str(fake_fashion_mnist))
     data.setup("test")
     images, labels = (tensor[:IMAGES] for tensor in data.test_dataset.tensors)
-    model = LitViT.load_from_checkpoint(fit_dir / "checkpoints" / "last.ckpt").eval()
+    model = runs.model
     results = resolution_sweep(
         model, images, labels, SIZES, batch_size=MEASURE_BATCH, timing_repeats=1
     )
     for tag, result in zip(TAGS, results, strict=True):
         assert 0.0 <= result.accuracy <= 1.0
-        assert logged[f"attention/resolution/accuracy_{tag}"] == pytest.approx(result.accuracy)
-        distance = logged[f"attention/resolution/distance_relative_{tag}"]
+        assert logged[f"resolution/accuracy_{tag}"] == pytest.approx(result.accuracy)
+        distance = logged[f"resolution/distance_relative_{tag}"]
         assert distance == pytest.approx(float(result.relative_distance.mean()), abs=1e-5)
-        focus = logged[f"attention/resolution/focus_{tag}"]
+        focus = logged[f"resolution/focus_{tag}"]
         assert focus == pytest.approx(float(result.focus.mean()), abs=1e-5)
-        assert logged[f"attention/resolution/ms_per_image_{tag}"] > 0
+        assert logged[f"resolution/ms_per_image_{tag}"] > 0
     with torch.no_grad():
         plain = (model(images).argmax(dim=-1) == labels).float().mean().item()
-    assert logged["attention/resolution/accuracy_028x028"] == pytest.approx(plain)
+    assert logged["resolution/accuracy_028x028"] == pytest.approx(plain)
 
 
 def test_report_section_lists_the_sizes(runs):
-    test_dir = runs[2]
-    report = (test_dir / "attention" / "report.md").read_text()
-    section = report.split("## Effect of input resolution", 1)[1]
+    test_dir = runs.test_dir
+    report = runs.report
+    section = report.split("## Effect of input resolution", 1)[1].split("\n## ")[0]
     assert "![rollout by input size](test/resolution.png)" in section
     assert "position embeddings" in section
     assert [row[0] for row in table_rows(section)] == ["20x20", "28x28 (training)", "36x36"]
     assert "Accuracy is highest at" in report and "at the training size it is" in report
+    assert f"Accuracy on {IMAGES} test images" in section
     assert (test_dir / "attention" / "test" / "resolution.png").is_file()
 
 
@@ -168,7 +137,7 @@ def test_default_sizes_around_the_training_size():
         ({"sizes": [28, 28]}, r"repeats \[28\]"),
         ({"sizes": [0]}, "positive"),
         ({"images": 0}, "images=0"),
-        ({"figure_images": 9}, r"figure_images=9 must be in \[1, probe_size=8\]"),
+        ({"figure_images": 0}, r"figure_images=0 must be at least 1"),
     ],
 )
 def test_bad_arguments(kwargs, match):

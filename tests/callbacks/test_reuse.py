@@ -14,7 +14,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_vit.attention import capture
-from lit_vit.callbacks import AttentionCallback, AttentionMaps, AttentionRollout, HeadDiversity
+from lit_vit.callbacks import (
+    AttentionCallback,
+    AttentionMaps,
+    AttentionProbe,
+    AttentionRollout,
+    HeadDiversity,
+)
 from tests.conftest import read_events
 
 
@@ -94,49 +100,45 @@ def test_other_vits_in_our_own_module(tmp_path, name, kwargs, prefix):
     size = kwargs.get("img_size", (32, 32))
     network = tiny_vit(name, **kwargs)
     assert network.num_prefix_tokens == prefix
-    callbacks = [
-        AttentionMaps(probe_size=4),
-        AttentionRollout(probe_size=4),
-        HeadDiversity(probe_size=4),
-    ]
+    callbacks = [AttentionProbe(size=4), AttentionMaps(), AttentionRollout(), HeadDiversity()]
     trainer = fit(Classifier(network), callbacks, tmp_path, size=size)
     events = read_events(trainer.log_dir)
     assert {"attention/layer_maps", "attention/rollout"} <= set(events.Tags()["images"])
     assert "attention/head_diversity/layer_01" in events.Tags()["scalars"]
 
 
-def test_one_captured_forward_per_epoch_for_all_callbacks(tmp_path, monkeypatch):
+def test_analysis_callbacks_alone_get_a_default_probe(tmp_path, monkeypatch):
     calls = []
     original = capture.AttentionRecorder.record
 
     def counting(self, images, grad_targets=()):
-        calls.append(len(images))
+        calls.append((len(images), len(grad_targets)))
         return original(self, images, grad_targets)
 
     monkeypatch.setattr(capture.AttentionRecorder, "record", counting)
-    callbacks = [
-        AttentionMaps(probe_size=4),
-        AttentionRollout(probe_size=4),
-        HeadDiversity(probe_size=4),
-    ]
-    fit(Classifier(tiny_vit("vit_tiny_patch16_224")), callbacks, tmp_path, epochs=2)
-    assert calls == [4, 4], "the sanity check ran a probe, or callbacks did not share the capture"
+    trainer = fit(
+        Classifier(tiny_vit("vit_tiny_patch16_224")), [AttentionMaps()], tmp_path, epochs=2
+    )
+    (probe,) = [cb for cb in trainer.callbacks if isinstance(cb, AttentionProbe)]
+    assert probe.size == 8
+    assert calls == [(8, 0), (8, 0)], "one capture per epoch, no gradients for AttentionMaps"
 
 
 def test_module_argument_picks_one_of_several_vits(tmp_path):
     module = Classifier(TwoViTs())
     with pytest.raises(ValueError, match="network.student.*network.teacher|several"):
-        fit(module, [AttentionMaps(probe_size=4)], tmp_path)
+        fit(module, [AttentionMaps()], tmp_path)
     with pytest.raises(ValueError, match="network.pupil.*network.student"):
-        fit(module, [AttentionMaps(probe_size=4, module="network.pupil")], tmp_path)
-    trainer = fit(module, [AttentionMaps(probe_size=4, module="network.teacher")], tmp_path)
+        fit(module, [AttentionProbe(module="network.pupil"), AttentionMaps()], tmp_path)
+    probe = AttentionProbe(size=4, module="network.teacher")
+    trainer = fit(module, [probe, AttentionMaps()], tmp_path)
     assert "attention/layer_maps" in read_events(trainer.log_dir).Tags()["images"]
 
 
 def test_model_without_attention_is_refused_at_setup(tmp_path):
     network = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))
     with pytest.raises(ValueError, match="patch_embed|ViT") as error:
-        fit(Classifier(network), [HeadDiversity(probe_size=4)], tmp_path)
+        fit(Classifier(network), [HeadDiversity()], tmp_path)
     assert "Linear" in str(error.value) or "Sequential" in str(error.value)
 
 
@@ -146,10 +148,14 @@ def test_bad_arguments_fail_at_setup(tmp_path):
         ValueError, match="head_layers contains 5 but the model has 2 attention layers"
     ):
         fit(module, [AttentionMaps(head_layers=[5])], tmp_path)
-    with pytest.raises(ValueError, match="probe_size=64 but the val set has only 32 images"):
-        fit(module, [AttentionMaps(probe_size=64)], tmp_path)
+    with pytest.raises(ValueError, match="size=64 but the val set has only 32 images"):
+        fit(module, [AttentionProbe(size=64), AttentionMaps()], tmp_path)
     with pytest.raises(ValueError, match="discard_ratio=1.0 must be in"):
         AttentionRollout(discard_ratio=1.0)
+    with pytest.raises(ValueError, match="two AttentionRollout callbacks have no name="):
+        fit(module, [AttentionRollout(), AttentionRollout(head_fusion="max")], tmp_path)
+    with pytest.raises(ValueError, match="size=0 must be at least 1"):
+        AttentionProbe(size=0)
 
 
 def test_without_tensorboard_scalars_still_logged_and_figures_saved(tmp_path):
@@ -158,13 +164,12 @@ def test_without_tensorboard_scalars_still_logged_and_figures_saved(tmp_path):
         warnings.simplefilter("always")
         trainer = fit(
             Classifier(tiny_vit("vit_tiny_patch16_224")),
-            [AttentionMaps(probe_size=4), HeadDiversity(probe_size=4)],
+            [AttentionProbe(size=4), AttentionMaps(), HeadDiversity()],
             tmp_path,
             logger=logger,
             epochs=2,
         )
-    mentions = [w for w in caught if "no TensorBoardLogger" in str(w.message)]
-    assert len(mentions) == 2, "expected one warning per callback, not one per figure"
+    assert not [w for w in caught if "TensorBoard" in str(w.message)], "not a warning"
     metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
     assert "attention/head_diversity/layer_00" in metrics
     assert (tmp_path / "csv" / "version_0" / "attention" / "epoch_001" / "layer_maps.png").is_file()
@@ -173,20 +178,16 @@ def test_without_tensorboard_scalars_still_logged_and_figures_saved(tmp_path):
 
 def test_memory_stays_flat_over_many_epochs(tmp_path, monkeypatch):
     module = Classifier(tiny_vit("vit_tiny_patch16_224"))
-    callbacks = [
-        AttentionMaps(probe_size=4),
-        AttentionRollout(probe_size=4),
-        HeadDiversity(probe_size=4),
-    ]
-    trainer = fit(module, callbacks, tmp_path)
+    probe = AttentionProbe(size=4)
+    callbacks = [AttentionMaps(), AttentionRollout(), HeadDiversity()]
+    trainer = fit(module, [probe, *callbacks], tmp_path)
     # Outside a loop Lightning has no result collection for pl_module.log.
-    monkeypatch.setattr(AttentionCallback, "log_scalars", lambda self, pl_module, values: None)
+    monkeypatch.setattr(AttentionCallback, "log_scalars", lambda self, *args: None)
 
     def thirty_epochs() -> int:
         for epoch in range(30):
-            trainer.fit_loop.epoch_progress.current.completed = epoch  # a new analysis each call
-            for callback in callbacks:
-                callback._run(trainer, module, "val")
+            trainer.fit_loop.epoch_progress.current.completed = epoch  # a new folder each call
+            probe._dispatch(trainer, module, probe.run(trainer, "val"), callbacks)
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
 
     warm = thirty_epochs()

@@ -1,0 +1,131 @@
+"""The data side of the probe: batches of a stage as the model sees them, and probe selection.
+
+Lightning-aware helpers (they read the trainer's dataloaders and data module)
+shared by the probe owner and the callbacks that look past the probe
+(faithfulness and focus on the test set, the resolution sweep).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.trainer.states import RunningStage
+from torch import Tensor
+
+# Scanning more than this many images to balance classes buys nothing for a probe of 8-64.
+MAX_SCAN_IMAGES = 4096
+
+
+def stage_dataloader(trainer: Trainer, stage: str):
+    """The first dataloader the trainer uses for ``stage`` (``"val"`` or ``"test"``)."""
+    loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+    if loaders is None and trainer.datamodule is not None:
+        loaders = (
+            trainer.datamodule.val_dataloader()
+            if stage == "val"
+            else trainer.datamodule.test_dataloader()
+        )
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    if isinstance(loaders, dict):
+        loaders = next(iter(loaders.values()), None)
+    if loaders is None:
+        raise ValueError(
+            f"the attention probe needs a {stage} dataloader and the trainer has none."
+        )
+    return loaders
+
+
+def iterate_batches(trainer: Trainer, pl_module: LightningModule, stage: str, max_images: int):
+    """``(images, labels)`` batches of ``stage`` as the model sees them, up to ``max_images``.
+
+    Batches go through the module's and data module's transfer hooks (so a
+    resize in ``on_after_batch_transfer`` applies), on the module's device,
+    with the trainer marked as evaluating so that no hook augments them
+    (``on_fit_end`` runs in the training stage).
+    """
+    seen = 0
+    for batch in stage_dataloader(trainer, stage):
+        with _evaluating(trainer, stage):
+            batch = pl_module._apply_batch_transfer_handler(batch)
+        images, labels = batch[0], batch[1]
+        take = min(len(images), max_images - seen)
+        yield images[:take], labels[:take]
+        seen += take
+        if seen >= max_images:
+            return
+
+
+@contextlib.contextmanager
+def _evaluating(trainer: Trainer, stage: str) -> Iterator[None]:
+    """Mark the trainer as validating or testing for the duration of the block."""
+    previous = trainer.state.stage
+    trainer.state.stage = RunningStage.VALIDATING if stage == "val" else RunningStage.TESTING
+    try:
+        yield
+    finally:
+        trainer.state.stage = previous
+
+
+def scan(
+    trainer: Trainer, pl_module: LightningModule, stage: str, max_images: int
+) -> tuple[Tensor, Tensor]:
+    """The first ``max_images`` images ``(n, C, H, W)`` and labels ``(n,)`` of ``stage``, on CPU."""
+    batches = list(iterate_batches(trainer, pl_module, stage, max_images))
+    images = torch.cat([images.detach() for images, _ in batches]).cpu()
+    labels = torch.cat([labels for _, labels in batches]).cpu().long()
+    return images, labels
+
+
+def choose_probe(labels: Tensor, size: int, seed: int) -> Tensor:
+    """Sorted positions of ``size`` class-balanced entries of ``labels``, chosen with ``seed``.
+
+    Each class gets ``size // classes`` images (the first classes one more when
+    it does not divide), drawn with a seeded permutation.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=generator)
+    return order[balanced_choice(labels[order], size)].sort().values
+
+
+def balanced_choice(labels: Tensor, size: int) -> Tensor:
+    """Positions of ``size`` entries of ``labels``: round-robin over the classes."""
+    classes = labels.unique()
+    per_class = [torch.nonzero(labels == c).flatten().tolist() for c in classes]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < size:
+        for positions in per_class:
+            if depth < len(positions) and len(chosen) < size:
+                chosen.append(positions[depth])
+        depth += 1
+    return torch.tensor(chosen)
+
+
+def to_pixels(trainer: Trainer, images: Tensor) -> Tensor:
+    """Normalised images back to raw pixels in [0, 1].
+
+    Uses the data module's ``denormalize`` when it has one, else its
+    ``pixel_mean``/``pixel_std``; otherwise scales each image to [0, 1].
+    """
+    datamodule = trainer.datamodule
+    if hasattr(datamodule, "denormalize"):
+        pixels = datamodule.denormalize(images)
+    elif hasattr(datamodule, "pixel_mean") and hasattr(datamodule, "pixel_std"):
+        mean = torch.tensor(datamodule.pixel_mean).view(1, -1, 1, 1)
+        std = torch.tensor(datamodule.pixel_std).view(1, -1, 1, 1)
+        pixels = images * std + mean
+    else:
+        low = images.flatten(1).amin(dim=1).view(-1, 1, 1, 1)
+        high = images.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+        pixels = (images - low) / (high - low).clamp_min(1e-12)
+    return pixels.clamp(0, 1)
+
+
+def class_names(trainer: Trainer, num_classes: int) -> list[str]:
+    """The data module's ``class_names``, else ``"0"``, ``"1"``, ..."""
+    names = getattr(trainer.datamodule, "class_names", None)
+    return list(names) if names else [str(index) for index in range(num_classes)]
