@@ -47,6 +47,10 @@ class LitViTCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
 
     def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config["trainer"].get("fast_dev_run"):
+            # Lightning's ModelCheckpoint still writes last.ckpt at train end under fast_dev_run.
+            config["checkpoint"]["save_last"] = False
         ckpt_path = self._ckpt_path()
         if ckpt_path and ckpt_path not in ("last", "best", "hpc") and not Path(ckpt_path).is_file():
             raise FileNotFoundError(
