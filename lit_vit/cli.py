@@ -1,32 +1,85 @@
 """``lit-vit``: the LightningCLI for training, testing and probing ViTs.
 
 ``lit-vit fit --config configs/fashion_mnist.yaml`` trains;
-``lit-vit test --config configs/fashion_mnist.yaml --ckpt_path CKPT`` tests.
-Every run writes to its own ``logs/<name>/version_<n>/``, so no run can
-overwrite another's checkpoints or logs.
+``lit-vit test --config configs/fashion_mnist.yaml --ckpt_path best`` tests
+the best checkpoint of the latest run of that config. Every run writes to its
+own ``logs/<name>/version_<n>/``, so no run can overwrite another's
+checkpoints, figures or logs.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_vit import __version__
 from lit_vit.callbacks import PredictionWriter
 from lit_vit.data import FashionMNISTDataModule
 from lit_vit.model import LitViT
+from lit_vit.runs import RunFolders
 
 SUBCOMMANDS_WITH_CKPT = ("fit", "validate", "test", "predict")
+EVALUATING = ("validate", "test", "predict")
+DESCRIPTION = "lit-vit: train a ViT and watch what it attends to (LightningCLI)."
+
+
+class LitViTArgumentParser(LightningArgumentParser):
+    """Lightning's parser with one-line errors that suggest the closest option, and no
+    abbreviations (a misspelt key is an error, not a guess)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or os.environ.get("LIT_VIT_DEBUG"):
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        hint = closest_option(message, parser)
+        sys.stderr.write(f"lit-vit: error: {message}{hint}\n")
+        sys.stderr.write("(`lit-vit <subcommand> --help` lists every option)\n")
+        raise SystemExit(2)
+
+
+def closest_option(message: str, parser: LightningArgumentParser) -> str:
+    """`` Did you mean 'trainer.max_epochs'?`` for an unknown option named in ``message``."""
+    match = re.search(r"option '([^']+)'", message) or re.search(r"--([\w.]+)", message)
+    if match is None:
+        return ""
+    options = {option.lstrip("-") for action in parser._actions for option in action.option_strings}
+    close = difflib.get_close_matches(match.group(1), sorted(options), n=1, cutoff=0.6)
+    return f". Did you mean '{close[0]}'?" if close else ""
+
+
+class EpochProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, with the epoch out of the total: ``Epoch 3/30``."""
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        super().on_train_epoch_start(trainer)
+        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{total}")
 
 
 class LitViTCLI(LightningCLI):
-    """LightningCLI with the data's shape linked into the model and
-    checkpoints that are always kept (best by ``val/acc`` and last)."""
+    """LightningCLI with the data's shape linked into the model, checkpoints that are
+    always kept (best by ``val/acc`` and last), ``last``/``best`` checkpoints found in
+    the latest run of the config, and messages that say where things are."""
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        kwargs.setdefault("prog", "lit-vit")
+        kwargs.setdefault("description", DESCRIPTION)
+        parser = super().init_parser(**kwargs)
+        parser.add_argument("--version", action="version", version=f"lit-vit {__version__}")
+        return parser
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -45,36 +98,138 @@ class LitViTCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_argument(
+            "--untrained",
+            type=bool,
+            default=False,
+            help="validate, test or predict without --ckpt_path: the model as initialised "
+            "(random weights unless model.pretrained), on purpose.",
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """``--print_config`` with ``--ckpt_path`` prints the architecture of the checkpoint."""
+        argv = list(sys.argv[1:] if args is None else args)
+        printing = [arg for arg in argv if arg.split("=")[0] == "--print_config"]
+        if not printing or not any(arg.split("=")[0] == "--ckpt_path" for arg in argv):
+            return super().parse_arguments(parser, args)
+        super().parse_arguments(parser, [arg for arg in argv if arg not in printing])
+        self._parse_ckpt_path()
+        subcommand = self.config.subcommand
+        print(self._subcommand_parsers[subcommand].dump(self.config[subcommand]), end="")
+        raise SystemExit(0)
+
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``last``/``best``, then read the checkpoint's hyperparameters (Lightning)."""
+        subcommand = self.config.get("subcommand")
+        if subcommand not in SUBCOMMANDS_WITH_CKPT:
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path in ("last", "best"):
+            config.ckpt_path = str(self._run_folders(config).latest_checkpoint(ckpt_path))
+            rank_zero_info(f"--ckpt_path {ckpt_path}: {config.ckpt_path}")
+        elif ckpt_path and ckpt_path != "hpc" and not Path(ckpt_path).is_file():
+            raise FileNotFoundError(
+                f"--ckpt_path '{ckpt_path}' does not exist. Use --ckpt_path best or last for the "
+                "latest run of this config, or a path under logs/<name>/version_<n>/checkpoints/."
+            )
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, EOFError, OSError, ValueError) as error:
+            raise ValueError(
+                f"--ckpt_path '{config.ckpt_path}' cannot be read: it is truncated or not a "
+                f"checkpoint ({str(error).splitlines()[0]}). Use another checkpoint of the run "
+                "(e.g. --ckpt_path last), or train again."
+            ) from error
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        if config["trainer"].get("fast_dev_run"):
+        config = self.config[self.subcommand]
+        trainer = config.trainer
+        if trainer.get("fast_dev_run"):
             # Lightning's ModelCheckpoint still writes last.ckpt at train end under fast_dev_run.
-            config["checkpoint"]["save_last"] = False
-        ckpt_path = self._ckpt_path()
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and not Path(ckpt_path).is_file():
-            raise FileNotFoundError(
-                f"--ckpt_path '{ckpt_path}' does not exist. Checkpoints are written to "
-                "logs/<name>/version_<n>/checkpoints/ (fit prints the path when it ends)."
+            config.checkpoint.save_last = False
+        elif trainer.get("logger") is False and trainer.get("default_root_dir") is None:
+            trainer.default_root_dir = str(RunFolders("logs", "unlogged").next_version())
+            rank_zero_info(
+                "No logger (--trainer.logger false): scalars are not recorded; checkpoints, "
+                f"figures and the report go to {trainer.default_root_dir}."
             )
+        if self.subcommand in EVALUATING:
+            self._refuse_untrained(config)
 
     def after_instantiate_classes(self) -> None:
+        callbacks = self.trainer.callbacks
+        for index, callback in enumerate(callbacks):
+            if type(callback) is TQDMProgressBar:
+                callbacks[index] = EpochProgressBar()
+        unused = []
+        if self.subcommand in EVALUATING:
+            # Nothing to save; restoring it from the checkpoint only warns that its folder moved.
+            unused.append(ModelCheckpoint)
+        if not self.trainer.loggers:
+            unused.append(LearningRateMonitor)  # it refuses a trainer without a logger
+        self.trainer.callbacks = [cb for cb in callbacks if not isinstance(cb, tuple(unused))]
         ckpt_path = self._ckpt_path()
         if ckpt_path and Path(ckpt_path).is_file():
             check_checkpoint_matches(ckpt_path, self.model)
 
+    def before_fit(self) -> None:
+        log_dir = self.trainer.log_dir  # on every rank: under DDP a collective
+        if self.trainer.loggers and log_dir and not self.trainer.fast_dev_run:
+            rank_zero_info(
+                f"Logs: {log_dir}\nWatch it: tensorboard --logdir {Path(log_dir).parent} "
+                "--samples_per_plugin images=500"
+            )
+
     def after_fit(self) -> None:
+        log_dir = self.trainer.log_dir  # on every rank: under DDP a collective
         checkpoint = self.trainer.checkpoint_callback
         if checkpoint is None or not self.trainer.is_global_zero:
             return
         rank_zero_info(f"Best checkpoint ({checkpoint.monitor}): {checkpoint.best_model_path}")
         rank_zero_info(f"Last checkpoint: {checkpoint.last_model_path}")
-        rank_zero_info(f"Logs: {self.trainer.log_dir}")
+        rank_zero_info(f"Logs: {log_dir}")
+
+    def after_test(self) -> None:
+        log_dir = self.trainer.log_dir  # on every rank: under DDP a collective
+        metrics = self.trainer.callback_metrics
+        if not self.trainer.is_global_zero or "test/acc" not in metrics:
+            return
+        report = Path(log_dir or self.trainer.default_root_dir) / "attention" / "report.md"
+        rank_zero_info(
+            f"test/acc {float(metrics['test/acc']):.4f}, test/loss "
+            f"{float(metrics['test/loss']):.4f} on {self.model.test_images:,} test images"
+            + (f"\nAttention report: {report}" if report.is_file() else "")
+        )
+
+    def after_predict(self) -> None:
+        log_dir = self.trainer.log_dir  # on every rank: under DDP a collective
+        writers = [cb for cb in self.trainer.callbacks if isinstance(cb, PredictionWriter)]
+        if self.trainer.is_global_zero and writers:
+            folder = Path(log_dir or self.trainer.default_root_dir)
+            rank_zero_info(f"Predictions: {folder / writers[0].filename}")
 
     def _ckpt_path(self) -> str | None:
         if self.subcommand not in SUBCOMMANDS_WITH_CKPT:
             return None
         return self.config[self.subcommand].get("ckpt_path")
+
+    def _run_folders(self, config) -> RunFolders:
+        """Where runs of this config are: the logger's ``save_dir/name``."""
+        logger = config.trainer.get("logger")
+        init_args = logger.get("init_args", {}) if hasattr(logger, "get") else {}
+        save_dir = init_args.get("save_dir") or config.trainer.get("default_root_dir") or "."
+        return RunFolders(save_dir, init_args.get("name") or "lightning_logs")
+
+    def _refuse_untrained(self, config) -> None:
+        if config.get("ckpt_path") or config.model.get("pretrained") or config.get("untrained"):
+            return
+        found = self._run_folders(config).describe_latest()
+        raise ValueError(
+            f"`lit-vit {self.subcommand}` without --ckpt_path would use random weights. "
+            f"{found} Pass --ckpt_path best (or last, or a path); or --untrained true to "
+            "evaluate the untrained model on purpose."
+        )
 
 
 def check_checkpoint_matches(ckpt_path: str, model: torch.nn.Module) -> None:
@@ -104,14 +259,17 @@ def check_checkpoint_matches(ckpt_path: str, model: torch.nn.Module) -> None:
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lit-vit`` and ``python -m lit_vit``.
 
-    Errors caused by the user's input or environment (bad values; missing
-    files, data or weights: ``ValueError`` and ``OSError``) print one clear
-    message and exit with status 2; ``LIT_VIT_DEBUG=1`` shows the traceback.
+    Errors caused by the user's input or environment (bad values; missing or
+    broken files, data or weights; an accelerator this machine lacks:
+    ``ValueError``, ``OSError``, Lightning's ``MisconfigurationException``)
+    print one clear message and exit with status 2; ``LIT_VIT_DEBUG=1`` shows
+    the traceback.
     """
     try:
         LitViTCLI(
             LitViT,
             FashionMNISTDataModule,
+            parser_class=LitViTArgumentParser,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 "logger": {
@@ -121,8 +279,16 @@ def main(args: ArgsType = None) -> None:
             },
             args=args,
         )
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, MisconfigurationException) as error:
         if os.environ.get("LIT_VIT_DEBUG"):
             raise
-        print(f"lit-vit: error: {error}\n(set LIT_VIT_DEBUG=1 for the traceback)", file=sys.stderr)
+        hint = ""
+        if isinstance(error, MisconfigurationException) and re.search(
+            "gpu|cuda|mps|tpu|accelerator|backend", str(error), re.IGNORECASE
+        ):
+            hint = " This machine lacks it: use --trainer.accelerator cpu (or auto)."
+        print(
+            f"lit-vit: error: {error}{hint}\n(set LIT_VIT_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         raise SystemExit(2) from None

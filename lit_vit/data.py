@@ -17,6 +17,9 @@ Where the data comes from, first found wins:
 
 from __future__ import annotations
 
+import math
+import struct
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -67,6 +70,10 @@ class DataNotFoundError(FileNotFoundError):
     """Fashion-MNIST could be found nowhere and could not be downloaded."""
 
 
+class DataCorruptError(ValueError):
+    """A Fashion-MNIST file is truncated or not in the IDX format."""
+
+
 class FashionMNISTDataModule(LightningDataModule):
     """Fashion-MNIST with a seeded train/val split and batched augmentation.
 
@@ -103,6 +110,8 @@ class FashionMNISTDataModule(LightningDataModule):
         ValueError: On a non-positive size, a ``val_size`` that leaves no
             training images or a ``random_erasing`` outside [0, 1].
         DataNotFoundError: When no source has the data (names all three).
+        DataCorruptError: When a file is truncated or damaged (names it and
+            how to get it again).
         PermissionError: When ``data_dir`` must be written and cannot be.
     """
 
@@ -167,7 +176,7 @@ class FashionMNISTDataModule(LightningDataModule):
             (self.system_dir / f"{name}.gz").is_file() for name in RAW_FILES
         ):
             for name in RAW_FILES:
-                extract_archive(str(self.system_dir / f"{name}.gz"), str(self.raw_folder))
+                self._extract(self.system_dir / f"{name}.gz")
             return
         if self.download:
             try:
@@ -234,6 +243,19 @@ class FashionMNISTDataModule(LightningDataModule):
             **kwargs,
         )
 
+    def _extract(self, archive: Path) -> None:
+        """Unpack one ``.gz`` into the raw folder; a broken archive leaves no partial file."""
+        target = self.raw_folder / archive.stem
+        try:
+            extract_archive(str(archive), str(self.raw_folder))
+        except (EOFError, OSError, zlib.error) as error:
+            target.unlink(missing_ok=True)
+            raise DataCorruptError(
+                f"{archive} cannot be unpacked ({error}): the file is truncated or damaged. "
+                "Reinstall it (`apt-get install --reinstall dataset-fashion-mnist`) or copy an "
+                "intact one there."
+            ) from error
+
     def _has_raw_files(self) -> bool:
         return all((self.raw_folder / name).is_file() for name in RAW_FILES)
 
@@ -262,8 +284,40 @@ class FashionMNISTDataModule(LightningDataModule):
         )
 
 
+def check_idx_file(path: Path) -> None:
+    """Check that ``path`` is a complete uint8 IDX file: its size is what its header says.
+
+    Raises:
+        DataCorruptError: Naming the file, what is wrong and how to get it again.
+    """
+    fix = (
+        f"Delete it (rm {path}) so that lit-vit unpacks it again from --data.system_dir or "
+        "downloads it, or reinstall Debian's copy (`apt-get install --reinstall "
+        "dataset-fashion-mnist`)."
+    )
+    data = path.read_bytes()[:16]
+    if len(data) < 4 or data[:3] != bytes([0, 0, 8]):
+        raise DataCorruptError(f"{path} is not a Fashion-MNIST (IDX, uint8) file. {fix}")
+    dims = data[3]
+    if len(data) < 4 + 4 * dims:
+        raise DataCorruptError(f"{path} is truncated inside its header. {fix}")
+    shape = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
+    expected = 4 + 4 * dims + math.prod(shape)
+    size = path.stat().st_size
+    if size != expected:
+        raise DataCorruptError(
+            f"{path} has {size:,} bytes, but its header ({'x'.join(map(str, shape))} values) "
+            f"promises {expected:,}: the file is truncated or damaged. {fix}"
+        )
+
+
 def _load_split(data_dir: Path, train: bool) -> TensorDataset:
     """One split as normalised float images ``(B, 1, 28, 28)`` and labels ``(B,)``."""
+    raw = data_dir / "FashionMNIST" / "raw"
+    prefix = "train" if train else "t10k"
+    for name in RAW_FILES:
+        if name.startswith(prefix):
+            check_idx_file(raw / name)
     split = FashionMNIST(str(data_dir), train=train, download=False)
     images = split.data.unsqueeze(1).float().div_(255).sub_(PIXEL_MEAN).div_(PIXEL_STD)
     return TensorDataset(images, split.targets.long())

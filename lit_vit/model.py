@@ -155,6 +155,7 @@ class LitViT(LightningModule):
         self._ema: list[ModelEmaV3] = []
         self._ema_holds_training_weights = False
         self._restored_weights: dict[str, dict[str, Tensor]] | None = None
+        self.test_images = 0  # images of the latest test run
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -180,7 +181,11 @@ class LitViT(LightningModule):
     def validation_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val", self.val_acc)
 
+    def on_test_epoch_start(self) -> None:
+        self.test_images = 0
+
     def test_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        self.test_images += len(batch[0])
         return self._shared_step(batch, "test", self.test_acc)
 
     def predict_step(self, batch: list[Tensor], batch_idx: int) -> dict[str, Tensor]:
@@ -313,6 +318,15 @@ def create_vit(model_name: str, *, pretrained: bool, img_size: int, **kwargs) ->
     patch_size = kwargs.get("patch_size")
     if patch_size is not None and img_size % patch_size:
         raise ValueError(_size_message(img_size, patch_size))
+    embed_dim, num_heads = kwargs.get("embed_dim"), kwargs.get("num_heads")
+    if embed_dim is not None and num_heads is not None and embed_dim % num_heads:
+        close = [heads for heads in range(1, embed_dim + 1) if embed_dim % heads == 0]
+        nearest = " or ".join(map(str, sorted(sorted(close, key=lambda h: abs(h - num_heads))[:2])))
+        raise ValueError(
+            f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}: each head gets "
+            f"embed_dim / num_heads channels. Use num_heads {nearest} (--model.num_heads), or "
+            f"an embed_dim that is a multiple of {num_heads}."
+        )
     try:
         vit = timm.create_model(model_name, pretrained=pretrained, img_size=img_size, **kwargs)
     except TypeError as error:

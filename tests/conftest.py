@@ -111,3 +111,11 @@ def checkpoint_probe(checkpoint: Path, data_dir: Path, val_size: int = 128):
     )
     assert probe.fingerprint == state["fingerprint"], "checkpoint probe differs from the data"
     return probe
+
+
+@pytest.fixture(autouse=True)
+def cli_argv(monkeypatch):
+    """The tests call ``main(args)``: the command line is theirs, not pytest's."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["lit-vit"])

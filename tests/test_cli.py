@@ -4,13 +4,18 @@ import csv
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from lit_vit import __version__
 from lit_vit.cli import main
 from lit_vit.data import CLASS_NAMES
+from lit_vit.model import LitViT
 from tests.conftest import read_events, run_dirs, tiny_run_args
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +69,7 @@ def test_print_config_is_reusable(fitted, fake_fashion_mnist, capsys):
     config = tmp_path / "printed.yaml"
     config.write_text(printed)
     before = len(run_dirs(tmp_path / "logs"))
-    main(["validate", "--config", str(config)])
+    main(["validate", "--config", str(config), "--untrained=true"])
     assert len(run_dirs(tmp_path / "logs")) == before + 1
 
 
@@ -141,3 +146,165 @@ def test_python_dash_m_is_the_same_program():
     )
     assert result.returncode == 0
     assert "--model.model_name" in result.stdout and "--checkpoint.monitor" in result.stdout
+
+
+# -- faults and messages (issue: the CLI a user can trust) -------------------------------
+
+
+def test_fit_says_where_the_logs_are_when_it_starts(tmp_path, fake_fashion_mnist, caplog):
+    caplog.set_level("INFO")
+    main(["fit", *tiny_run_args(tmp_path, fake_fashion_mnist, "--trainer.callbacks=[]")])
+    (run_dir,) = run_dirs(tmp_path / "logs")
+    first = caplog.text.index(f"Logs: {run_dir}")
+    assert f"tensorboard --logdir {run_dir.parent}" in caplog.text
+    assert first < caplog.text.index("Last checkpoint:"), "said at the start, not only the end"
+
+
+def test_test_refuses_random_weights_and_names_the_latest_checkpoints(
+    fitted, fake_fashion_mnist, capsys, caplog
+):
+    tmp_path, run_dir = fitted
+    message = expect_cli_error(["test", *tiny_run_args(tmp_path, fake_fashion_mnist)], capsys)
+    assert "without --ckpt_path would use random weights" in message
+    assert f"last: {run_dir / 'checkpoints' / 'last.ckpt'}" in message
+    assert "best: " in message and "--untrained true" in message and "Traceback" not in message
+    caplog.set_level("INFO")
+    main(["test", *tiny_run_args(tmp_path, fake_fashion_mnist, "--untrained=true")])
+    assert "test/acc" in caplog.text
+
+
+def test_best_and_last_resolve_to_the_latest_run_with_them(fitted, fake_fashion_mnist, caplog):
+    tmp_path, run_dir = fitted
+    caplog.set_level("INFO")
+    main(["test", *tiny_run_args(tmp_path, fake_fashion_mnist, "--ckpt_path=best")])
+    (best,) = (run_dir / "checkpoints").glob("epoch*-val_acc*.ckpt")
+    assert f"--ckpt_path best: {best}" in caplog.text
+    report = run_dirs(tmp_path / "logs")[-1] / "attention" / "report.md"
+    assert f"Attention report: {report}" in caplog.text
+    assert re.search(r"test/acc \d\.\d{4}, test/loss \d+\.\d{4} on 64 test images", caplog.text)
+    assert "The dirpath has changed" not in caplog.text
+
+
+def test_ckpt_path_last_without_any_run_lists_where_it_looked(tmp_path, fake_fashion_mnist, capsys):
+    args = tiny_run_args(tmp_path, fake_fashion_mnist, "--ckpt_path=last")
+    message = expect_cli_error(["fit", *args], capsys)
+    assert "no run of this config has a last checkpoint" in message
+    assert f"{tmp_path / 'logs' / 'smoke'}/version_*/checkpoints/" in message
+
+
+def test_interrupted_fit_resumes_from_last_at_the_right_epoch_and_step(
+    tmp_path, fake_fashion_mnist, monkeypatch
+):
+    args = tiny_run_args(tmp_path, fake_fashion_mnist, "--trainer.callbacks=[]")
+
+    def interrupt_second_epoch(self):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LitViT, "on_train_epoch_start", interrupt_second_epoch, raising=False)
+        with pytest.raises(SystemExit):
+            main(["fit", *args])
+    main(["fit", *args, "--ckpt_path=last"])
+    interrupted, resumed = run_dirs(tmp_path / "logs")
+    events = read_events(resumed)
+    assert [event.step for event in events.Scalars("train/loss_step")][0] == 4
+    assert [int(event.value) for event in events.Scalars("epoch")] == [1, 1, 1, 1, 1, 1]
+    assert (interrupted / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_truncated_checkpoint_is_named(fitted, fake_fashion_mnist, capsys):
+    tmp_path, run_dir = fitted
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes()[:5000])
+    args = tiny_run_args(tmp_path, fake_fashion_mnist, f"--ckpt_path={broken}")
+    message = expect_cli_error(["test", *args], capsys)
+    assert f"--ckpt_path '{broken}' cannot be read: it is truncated" in message
+    assert "Traceback" not in message and len(message.splitlines()) == 2
+
+
+def test_truncated_data_file_is_named_with_how_to_get_it_again(
+    tmp_path, fake_fashion_mnist, capsys
+):
+    system = tmp_path / "system"
+    system.mkdir()
+    for path in fake_fashion_mnist.iterdir():
+        system.joinpath(path.name).write_bytes(path.read_bytes())
+    args = tiny_run_args(tmp_path, system)
+    main(["fit", *args, "--trainer.fast_dev_run=true"])  # unpacks the files into data_dir
+    raw = tmp_path / "data" / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte"
+    raw.write_bytes(raw.read_bytes()[:-100])
+    message = expect_cli_error(["test", *args, "--untrained=true"], capsys)
+    assert f"{raw} has " in message and "the file is truncated or damaged" in message
+    assert f"rm {raw}" in message and "apt-get install --reinstall" in message
+
+
+def test_one_line_errors_for_common_mistakes(tmp_path, fake_fashion_mnist, capsys):
+    cases = {
+        ("--model.embed_dim=30", "--model.num_heads=4"): (
+            "embed_dim=30 is not divisible by num_heads=4",
+            "Use num_heads 3 or 5",
+        ),
+        ("--trainer.accelerator=gpu",): ("gpu", "use --trainer.accelerator cpu"),
+    }
+    for extra, expected in cases.items():
+        message = expect_cli_error(
+            ["fit", *tiny_run_args(tmp_path, fake_fashion_mnist, *extra)], capsys
+        )
+        assert all(part in message for part in expected), message
+        assert "Traceback" not in message
+
+
+def test_misspelt_config_key_suggests_the_closest(tmp_path, fake_fashion_mnist, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text("trainer:\n  max_epoch: 3\n")
+    args = tiny_run_args(tmp_path, fake_fashion_mnist, "--config", str(config))
+    message = expect_cli_error(["fit", *args], capsys)
+    assert "Did you mean 'trainer.max_epochs'?" in message
+    assert len(message.splitlines()) <= 3, message
+    args = tiny_run_args(tmp_path, fake_fashion_mnist, "--trainer.max_epoch=3")
+    assert "Did you mean 'trainer.max_epochs'?" in expect_cli_error(["fit", *args], capsys)
+
+
+def test_without_a_logger_figures_and_checkpoints_go_to_a_fresh_folder(
+    tmp_path, fake_fashion_mnist, monkeypatch, caplog
+):
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level("INFO")
+    args = tiny_run_args(tmp_path, fake_fashion_mnist, "--trainer.logger=false")
+    args[args.index("configs/smoke.yaml")] = str(ROOT / "configs" / "smoke.yaml")
+    main(["fit", *args])
+    main(["fit", *args])
+    first, second = (
+        tmp_path / "logs" / "unlogged" / "version_0",
+        tmp_path / "logs" / "unlogged" / "version_1",
+    )
+    for run in (first, second):
+        assert (run / "attention" / "epoch_001" / "rollout.png").is_file()
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert caplog.text.count("No logger (--trainer.logger false)") == 2
+
+
+def test_version_and_help_say_lit_vit(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lit-vit {__version__}"
+    result = subprocess.run(
+        [sys.executable, "-m", "lit_vit", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.startswith("usage: lit-vit ")
+    assert "Lightning Trainer command line tool" not in result.stdout
+
+
+def test_print_config_with_a_checkpoint_shows_its_architecture(fitted, fake_fashion_mnist, capsys):
+    tmp_path, run_dir = fitted
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    args = tiny_run_args(
+        tmp_path, fake_fashion_mnist, "--model.embed_dim=64", f"--ckpt_path={ckpt}"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", *args, "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "embed_dim: 32" in printed and "embed_dim: 64" not in printed

@@ -122,13 +122,20 @@ class AttentionCallback(Callback):
     def log_scalars(
         self, pl_module: LightningModule, run: ProbeRun, values: dict[str, float | Tensor]
     ) -> None:
-        """``pl_module.log`` each value as ``<tag_root>/<name>/<key>`` (rank zero only).
+        """Log each value as ``<tag_root>/<name>/<key>`` at the run's step (rank zero only).
 
-        Any logger and ``EarlyStopping`` see them; Lightning logs them at the
-        step of the run's ``val/*`` (or ``test/*``) metrics.
+        During fit through ``pl_module.log``, so any logger and ``EarlyStopping``
+        see them (at the step of the run's ``val/*`` metrics); at test straight
+        to the loggers, so that Lightning's table of test results keeps to
+        ``test/acc`` and ``test/loss``.
         """
-        for key, value in values.items():
-            pl_module.log(f"{run.tag_root}/{self.key(key)}", float(value), rank_zero_only=True)
+        scalars = {f"{run.tag_root}/{self.key(key)}": float(value) for key, value in values.items()}
+        if run.stage != "test":
+            for tag, value in scalars.items():
+                pl_module.log(tag, value, rank_zero_only=True)
+            return
+        for logger in pl_module.trainer.loggers:
+            logger.log_metrics(scalars, step=run.step)
 
     def class_names(self, trainer: Trainer, analysis: ProbeAnalysis) -> list[str]:
         return class_names(trainer, analysis.recording.logits.shape[-1])

@@ -1,30 +1,38 @@
-"""The callbacks under DDP: rank zero probes and logs, nobody deadlocks."""
+"""``lit-vit fit`` under DDP (2 processes, gloo): exits 0, rank zero probes and logs once."""
 
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from tests.conftest import read_events
-
-SCRIPT = Path(__file__).with_name("ddp_fit.py")
+from tests.conftest import read_events, run_dirs, tiny_run_args
 
 
-def test_two_process_ddp_logs_once_without_deadlock(tmp_path):
+def test_two_process_ddp_through_the_cli(tmp_path, fake_fashion_mnist):
+    args = tiny_run_args(
+        tmp_path,
+        fake_fashion_mnist,
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=3",
+    )
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path)],
+        [sys.executable, "-m", "lit_vit", "fit", *args],
         capture_output=True,
         text=True,
         timeout=300,
         env=environment,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "rank 0 done" in result.stdout and "rank 1 done" in result.stdout
-    (run_dir,) = sorted((tmp_path / "ddp").iterdir())
+    assert "Last checkpoint:" in result.stderr + result.stdout
+    (run_dir,) = run_dirs(tmp_path / "logs")
     events = read_events(run_dir)
     steps = [event.step for event in events.Images("attention/rollout")]
-    assert len(steps) == 2 and len(set(steps)) == 2, "expected one rollout figure per epoch"
+    assert steps == [event.step for event in events.Scalars("val/acc")], "once per epoch"
+    assert len(steps) == 2
     assert "attention/head_diversity/layer_01" in events.Tags()["scalars"]
     pngs = sorted(path.parent.name for path in run_dir.glob("attention/epoch_*/layer_maps.png"))
     assert pngs == ["epoch_000", "epoch_001"]
+    assert (run_dir / "attention" / "fit_end" / "resolution.png").is_file()
