@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,7 @@ def tiny_run_args(tmp_path: Path, system_dir: Path, *extra: str) -> list[str]:
         "--model.num_heads=2",
         "--model.mlp_ratio=2",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        "--trainer.max_epochs=2",
         "--trainer.limit_train_batches=4",
         "--trainer.limit_val_batches=2",
         "--trainer.limit_test_batches=2",
@@ -113,9 +115,9 @@ def checkpoint_probe(checkpoint: Path, data_dir: Path, val_size: int = 128):
     return probe
 
 
-@pytest.fixture(autouse=True)
-def cli_argv(monkeypatch):
+@pytest.fixture(scope="session", autouse=True)
+def cli_argv():
     """The tests call ``main(args)``: the command line is theirs, not pytest's."""
-    import sys
-
-    monkeypatch.setattr(sys, "argv", ["lit-vit"])
+    saved, sys.argv = sys.argv, ["lit-vit"]
+    yield
+    sys.argv = saved

@@ -118,7 +118,7 @@ def test_fast_dev_run_writes_nothing_in_the_working_directory(
     monkeypatch.chdir(work)
     caplog.set_level("INFO")
     main(["fit", *args])
-    main(["test", *args])
+    main(["test", *args, "--untrained=true"])
     assert sorted(os.listdir(work)) == []
     # One message per run, not one per callback.
     assert caplog.text.count("fast_dev_run, so the attention callbacks run") == 2
