@@ -1,17 +1,18 @@
-"""Record the attention matrices of a timm-style ViT, and their gradients, in one forward pass.
+"""Record the attention matrices of a ViT, and their gradients, in one forward pass.
 
-timm's ``Attention`` runs fused scaled-dot-product attention, so the attention
-matrix never exists in memory. For the probe pass only, the recorder switches
-each attention module to its explicit path (``fused_attn = False``: softmax,
-then ``attn_drop``, then ``attn @ v``) and reads the output of ``attn_drop`` with
-a forward hook: that tensor is the one the model multiplies with ``v``, so its
-gradient is the gradient of the real graph. Flags, hooks and train/eval modes
-are restored afterwards, whatever happens.
+Fused attention kernels never materialise the attention matrix, so for the
+probe pass only, the recorder asks the ViT's family backend
+(:mod:`lit_vit.attention.backends`: timm, Hugging Face transformers,
+torchvision) to make every attention module hand over the probabilities that
+multiply the values. Those tensors are the ones in the model's graph, so their
+gradients are the gradients of the real forward. Flags, hooks, attention
+implementations and train/eval modes are restored afterwards, whatever happens.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,14 +21,16 @@ import torch
 from torch import Tensor, nn
 
 from lit_vit.attention._validate import NonFiniteAttentionError, check_attention
-from lit_vit.attention.layout import TokenLayout, _unwrap, find_vit
+from lit_vit.attention.backends import (
+    CaptureBackend,
+    eval_mode_dtype,
+    find_backend,
+    model_logits,
+    no_attention_message,
+)
+from lit_vit.attention.layout import TokenLayout, _unwrap
 
 __all__ = ["AttentionRecorder", "AttentionRecording"]
-
-try:  # timm's standard attention; anything with the same explicit path is duck-typed below
-    from timm.layers import Attention as _TimmAttention
-except ImportError:  # pragma: no cover
-    _TimmAttention = ()
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ class AttentionRecording:
     """What one probe pass saw.
 
     Attributes:
-        logits: ``(B, C)`` model output, detached.
+        logits: ``(B, C)`` model output, detached; ``None`` for a model that
+            returns no logits (a backbone), recorded without gradients.
         attention: ``(L, B, H, N, N)`` float32 post-softmax attention (the output
             of ``attn_drop``, i.e. what multiplies ``v``), layers in forward order,
             validated once when recorded: pass ``validate=False`` to the
@@ -46,22 +50,11 @@ class AttentionRecording:
         targets: one ``(B,)`` long tensor per grad target: the classes used.
     """
 
-    logits: Tensor
+    logits: Tensor | None
     attention: Tensor
     layout: TokenLayout
     attention_grads: tuple[Tensor, ...] = ()
     targets: tuple[Tensor, ...] = ()
-
-
-def _is_attention(module: nn.Module) -> bool:
-    """timm ``Attention`` or any module with the same explicit softmax -> attn_drop path."""
-    if _TimmAttention and isinstance(module, _TimmAttention):
-        return True
-    return (
-        hasattr(module, "fused_attn")
-        and isinstance(getattr(module, "attn_drop", None), nn.Module)
-        and (hasattr(module, "qkv") or hasattr(module, "q_proj"))
-    )
 
 
 class AttentionRecorder:
@@ -104,40 +97,19 @@ class AttentionRecorder:
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         self.model = model
         try:
-            self.vit_name, self.vit = find_vit(model, vit_name)
+            backend = find_backend(model, vit_name)
         except ValueError as err:
             raise ValueError(
-                "AttentionRecorder needs the timm-style ViT inside the model to know the token "
-                f"layout (prefix tokens, patch grid). {err}"
+                "AttentionRecorder needs the ViT inside the model to know the token layout "
+                f"(prefix tokens, patch grid). {err}"
             ) from err
-        named = [(n, m) for n, m in model.named_modules() if not _is_wrapper(m)]
         if module_pattern is not None:
-            try:
-                regex = re.compile(module_pattern)
-            except re.error as err:
-                raise ValueError(
-                    f"module_pattern {module_pattern!r} is not a regex: {err}"
-                ) from err
-            chosen = [(n, m) for n, m in named if regex.fullmatch(n)]
-            if not chosen:
-                candidates = [n for n, m in named if _is_attention(m)]
-                raise ValueError(
-                    f"module_pattern {module_pattern!r} matches no module name (re.fullmatch); "
-                    f"attention-like modules: {candidates or 'none'}; a few names: "
-                    f"{[n for n, _ in named][:12]}."
-                )
-        else:
-            prefix = f"{self.vit_name}." if self.vit_name else ""
-            chosen = [(n, m) for n, m in named if n.startswith(prefix) and _is_attention(m)]
-            if not chosen:
-                kinds = sorted({type(m).__name__ for _, m in named})
-                raise ValueError(
-                    "no attention modules found (timm Attention, or a module with `qkv`, "
-                    f"`attn_drop` and `fused_attn`); module types in the model: {kinds}. "
-                    "Pass module_pattern= with a regex for the attention modules' names."
-                )
-        self.module_names: list[str] = [n for n, _ in chosen]
-        self._modules: list[nn.Module] = [m for _, m in chosen]
+            backend = _with_pattern(model, backend, module_pattern)
+        elif not backend.modules:
+            raise ValueError(no_attention_message(backend))
+        self.backend: CaptureBackend = backend
+        self.vit_name, self.vit = backend.vit_name, backend.vit
+        self.module_names: list[str] = backend.module_names
 
     def record(
         self, images: Tensor, grad_targets: Sequence[Tensor | None] = ()
@@ -180,15 +152,12 @@ class AttentionRecorder:
                     f"{getattr(target, 'dtype', '')}."
                 )
         want_grad = len(grad_targets) > 0
-        captured: dict[int, list[Tensor]] = {i: [] for i in range(len(self._modules))}
+        captured: dict[int, list[Tensor]] = {i: [] for i in range(len(self.backend.modules))}
         order: list[int] = []
 
-        def make_hook(index: int):
-            def hook(_module: nn.Module, _inputs: object, output: Tensor) -> None:
-                captured[index].append(output)
-                order.append(index)
-
-            return hook
+        def capture(index: int, attention: Tensor) -> None:
+            captured[index].append(attention)
+            order.append(index)
 
         # Gradients need a graph: leave inference mode (Lightning validates under it), clone
         # the input into a normal tensor and make it require grad, so that the attention is
@@ -199,16 +168,19 @@ class AttentionRecorder:
             grad_mode.enter_context(torch.enable_grad())
         else:
             grad_mode.enter_context(torch.no_grad())
-        with grad_mode, self._probe_mode(make_hook):
-            x = images.detach().to(self._dtype())
+        with grad_mode, self._probe_mode(capture):
+            x = images.detach().to(eval_mode_dtype(self.vit))
             x = x.clone().requires_grad_(True) if want_grad else x
             with _eager():
                 output = _unwrap(self.model)(x)
-            logits = output[0] if isinstance(output, (tuple, list)) else output
-            if not isinstance(logits, Tensor) or logits.dim() != 2 or len(logits) != batch:
+            logits = model_logits(output)
+            if logits is not None and (logits.dim() != 2 or len(logits) != batch):
+                logits = None
+            if logits is None and want_grad:
                 raise ValueError(
-                    f"the model must return (B={batch}, num_classes) logits (or a tuple "
-                    f"starting with them), got {getattr(logits, 'shape', type(logits))}."
+                    f"the model must return (B={batch}, num_classes) logits (a tensor, a tuple "
+                    "starting with them, or an output with .logits) for attention gradients, "
+                    f"got {type(output).__name__}."
                 )
             maps = self._collect(captured, order, layout, batch)
             grads, targets = (), ()
@@ -216,10 +188,10 @@ class AttentionRecorder:
                 grads, targets = self._gradients(logits, maps, grad_targets)
         attention = torch.stack([a.detach().float() for a in maps])
         check_attention(attention, layout)
-        if not bool(torch.isfinite(logits).all()):
+        if logits is not None and not bool(torch.isfinite(logits).all()):
             raise NonFiniteAttentionError("the model's logits have NaN or inf values.")
         return AttentionRecording(
-            logits=logits.detach(),
+            logits=None if logits is None else logits.detach(),
             attention=attention,
             layout=layout,
             attention_grads=grads,
@@ -227,11 +199,6 @@ class AttentionRecorder:
         )
 
     # -- helpers -------------------------------------------------------------------------
-
-    def _dtype(self) -> torch.dtype:
-        """The floating dtype of the ViT's parameters (float32 when it has none)."""
-        floating = (p.dtype for p in self.vit.parameters() if p.dtype.is_floating_point)
-        return next(floating, torch.float32)
 
     def _check_images(self, images: object) -> TokenLayout:
         if not isinstance(images, Tensor) or images.dim() != 4:
@@ -241,52 +208,38 @@ class AttentionRecorder:
             raise ValueError(f"images must be a floating point tensor, got {images.dtype}.")
         if images.shape[0] == 0:
             raise ValueError(f"images is an empty batch: shape {tuple(images.shape)}.")
-        proj = getattr(self.vit.patch_embed, "proj", None)
-        expected = getattr(proj, "in_channels", None)
+        expected = self.backend.in_channels()
         if isinstance(expected, int) and images.shape[1] != expected:
             raise ValueError(
                 f"images have {images.shape[1]} channels but the model's patch embedding takes "
                 f"{expected} (in_chans={expected}); convert the images or build the model "
                 f"with in_chans={images.shape[1]}."
             )
-        return TokenLayout.from_model(self.vit, (int(images.shape[2]), int(images.shape[3])))
+        return self.backend.layout((int(images.shape[2]), int(images.shape[3])))
 
     @contextlib.contextmanager
-    def _probe_mode(self, make_hook) -> Iterator[None]:
-        """Eval mode, explicit attention path and hooks; everything undone on exit."""
+    def _probe_mode(self, capture) -> Iterator[None]:
+        """Eval mode and the backend's capture; everything undone on exit."""
         modes = [(m, m.training) for m in self.model.modules()]
-        flags: list[tuple[nn.Module, bool]] = []
-        handles = []
         try:
             self.model.eval()
-            for index, module in enumerate(self._modules):
-                if hasattr(module, "fused_attn"):
-                    flags.append((module, module.fused_attn))
-                    module.fused_attn = False
-                drop = getattr(module, "attn_drop", None)
-                target = drop if isinstance(drop, nn.Module) else module
-                handles.append(target.register_forward_hook(make_hook(index)))
-            yield
+            with self.backend.capturing(capture):
+                yield
         finally:
-            for handle in handles:
-                handle.remove()
-            for module, flag in flags:
-                module.fused_attn = flag
             for module, training in modes:
                 module.training = training
 
     def _collect(
         self, captured: dict[int, list[Tensor]], order: list[int], layout: TokenLayout, batch: int
     ) -> list[Tensor]:
-        counts = {self.module_names[i]: len(c) for i, c in captured.items() if len(c) != 1}
+        names = self.backend.module_names  # in the backend's order, which indexes ``captured``
+        counts = {names[i]: len(c) for i, c in captured.items() if len(c) != 1}
         if counts:
             raise ValueError(
                 "each attention module must run exactly once per forward pass; calls seen: "
                 f"{counts}. Check module_pattern or the model's forward."
             )
-        if order != sorted(order):  # keep names in the order the layers ran
-            self.module_names = [self.module_names[i] for i in order]
-            self._modules = [self._modules[i] for i in order]
+        self.module_names = [names[i] for i in order]  # in the order the layers ran
         maps = [captured[i][0] for i in order]
         for name, attn in zip(self.module_names, maps, strict=True):
             n = layout.num_tokens
@@ -339,6 +292,32 @@ class AttentionRecorder:
                 )
             )
         return tuple(grads), tuple(t.detach() for t in targets)
+
+
+def _with_pattern(model: nn.Module, backend: CaptureBackend, pattern: str) -> CaptureBackend:
+    """``backend`` recording the modules whose qualified names fully match ``pattern``.
+
+    A matched module that has an ``attn_drop`` is read there; any other must
+    itself output the ``(B, H, N, N)`` attention probabilities.
+    """
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"module_pattern {pattern!r} is not a regex: {err}") from err
+    named = [(n, m) for n, m in model.named_modules() if not _is_wrapper(m)]
+    chosen = [(n, m) for n, m in named if regex.fullmatch(n)]
+    if not chosen:
+        raise ValueError(
+            f"module_pattern {pattern!r} matches no module name (re.fullmatch); "
+            f"attention-like modules: {backend.module_names or 'none'}; a few names: "
+            f"{[n for n, _ in named][:12]}."
+        )
+    return dataclasses.replace(
+        backend,
+        by_pattern=True,
+        module_names=[n for n, _ in chosen],
+        modules=[m for _, m in chosen],
+    )
 
 
 def _is_wrapper(module: nn.Module) -> bool:

@@ -273,7 +273,7 @@ def test_no_attention_modules_error() -> None:
         r"'Linear'\]. Pass module_pattern=",
     ):
         AttentionRecorder(FakeViT())
-    with pytest.raises(ValueError, match="AttentionRecorder needs the timm-style ViT"):
+    with pytest.raises(ValueError, match="AttentionRecorder needs the ViT inside the model"):
         AttentionRecorder(nn.Sequential(nn.Linear(2, 2)), module_pattern="0")
 
 
