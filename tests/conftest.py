@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
-import sys
-from pathlib import Path
 
-import pytest
-import torch
-
-from lit_vit.data import RAW_FILES
-
-# No test may reach a model hub: pretrained=True must fail fast and clearly.
+# No test may reach a model hub: pretrained=True must fail fast and clearly. Set before
+# anything imports huggingface_hub, which reads it once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import gzip  # noqa: E402
+import struct  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from lit_vit.data import RAW_FILES  # noqa: E402
 
 TRAIN_IMAGES = 640
 TEST_IMAGES = 160

@@ -169,7 +169,8 @@ def test_test_refuses_random_weights_and_names_the_latest_checkpoints(
     assert f"last: {run_dir / 'checkpoints' / 'last.ckpt'}" in message
     assert "best: " in message and "--untrained true" in message and "Traceback" not in message
     caplog.set_level("INFO")
-    main(["test", *tiny_run_args(tmp_path, fake_fashion_mnist, "--untrained=true")])
+    args = tiny_run_args(tmp_path, fake_fashion_mnist, "--untrained=true", "--trainer.callbacks=[]")
+    main(["test", *args])
     assert "test/acc" in caplog.text
 
 
@@ -271,7 +272,9 @@ def test_without_a_logger_figures_and_checkpoints_go_to_a_fresh_folder(
 ):
     monkeypatch.chdir(tmp_path)
     caplog.set_level("INFO")
-    args = tiny_run_args(tmp_path, fake_fashion_mnist, "--trainer.logger=false")
+    args = tiny_run_args(
+        tmp_path, fake_fashion_mnist, "--trainer.logger=false", "--trainer.max_epochs=1"
+    )
     args[args.index("configs/smoke.yaml")] = str(ROOT / "configs" / "smoke.yaml")
     main(["fit", *args])
     main(["fit", *args])

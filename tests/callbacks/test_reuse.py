@@ -184,12 +184,12 @@ def test_memory_stays_flat_over_many_epochs(tmp_path, monkeypatch):
     # Outside a loop Lightning has no result collection for pl_module.log.
     monkeypatch.setattr(AttentionCallback, "log_scalars", lambda self, *args: None)
 
-    def thirty_epochs() -> int:
-        for epoch in range(30):
+    def ten_epochs() -> int:
+        for epoch in range(10):
             trainer.fit_loop.epoch_progress.current.completed = epoch  # a new folder each call
             probe._dispatch(trainer, module, probe.run(trainer, "val"), callbacks)
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
 
-    warm = thirty_epochs()
-    after = thirty_epochs()
+    warm = ten_epochs()
+    after = ten_epochs()
     assert after - warm < 50 * 1024, f"peak memory grew by {(after - warm) / 1024:.1f} MiB"
