@@ -120,9 +120,8 @@ def find_backend(model: nn.Module, vit_name: str | None = None) -> CaptureBacken
             "global attention (timm, Hugging Face, torchvision ViTs)."
         )
     candidates = [(n, m) for n, m in named.items() if _family(m) is not None]
-    candidates = [
-        (n, m) for n, m in candidates if not any(n.startswith(f"{o}.") for o, _ in candidates if o)
-    ]  # the outermost of nested ones (ViTForImageClassification holds ViTModel)
+    # The outermost of nested ones (ViTForImageClassification holds ViTModel).
+    candidates = [(n, m) for n, m in candidates if not any(_inside(n, o) for o, _ in candidates)]
     if vit_name is not None:
         if vit_name not in named:
             raise ValueError(
@@ -179,6 +178,11 @@ def no_attention_message(backend: CaptureBackend) -> str:
 
 
 # -- family detection ------------------------------------------------------------------
+
+
+def _inside(name: str, other: str) -> bool:
+    """Whether module ``name`` lies inside module ``other`` (``""`` is the root)."""
+    return name != other and (other == "" or name.startswith(f"{other}."))
 
 
 def _family(module: nn.Module) -> str | None:

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, overload
 import torch
 from torch import Tensor, nn
 
+from lit_vit.attention.backends import model_logits
+
 if TYPE_CHECKING:
     from lit_vit.attention.layout import TokenLayout
 
@@ -313,9 +315,10 @@ def _masked_logits(
                 batch = torch.where(
                     mask[:, None], images[idx], base[idx].view(-1, 1, 1, 1).to(images.dtype)
                 )
-                out = model(batch)
-                if isinstance(out, (tuple, list)) and out:
-                    out = out[0]
+                output = model(batch)
+                out = model_logits(output)
+                if out is None:
+                    out = output
                 if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != len(idx):
                     got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                     raise ValueError(

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_vit.attention.backends import model_logits
 from lit_vit.attention.capture import AttentionRecorder
 from lit_vit.attention.layout import find_vit
 from lit_vit.attention.metrics import (
@@ -204,7 +205,7 @@ def resolution_sweep(
         with torch.no_grad():
             for start in range(0, x.shape[0], batch_size):
                 out = resized(x[start : start + batch_size])
-                logits = out[0] if isinstance(out, (tuple, list)) else out
+                logits = model_logits(out)
                 pred = logits.argmax(dim=-1)
                 correct += int((pred == labels[start : start + batch_size].to(pred.device)).sum())
         accuracy = correct / x.shape[0]

@@ -33,6 +33,7 @@ from lit_vit.attention import (
     AttentionRecorder,
     AttentionRecording,
     NonFiniteAttentionError,
+    TokenLayout,
     cls_attention,
     gradient_rollout,
     rollout,
@@ -216,6 +217,7 @@ class AttentionProbe(Callback):
         self._checkpoint: dict[str, Any] = {}
         self._test_images = 0
         self._heads = 0
+        self._layout: TokenLayout | None = None
         self._last_val_step: int | None = None
         self._warned_divergence = False
 
@@ -438,7 +440,7 @@ class AttentionProbe(Callback):
         except NonFiniteAttentionError as error:
             self._warn_divergence(trainer, consumers, error)
             return None
-        self._heads = recording.attention.shape[2]
+        self._heads, self._layout = recording.attention.shape[2], recording.layout
         return ProbeAnalysis(
             probe=probe,
             recording=recording,
@@ -527,7 +529,6 @@ class AttentionProbe(Callback):
         from lit_vit import __version__
 
         vit = self.recorder.vit
-        test_probe = self._probes.get("test")
         lines = [
             f"- Checkpoint: `{trainer.ckpt_path}`"
             + (
@@ -548,16 +549,15 @@ class AttentionProbe(Callback):
                 f"images{whole if total else ''}"
             )
         hparams = getattr(pl_module, "hparams", {})
-        patch = tuple(int(p) for p in vit.patch_embed.patch_size)
-        size = test_probe.images.shape[-2:] if test_probe is not None else None
+        layout = self._layout
         parameters = sum(parameter.numel() for parameter in vit.parameters())
+        shape = f"{self.num_layers} layers, width {_width(vit)}, {self._heads} heads"
+        if layout is not None:
+            (ph, pw), (gh, gw) = layout.patch_size, layout.grid_size
+            shape += f", patch {ph}x{pw}, images {gh * ph}x{gw * pw}"
         lines += [
-            f"- Model: {hparams.get('model_name', type(vit).__name__)}: {self.num_layers} layers, "
-            f"width {getattr(vit, 'embed_dim', '?')}, "
-            f"{self._heads} heads, "
-            f"patch {patch[0]}x{patch[1]}"
-            + (f", images {size[0]}x{size[1]}" if size is not None else "")
-            + f", {parameters:,} parameters",
+            f"- Model: {hparams.get('model_name', type(vit).__name__)}: {shape}, "
+            f"{parameters:,} parameters",
             f"- Data: {_describe_data(trainer)}",
             f"- Probe: {self.size} images (seed {self.seed})",
             f"- Written {date.today().isoformat()} by lit-vit {__version__}",
@@ -571,6 +571,15 @@ def _validations_per_epoch(trainer: Trainer) -> float:
     if not isinstance(interval, (int, float)) or not interval or math.isinf(batches):
         return 1.0
     return batches / interval
+
+
+def _width(vit) -> int | str:
+    """Token width of a ViT of any family."""
+    for name in ("embed_dim", "hidden_dim"):
+        if isinstance(getattr(vit, name, None), int):
+            return getattr(vit, name)
+    config = getattr(vit, "config", None)
+    return getattr(config, "hidden_size", "?")
 
 
 def _describe_data(trainer: Trainer) -> str:

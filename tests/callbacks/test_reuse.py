@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import warnings
+from pathlib import Path
 
 import pytest
 import timm
@@ -19,6 +20,8 @@ from lit_vit.callbacks import (
     AttentionMaps,
     AttentionProbe,
     AttentionRollout,
+    Faithfulness,
+    FocusCoverage,
     HeadDiversity,
 )
 from tests.conftest import read_events
@@ -193,3 +196,70 @@ def test_memory_stays_flat_over_many_epochs(tmp_path, monkeypatch):
     warm = ten_epochs()
     after = ten_epochs()
     assert after - warm < 50 * 1024, f"peak memory grew by {(after - warm) / 1024:.1f} MiB"
+
+
+def hugging_face_vit() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, num_labels=4,
+    )  # fmt: skip
+    return transformers.ViTForImageClassification(config)
+
+
+def torchvision_vit() -> nn.Module:
+    from torchvision.models import VisionTransformer
+
+    return VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+        num_classes=4,
+    )  # fmt: skip
+
+
+class HuggingFaceClassifier(Classifier):
+    """A user's module around a Hugging Face model: its forward returns the model's output."""
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        return nn.functional.cross_entropy(self(images).logits, labels)
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(images).logits, labels))
+
+    def test_step(self, batch, batch_idx):
+        self.validation_step(batch, batch_idx)
+
+
+class TorchvisionClassifier(Classifier):
+    def test_step(self, batch, batch_idx):
+        self.validation_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize(
+    ("make_module", "family"),
+    [
+        (lambda: HuggingFaceClassifier(hugging_face_vit()), "huggingface"),
+        (lambda: TorchvisionClassifier(torchvision_vit()), "torchvision"),
+    ],
+    ids=["huggingface", "torchvision"],
+)
+def test_callbacks_on_other_families_write_figures_and_the_report(tmp_path, make_module, family):
+    module = make_module()
+    callbacks = [
+        AttentionProbe(size=4),
+        AttentionMaps(),
+        AttentionRollout(),
+        HeadDiversity(),
+        FocusCoverage(test_images=8),
+        Faithfulness(test_images=8),
+    ]
+    trainer = fit(module, callbacks, tmp_path, epochs=2)
+    assert callbacks[0].recorder.backend.family == family
+    trainer.test(module, dataloaders=loaders()[1])
+    run_dir = Path(trainer.log_dir)
+    for name in ("layer_maps", "rollout", "head_diversity", "focus_coverage", "faithfulness"):
+        assert (run_dir / "attention" / "epoch_001" / f"{name}.png").is_file(), name
+    report = (run_dir / "attention" / "report.md").read_text()
+    assert "## Attention rollout" in report and "## Faithfulness (deletion / insertion)" in report
+    assert "2 layers, width 32, 2 heads, patch 8x8, images 32x32" in report

@@ -1,0 +1,160 @@
+"""Capture on every ViT family: Hugging Face transformers and torchvision beside timm.
+
+Tiny models built from configs (no weights are downloaded). Each family's
+captured attention is compared with the family's own (Hugging Face
+``output_attentions`` under eager attention; torchvision's
+``need_weights=True`` weights), and everything changed for the probe is
+checked to be restored.
+"""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+from torchvision.models import VisionTransformer
+
+from lit_vit.attention import AttentionRecorder, gradient_rollout, rollout
+
+transformers = pytest.importorskip("transformers")
+
+SIZE, PATCH, WIDTH, HEADS, LAYERS, CLASSES = 32, 8, 32, 2, 2, 4
+
+
+def hf_config(kind=transformers.ViTConfig, **kwargs):
+    return kind(
+        image_size=SIZE,
+        patch_size=PATCH,
+        num_channels=3,
+        hidden_size=WIDTH,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=2 * WIDTH,
+        num_labels=CLASSES,
+        **kwargs,
+    )
+
+
+def hf_vit():
+    torch.manual_seed(0)
+    return transformers.ViTForImageClassification(hf_config()).eval()
+
+
+def torchvision_vit():
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=SIZE,
+        patch_size=PATCH,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        hidden_dim=WIDTH,
+        mlp_dim=2 * WIDTH,
+        num_classes=CLASSES,
+    )
+    nn.init.normal_(model.heads.head.weight, std=0.1)  # torchvision starts it at zero
+    return model.eval()
+
+
+def images(count: int = 3) -> torch.Tensor:
+    return torch.randn(count, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+
+
+def test_hugging_face_attention_equals_its_own_eager_attentions():
+    model = hf_vit()
+    assert model.config._attn_implementation == "sdpa"
+    x = images()
+    with torch.no_grad():
+        before = model(x).logits
+    recording = AttentionRecorder(model).record(x, grad_targets=[None])
+    assert recording.attention.shape == (LAYERS, 3, HEADS, 17, 17)
+    assert recording.layout.num_prefix_tokens == 1 and recording.layout.has_class_token
+    torch.testing.assert_close(recording.logits, before)
+    assert model.config._attn_implementation == "sdpa", "attention implementation restored"
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        own = model(x, output_attentions=True).attentions
+    torch.testing.assert_close(recording.attention, torch.stack(own), atol=1e-6, rtol=0)
+    gradients = recording.attention_grads[0]
+    assert gradients.abs().sum() > 0, "gradients flow through the model's own graph"
+    assert gradient_rollout(recording.attention, gradients, recording.layout).shape == (3, 4, 4)
+
+
+def test_hugging_face_distillation_token_and_registers_are_prefix_tokens():
+    torch.manual_seed(0)
+    deit = transformers.DeiTForImageClassificationWithTeacher(hf_config(transformers.DeiTConfig))
+    layout = AttentionRecorder(deit).record(images()).layout
+    assert (layout.num_prefix_tokens, layout.has_class_token) == (2, True)
+    config = hf_config(transformers.Dinov2WithRegistersConfig, num_register_tokens=4)
+    dinov2 = transformers.Dinov2WithRegistersForImageClassification(config)
+    recording = AttentionRecorder(dinov2).record(images())
+    assert recording.layout.num_prefix_tokens == 5 and recording.attention.shape[-1] == 21
+    backbone = transformers.Dinov2Model(hf_config(transformers.Dinov2Config))
+    recording = AttentionRecorder(backbone).record(images())
+    assert recording.logits is None and recording.attention.shape == (LAYERS, 3, HEADS, 17, 17)
+
+
+def test_torchvision_attention_equals_its_need_weights_and_restores_forward():
+    model = torchvision_vit()
+    x = images()
+    with torch.no_grad():
+        before = model(x)
+    inputs = []
+    hooks = [
+        layer.ln_1.register_forward_hook(lambda _m, _i, out: inputs.append(out))
+        for layer in model.encoder.layers
+    ]
+    recording = AttentionRecorder(model).record(x, grad_targets=[None])
+    for hook in hooks:
+        hook.remove()
+    torch.testing.assert_close(recording.logits, before, atol=1e-5, rtol=1e-5)
+    for layer, (block, hidden) in enumerate(zip(model.encoder.layers, inputs, strict=True)):
+        attention = block.self_attention
+        assert "forward" not in vars(attention), "the module's own forward is back"
+        with torch.no_grad():
+            output, weights = attention(
+                hidden, hidden, hidden, need_weights=True, average_attn_weights=False
+            )
+        torch.testing.assert_close(recording.attention[layer], weights, atol=1e-6, rtol=0)
+        # attn @ v of the captured maps reproduces the block's attention output
+        v = torch.nn.functional.linear(hidden, attention.in_proj_weight, attention.in_proj_bias)
+        v = v[..., 2 * WIDTH :].view(3, 17, HEADS, WIDTH // HEADS).transpose(1, 2)
+        mixed = (recording.attention[layer] @ v).transpose(1, 2).reshape(3, 17, WIDTH)
+        torch.testing.assert_close(attention.out_proj(mixed), output, atol=1e-5, rtol=1e-5)
+    assert recording.attention_grads[0].abs().sum() > 0
+    assert rollout(recording.attention, recording.layout, validate=False).shape == (3, 4, 4)
+
+
+def test_modes_are_restored_whatever_the_family():
+    for model in (hf_vit(), torchvision_vit()):
+        model.train()
+        AttentionRecorder(model).record(images())
+        assert all(module.training for module in model.modules())
+
+
+def test_windowed_models_are_refused_with_the_reason():
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        img_size=56,
+        embed_dim=24,
+        depths=(1, 1),
+        num_heads=(1, 2),
+        num_classes=CLASSES,
+    )
+    with pytest.raises(ValueError, match="windowed attention .*no global token grid"):
+        AttentionRecorder(swin)
+    config = transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1], num_heads=[1], window_size=4
+    )
+    with pytest.raises(ValueError, match="windowed attention"):
+        AttentionRecorder(transformers.SwinForImageClassification(config))
+
+
+def test_unknown_kind_of_hugging_face_attention_names_what_was_found():
+    model = hf_vit()
+    for attention in [m for m in model.modules() if type(m).__name__ == "ViTAttention"]:
+        del attention.q_proj  # an attention module of another structure
+        attention.query = nn.Linear(WIDTH, WIDTH)
+    with pytest.raises(ValueError, match=r"found a huggingface ViT .*ViTAttention.*transformers"):
+        AttentionRecorder(model)
