@@ -459,7 +459,7 @@ def print_summary(runs: dict[str, list[Run]], batches: tuple[int, int]) -> None:
         share = statistics.median(paired(column, without, ratio))
         verdict = "met" if share <= TARGET else "NOT met"
         print(
-            f"{name}: the callbacks add {share:.2%} to an epoch; target <= {TARGET:.0%} {verdict}"
+            f"{name}: the callbacks add {share:.2%} to an epoch; target <= {TARGET:.1%} {verdict}"
         )
     epoch = median_of(without, lambda run: run.full_epoch_s)
     probe = median_of(runs["with"], lambda run: run.epoch.get(PROBE_SELECTION, 0.0))

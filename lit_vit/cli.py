@@ -143,7 +143,7 @@ class LitViTCLI(LightningCLI):
             ) from error
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
         if trainer.get("fast_dev_run"):
             # Lightning's ModelCheckpoint still writes last.ckpt at train end under fast_dev_run.
