@@ -17,7 +17,12 @@ from pathlib import Path
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -60,13 +65,30 @@ def closest_option(message: str, parser: LightningArgumentParser) -> str:
     return f". Did you mean '{close[0]}'?" if close else ""
 
 
+def epoch_of_total(trainer) -> str:
+    """``Epoch 3/30`` for the third of 30 epochs (Lightning shows ``Epoch 2/29``)."""
+    total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+    return f"Epoch {trainer.current_epoch + 1}/{total}"
+
+
 class EpochProgressBar(TQDMProgressBar):
-    """Lightning's progress bar, with the epoch out of the total: ``Epoch 3/30``."""
+    """Lightning's tqdm progress bar, with the epoch out of the total."""
 
     def on_train_epoch_start(self, trainer, *_) -> None:
         super().on_train_epoch_start(trainer)
-        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
-        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{total}")
+        self.train_progress_bar.set_description(epoch_of_total(trainer))
+
+
+class EpochRichProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, with the epoch out of the total."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        description = epoch_of_total(self.trainer)
+        return f"{description:{len(self.validation_description)}}"
+
+
+# Lightning's default progress bars and the ones lit-vit puts in their place.
+PROGRESS_BARS = {TQDMProgressBar: EpochProgressBar, RichProgressBar: EpochRichProgressBar}
 
 
 class LitViTCLI(LightningCLI):
@@ -160,8 +182,8 @@ class LitViTCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         callbacks = self.trainer.callbacks
         for index, callback in enumerate(callbacks):
-            if type(callback) is TQDMProgressBar:
-                callbacks[index] = EpochProgressBar()
+            if type(callback) in PROGRESS_BARS:
+                callbacks[index] = PROGRESS_BARS[type(callback)]()
         unused = []
         if self.subcommand in EVALUATING:
             # Nothing to save; restoring it from the checkpoint only warns that its folder moved.

@@ -42,14 +42,16 @@ def test_fit_keeps_best_and_last_checkpoints_and_logs(fitted, capsys):
     assert any(tag.startswith("lr-AdamW") for tag in scalars)
 
 
-def test_test_and_predict_from_the_checkpoint(fitted, fake_fashion_mnist):
+def test_test_and_predict_from_the_checkpoint(fitted, fake_fashion_mnist, caplog):
     tmp_path, run_dir = fitted
     args = tiny_run_args(
         tmp_path, fake_fashion_mnist, f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
     )
     main(["test", *args])
+    caplog.set_level("INFO")
     main(["predict", *args])
     test_dir, predict_dir = run_dirs(tmp_path / "logs")[-2:]
+    assert f"Predictions: {predict_dir / 'predictions.csv'}" in caplog.text
     accuracy = read_events(test_dir).Scalars("test/acc")
     assert len(accuracy) == 1 and 0.0 <= accuracy[0].value <= 1.0
     assert "test/loss" in read_events(test_dir).Tags()["scalars"]
@@ -151,9 +153,15 @@ def test_python_dash_m_is_the_same_program():
 # -- faults and messages (issue: the CLI a user can trust) -------------------------------
 
 
-def test_fit_says_where_the_logs_are_when_it_starts(tmp_path, fake_fashion_mnist, caplog):
+def test_fit_says_where_the_logs_are_when_it_starts(tmp_path, fake_fashion_mnist, caplog, capsys):
     caplog.set_level("INFO")
-    main(["fit", *tiny_run_args(tmp_path, fake_fashion_mnist, "--trainer.callbacks=[]")])
+    args = tiny_run_args(
+        tmp_path, fake_fashion_mnist, "--trainer.callbacks=[]", "--trainer.enable_progress_bar=true"
+    )
+    main(["fit", *args])
+    captured = capsys.readouterr()
+    progress = captured.out + captured.err
+    assert "Epoch 2/2" in progress, "the epoch out of the total, counted from 1"
     (run_dir,) = run_dirs(tmp_path / "logs")
     first = caplog.text.index(f"Logs: {run_dir}")
     assert f"tensorboard --logdir {run_dir.parent}" in caplog.text
