@@ -108,6 +108,7 @@ def test_ema_is_restored_when_resuming(ema_run):
         torch.testing.assert_close(tensor, checkpoint["state_dict"][f"vit.{name}"])
     for name, tensor in model.vit.state_dict().items():
         torch.testing.assert_close(tensor, checkpoint[TRAINING_WEIGHTS_KEY][name])
+    assert model.ema.get_decay(1) < 0.5 < model.ema.get_decay(10_000) == pytest.approx(0.9)
     main(["fit", *args, f"--ckpt_path={first}"])
     resumed = run_dirs(tmp_path / "logs")[-1]
     assert [int(e.value) for e in read_events(resumed).Scalars("epoch")][-1] == 1
