@@ -7,6 +7,7 @@ then compute rollout and the measures defined in ``docs/attention.md``.
 from lit_vit.attention._validate import NonFiniteAttentionError
 from lit_vit.attention.capture import AttentionRecorder, AttentionRecording
 from lit_vit.attention.faithfulness import FaithfulnessResult, deletion_insertion_auc
+from lit_vit.attention.flow import attention_flow
 from lit_vit.attention.layout import TokenLayout, find_vit
 from lit_vit.attention.metrics import (
     AttentionDistance,
@@ -41,6 +42,7 @@ __all__ = [
     "ResolutionResult",
     "TokenLayout",
     "attention_entropy",
+    "attention_flow",
     "check_size",
     "cls_attention",
     "coverage",

@@ -123,6 +123,44 @@ def _fused(attention: Tensor, layout: TokenLayout, head_fusion: str, ratio: floa
     return _discard(fused, layout, ratio) if ratio > 0 else fused
 
 
+def mixed_attention(
+    attention: Tensor, layout: TokenLayout, head_fusion: str, discard_ratio: float
+) -> Tensor:
+    """One layer's ``Ã = rownorm(0.5 * fused + 0.5 * I)``: heads fused, weakest patch entries
+    discarded, the residual added. ``(B, H, N, N)`` -> ``(B, N, N)``, rows sum to 1."""
+    fused = _fused(attention, layout, head_fusion, discard_ratio)
+    mixed = 0.5 * fused + 0.5 * torch.eye(layout.num_tokens, device=attention.device)
+    return mixed / mixed.sum(dim=-1, keepdim=True)
+
+
+def check_rollout_arguments(
+    attention: object,
+    layout: TokenLayout,
+    head_fusion: str,
+    discard_ratio: object,
+    start_layer: object,
+) -> None:
+    """Raise a ValueError naming the bad value for rollout's (and flow's) arguments."""
+    if head_fusion not in ("mean", "max", "min"):
+        raise ValueError(f"head_fusion must be one of 'mean', 'max', 'min', got {head_fusion!r}.")
+    if (
+        isinstance(discard_ratio, bool)
+        or not isinstance(discard_ratio, (int, float))
+        or not 0 <= discard_ratio < 1
+    ):
+        raise ValueError(f"discard_ratio must be a number in [0, 1), got {discard_ratio!r}.")
+    num_layers = check_attention_shape(attention, layout).shape[0]
+    if (
+        isinstance(start_layer, bool)
+        or not isinstance(start_layer, int)
+        or not 0 <= start_layer < num_layers
+    ):
+        raise ValueError(
+            f"start_layer must be an int in [0, {num_layers - 1}] (the attention has "
+            f"{num_layers} layers), got {start_layer!r}."
+        )
+
+
 def _row_times_mixed(row: Tensor, fused: Tensor) -> Tensor:
     """``row @ rownorm(0.5 * fused + 0.5 * I)`` without forming the ``(B, N, N)`` mix.
 
@@ -216,25 +254,8 @@ def rollout(
     """
     if method not in ("row", "matrix"):
         raise ValueError(f"method must be 'row' or 'matrix', got {method!r}.")
-    if head_fusion not in ("mean", "max", "min"):
-        raise ValueError(f"head_fusion must be one of 'mean', 'max', 'min', got {head_fusion!r}.")
-    if (
-        isinstance(discard_ratio, bool)
-        or not isinstance(discard_ratio, (int, float))
-        or not 0 <= discard_ratio < 1
-    ):
-        raise ValueError(f"discard_ratio must be a number in [0, 1), got {discard_ratio!r}.")
-    attention = check_attention_shape(attention, layout)
+    check_rollout_arguments(attention, layout, head_fusion, discard_ratio, start_layer)
     num_layers = attention.shape[0]
-    if (
-        isinstance(start_layer, bool)
-        or not isinstance(start_layer, int)
-        or not 0 <= start_layer < num_layers
-    ):
-        raise ValueError(
-            f"start_layer must be an int in [0, {num_layers - 1}] (the attention has "
-            f"{num_layers} layers), got {start_layer!r}."
-        )
     if method == "row" and head_fusion == "mean" and discard_ratio == 0:
         return _to_grid(_mean_rollout_row(attention, layout, start_layer, validate), layout)
     attention = checked_attention(attention, layout, validate)
@@ -246,12 +267,11 @@ def rollout(
             fused = _fused(attention[layer], layout, head_fusion, discard_ratio)  # (B, N, N)
             row = _row_times_mixed(row, fused)
     else:
-        eye = torch.eye(layout.num_tokens, device=attention.device)
-        product = eye.expand(batch, -1, -1)
+        product = torch.eye(layout.num_tokens, device=attention.device).expand(batch, -1, -1)
         for layer in layers:
-            fused = _fused(attention[layer], layout, head_fusion, discard_ratio)  # (B, N, N)
-            mixed = 0.5 * fused + 0.5 * eye
-            product = product @ (mixed / mixed.sum(dim=-1, keepdim=True))
+            product = product @ mixed_attention(
+                attention[layer], layout, head_fusion, discard_ratio
+            )
         row = _query_rows(product, layout)
     return _to_grid(row, layout)
 
