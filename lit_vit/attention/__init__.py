@@ -6,6 +6,7 @@ then compute rollout and the measures defined in ``docs/attention.md``.
 
 from lit_vit.attention._validate import NonFiniteAttentionError
 from lit_vit.attention.capture import AttentionRecorder, AttentionRecording
+from lit_vit.attention.controls import CONTROLS, controls, input_x_gradient
 from lit_vit.attention.faithfulness import FaithfulnessResult, deletion_insertion_auc
 from lit_vit.attention.flow import attention_flow
 from lit_vit.attention.layout import TokenLayout, find_vit
@@ -31,6 +32,7 @@ from lit_vit.attention.resolution import (
 from lit_vit.attention.rollout import QueryAttention, cls_attention, gradient_rollout, rollout
 
 __all__ = [
+    "CONTROLS",
     "AttentionDistance",
     "AttentionEntropy",
     "AttentionRecorder",
@@ -45,6 +47,7 @@ __all__ = [
     "attention_flow",
     "check_size",
     "cls_attention",
+    "controls",
     "coverage",
     "deletion_insertion_auc",
     "find_vit",
@@ -52,6 +55,7 @@ __all__ = [
     "foreground_mask",
     "gradient_rollout",
     "head_diversity",
+    "input_x_gradient",
     "mean_attention_distance",
     "object_mass",
     "query_distribution",
