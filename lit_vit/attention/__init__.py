@@ -30,6 +30,14 @@ from lit_vit.attention.resolution import (
     resolution_sweep,
 )
 from lit_vit.attention.rollout import QueryAttention, cls_attention, gradient_rollout, rollout
+from lit_vit.attention.sanity import (
+    RandomizationCurve,
+    RandomizationStep,
+    cascading_randomization,
+    random_logit_targets,
+    randomization_steps,
+    spearman,
+)
 
 __all__ = [
     "CONTROLS",
@@ -41,10 +49,13 @@ __all__ = [
     "NonFiniteAttentionError",
     "ObjectMass",
     "QueryAttention",
+    "RandomizationCurve",
+    "RandomizationStep",
     "ResolutionResult",
     "TokenLayout",
     "attention_entropy",
     "attention_flow",
+    "cascading_randomization",
     "check_size",
     "cls_attention",
     "controls",
@@ -59,7 +70,10 @@ __all__ = [
     "mean_attention_distance",
     "object_mass",
     "query_distribution",
+    "random_logit_targets",
+    "randomization_steps",
     "resize_images",
     "resolution_sweep",
     "rollout",
+    "spearman",
 ]
