@@ -101,7 +101,9 @@ def input_x_gradient(
                 raise ValueError("input_x_gradient needs a model that returns (B, K) logits.")
             if targets is None:
                 targets = logits.detach().argmax(dim=-1)
-            score = logits.gather(1, targets.to(logits.device).long().view(-1, 1)).sum()
+            # A clone outside inference mode: an index made under it cannot enter autograd.
+            index = targets.to(logits.device, torch.long).clone().view(-1, 1)
+            score = logits.gather(1, index).sum()
             (gradient,) = torch.autograd.grad(score, x)
     finally:
         for module, training in modes:

@@ -15,6 +15,7 @@ from lit_vit.callbacks.head_diversity import HeadDiversity
 from lit_vit.callbacks.prediction_writer import PredictionWriter
 from lit_vit.callbacks.probe import AttentionProbe, ProbeAnalysis
 from lit_vit.callbacks.resolution_sweep import ResolutionSweep
+from lit_vit.callbacks.sanity_checks import SanityChecks
 
 __all__ = [
     "AttentionCallback",
@@ -28,4 +29,5 @@ __all__ = [
     "ProbeAnalysis",
     "ReportSection",
     "ResolutionSweep",
+    "SanityChecks",
 ]

@@ -28,6 +28,7 @@ from lit_vit.plotting.charts import (
     layer_head_heatmap_figure,
     metric_by_class_figure,
     per_image_metrics_figure,
+    randomization_figure,
 )
 from lit_vit.plotting.export import figure_to_image, save_image
 from lit_vit.plotting.mosaics import (
@@ -48,6 +49,7 @@ __all__ = [
     "layer_maps_figure",
     "metric_by_class_figure",
     "per_image_metrics_figure",
+    "randomization_figure",
     "resolution_figure",
     "rollout_figure",
     "save_image",

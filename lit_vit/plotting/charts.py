@@ -379,3 +379,36 @@ def per_image_metrics_figure(
     axes[0].invert_yaxis()
     fig.suptitle("Rollout map per probe image (dashed: a uniform map)", fontsize=10)
     return fig
+
+
+def randomization_figure(
+    labels: Sequence[str], correlations: Mapping[str, Tensor], threshold: float = 0.5
+) -> Figure:
+    """Cascading randomisation: each explainer's Spearman correlation with its trained map
+    against the cumulative randomisation steps, with the pass threshold dashed.
+
+    Args:
+        labels: ``"trained"`` then the steps (``"head"``, ``"block 11"``, ..., ``"embeddings"``).
+        correlations: explainer -> ``(len(labels),)`` mean correlation.
+        threshold: correlation above which a fully randomised explainer fails.
+    """
+    fig = Figure(figsize=(max(5.0, 0.45 * len(labels) + 2.5), 3.4), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    steps = np.arange(len(labels))
+    for index, (name, values) in enumerate(correlations.items()):
+        values = as_cpu(values, name)
+        check_dim(values, 1, name, "(steps,)")
+        color = colormaps["tab10"](index % 10)
+        ax.plot(steps, values.numpy(), marker="o", markersize=3, color=color, label=name)
+    ax.axhline(threshold, color="0.5", linestyle="--", linewidth=0.8)
+    ax.axhline(0.0, color="0.8", linewidth=0.8)
+    ax.set_xticks(steps)
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=FONT)
+    ax.set_ylim(-0.3, 1.05)
+    ax.set_xlabel("randomised cumulatively, from the top", fontsize=FONT + 1)
+    ax.set_ylabel("Spearman with the trained map", fontsize=FONT + 1)
+    ax.set_title("Cascading model-parameter randomisation", fontsize=TITLE_FONT)
+    ax.tick_params(labelsize=FONT)
+    ax.legend(fontsize=FONT, frameon=False, loc="lower left")
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig

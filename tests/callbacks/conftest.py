@@ -49,6 +49,7 @@ trainer:
         sizes: {SWEEP_SIZES}
         images: {SWEEP_IMAGES}
         figure_images: {SWEEP_FIGURE_IMAGES}
+    - class_path: lit_vit.callbacks.SanityChecks
 """
 
 

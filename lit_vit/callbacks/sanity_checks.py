@@ -1,0 +1,172 @@
+"""Do the maps depend on the model at all? Randomisation and random-logit checks at test."""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
+
+from lit_vit.attention import (
+    attention_flow,
+    cascading_randomization,
+    cls_attention,
+    gradient_rollout,
+    input_x_gradient,
+    random_logit_targets,
+    randomization_steps,
+    rollout,
+    spearman,
+)
+from lit_vit.callbacks.base import AttentionCallback, ReportSection
+from lit_vit.callbacks.report import markdown_table
+from lit_vit.plotting import randomization_figure
+
+# Explainers whose map depends on the class asked about.
+CLASS_SPECIFIC = ("grad rollout", "input x gradient")
+
+
+class SanityChecks(AttentionCallback):
+    """Sanity checks of every explainer on the test probe (Adebayo et al. 2018).
+
+    At test, on the probe images, for rollout, attention flow, class-token
+    attention (last layer, heads averaged), gradient rollout and input x
+    gradient (both for the class the trained model predicts):
+
+    - **cascading randomisation**: the model's parameters are re-initialised
+      from the top (head, blocks from the last, then the patch and position
+      embeddings with the prefix tokens), cumulatively; after each step each
+      map is compared with the trained model's by Spearman correlation. The
+      model is restored bit for bit afterwards. An explainer still above
+      ``threshold`` once everything is random explains the input, not the model.
+    - **random logit**: for the class-specific explainers, Spearman between the
+      map for the predicted class and for a random other class; the
+      class-agnostic ones score 1 by construction.
+
+    Definitions in ``docs/attention.md``. Skipped under ``fast_dev_run``.
+
+    Logs:
+
+    - image ``attention_test/sanity_checks``: a curve per explainer.
+    - scalars ``attention_test/sanity/randomised_<explainer>`` (after full
+      randomisation) and ``attention_test/sanity/random_logit_<explainer>``
+      (class-specific explainers), explainer names with ``_`` for spaces.
+
+    Args:
+        threshold: Correlation after full randomisation above which an
+            explainer fails, in (0, 1].
+        seed: Seed of the re-initialisation (step ``i`` uses ``seed + i``) and
+            of the random classes.
+        name: See :class:`~lit_vit.callbacks.base.AttentionCallback`.
+
+    Raises:
+        ValueError: For ``threshold`` outside (0, 1].
+
+    Example::
+
+        Trainer(callbacks=[AttentionProbe(), SanityChecks(threshold=0.5)])
+
+    .. code-block:: yaml
+
+        trainer:
+          callbacks:
+            - class_path: lit_vit.callbacks.SanityChecks
+              init_args: {threshold: 0.5}
+    """
+
+    report_order = 70
+    per_run = False
+
+    def __init__(self, threshold: float = 0.5, seed: int = 0, name: str | None = None) -> None:
+        super().__init__(name=name)
+        if not 0 < threshold <= 1:
+            raise ValueError(f"SanityChecks: threshold={threshold} must be in (0, 1].")
+        self.threshold = threshold
+        self.seed = seed
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero or self.probe.reduced:
+            return
+        run = self.probe.run(trainer, "test")
+        probe = self.probe.probe(trainer, pl_module, "test")
+        images = probe.images.to(pl_module.device)
+        logits = self.probe.recorder.record(images).logits
+        predicted, classes = logits.argmax(dim=-1), logits.shape[-1]
+        steps = randomization_steps(pl_module, self.probe.recorder.backend)
+        curve = cascading_randomization(
+            pl_module, steps, lambda: self.explain(pl_module, images, predicted), self.seed
+        )
+        other = random_logit_targets(predicted, classes, self.seed)
+        trained = self.explain(pl_module, images, predicted)
+        swapped = self.explain(pl_module, images, other.to(predicted.device))
+        random_logit = {
+            name: float(spearman(swapped[name], trained[name]).mean()) for name in CLASS_SPECIFIC
+        }
+        randomised = curve.after_full_randomisation()
+        scalars = {f"sanity/randomised_{_tag(n)}": value for n, value in randomised.items()}
+        scalars |= {f"sanity/random_logit_{_tag(n)}": value for n, value in random_logit.items()}
+        self.log_scalars(pl_module, run, scalars)
+        figure = randomization_figure(curve.labels, curve.correlations, self.threshold)
+        path = self.log_figure(trainer, run, "sanity_checks", figure)
+        self.report_section = self._section(randomised, random_logit, len(images), path)
+
+    def explain(self, pl_module: LightningModule, images: Tensor, targets: Tensor) -> dict:
+        """Every explainer's ``(B, gh, gw)`` map of ``images`` for ``targets``, on the CPU."""
+        recording = self.probe.recorder.record(images, grad_targets=[targets])
+        attention, layout = recording.attention, recording.layout
+        maps = {
+            "rollout": rollout(attention, layout, validate=False),
+            "flow": attention_flow(attention, layout, validate=False),
+            "class token": cls_attention(attention, layout, validate=False).maps[-1].mean(dim=1),
+            "grad rollout": gradient_rollout(
+                attention, recording.attention_grads[0], layout, validate=False
+            ),
+            "input x gradient": input_x_gradient(pl_module, images, layout, targets),
+        }
+        return {name: values.detach().cpu() for name, values in maps.items()}
+
+    def _section(
+        self, randomised: dict, random_logit: dict, count: int, figure: str
+    ) -> ReportSection:
+        rows = []
+        for name, value in randomised.items():
+            logit = random_logit.get(name)
+            passes = value < self.threshold and (logit is None or logit < self.threshold)
+            rows.append(
+                (
+                    name,
+                    value,
+                    "1 (class-agnostic)" if logit is None else logit,
+                    "passes" if passes else "fails",
+                )
+            )
+        failing = [row[0] for row in rows if row[3] == "fails"]
+        body = "\n\n".join(
+            [
+                f"On {count} test probe images. Spearman correlation of each explainer's map "
+                "with its map of the trained model, after re-initialising the head, then each "
+                "block from the last, then the patch and position embeddings with the prefix "
+                f"tokens; an explainer still above {self.threshold} once the whole model is "
+                "random explains the input rather than the model. Random logit: the map for "
+                "the predicted class against the map for a random other class.",
+                markdown_table(
+                    [
+                        "explainer",
+                        "Spearman after full randomisation",
+                        "random-logit Spearman",
+                        "verdict",
+                    ],
+                    rows,
+                ),
+                f"![cascading randomisation]({figure})",
+            ]
+        )
+        summary = (
+            f"- Sanity checks: {', '.join(failing)} fail (still correlated with the trained "
+            f"map above {self.threshold}); the others pass."
+            if failing
+            else f"- Sanity checks: every explainer passes (below {self.threshold})."
+        )
+        return ReportSection(self.title("Sanity checks"), self.report_order, body, [summary])
+
+
+def _tag(name: str) -> str:
+    return name.replace(" ", "_")
