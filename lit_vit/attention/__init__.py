@@ -7,6 +7,7 @@ then compute rollout and the measures defined in ``docs/attention.md``.
 from lit_vit.attention._validate import NonFiniteAttentionError
 from lit_vit.attention.capture import AttentionRecorder, AttentionRecording
 from lit_vit.attention.controls import CONTROLS, controls, input_x_gradient
+from lit_vit.attention.explainers import CLASS_SPECIFIC, EXPLAINERS, explain
 from lit_vit.attention.faithfulness import FaithfulnessResult, deletion_insertion_auc
 from lit_vit.attention.flow import attention_flow
 from lit_vit.attention.layout import TokenLayout, find_vit
@@ -40,7 +41,9 @@ from lit_vit.attention.sanity import (
 )
 
 __all__ = [
+    "CLASS_SPECIFIC",
     "CONTROLS",
+    "EXPLAINERS",
     "AttentionDistance",
     "AttentionEntropy",
     "AttentionRecorder",
@@ -61,6 +64,7 @@ __all__ = [
     "controls",
     "coverage",
     "deletion_insertion_auc",
+    "explain",
     "find_vit",
     "focus_score",
     "foreground_mask",

@@ -12,7 +12,6 @@ at test; at test they set :attr:`AttentionCallback.report_section`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -21,24 +20,7 @@ from torch import Tensor
 
 from lit_vit.callbacks._data import class_names
 from lit_vit.callbacks.probe import AttentionProbe, ProbeAnalysis, ProbeRun
-
-
-@dataclass
-class ReportSection:
-    """A callback's part of ``attention/report.md``.
-
-    Attributes:
-        title: Section heading.
-        order: Position in the report (lower first).
-        body: Markdown; figure links relative to the test figures' folder.
-        summary: Plain-language statements, computed from the numbers, for
-            the report's summary at the top.
-    """
-
-    title: str
-    order: int
-    body: str
-    summary: list[str] = field(default_factory=list)
+from lit_vit.callbacks.report import ReportSection
 
 
 class AttentionCallback(Callback):

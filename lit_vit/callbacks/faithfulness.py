@@ -1,4 +1,4 @@
-"""Deletion / insertion AUC of three saliency maps, beside a random patch order."""
+"""Deletion / insertion AUC of the explainers and the controls, beside a random patch order."""
 
 from __future__ import annotations
 
@@ -11,24 +11,18 @@ from torch import Tensor
 from lit_vit.attention import (
     FaithfulnessResult,
     TokenLayout,
-    cls_attention,
+    controls,
     deletion_insertion_auc,
-    gradient_rollout,
-    rollout,
+    explain,
 )
-from lit_vit.callbacks._data import iterate_batches
+from lit_vit.callbacks._data import iterate_batches, to_pixels
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import faithfulness_figure
 
-# Tag suffix -> row name in the report, in this order; and the figure's legend names.
-METHODS = {
-    "rollout": "rollout",
-    "cls": "class-token attention (last layer)",
-    "grad_rollout": "gradient rollout (predicted class)",
-}
-LEGEND = {"rollout": "rollout", "cls": "class token, last layer", "grad_rollout": "grad rollout"}
+# Controls scored as maps; the random one is the shared random order of every call.
+MAP_CONTROLS = ("intensity", "edges", "centre")
 
 
 class Faithfulness(AttentionCallback):
@@ -41,25 +35,24 @@ class Faithfulness(AttentionCallback):
     ``docs/attention.md``). The baseline is the default of
     :func:`~lit_vit.attention.deletion_insertion_auc`: per image, the minimum of
     the normalised image (its background). Low deletion and high insertion AUC
-    mean the map found the evidence. Three maps are scored:
+    mean the map found the evidence.
 
-    - ``rollout``: attention rollout (mean head fusion, no discard);
-    - ``cls``: class-token attention of the last layer, heads averaged;
-    - ``grad_rollout``: gradient-weighted rollout for the predicted class;
-
-    and next to them a random patch order (``random``). The three maps are
-    scored in one call, against one random order that they share.
-
-    On the probe images at due validation epochs; at test on the first
+    At due validation runs, on the probe images, three maps: ``rollout``
+    (mean head fusion, no discard), ``class token`` (last layer, heads
+    averaged) and ``grad rollout`` (predicted class). At test, on the first
     ``test_images`` images of the test set, batch by batch (one batch's
-    attention and attention gradients in memory at a time). Batch ``i`` uses
-    the random order of seed ``seed + i``.
+    attention and gradients in memory at a time), every explainer (those
+    three, ``flow`` and ``input x gradient``) and the controls that know
+    nothing about the model (``intensity``, ``edges``, ``centre``). Beside
+    them all, a random patch order (``random``): all maps of a batch are scored
+    in one call, against the one random order they share (batch ``i`` uses
+    seed ``seed + i``). At test the scores also go to the report's table of
+    explainers.
 
-    Logs (means over the images):
+    Logs (means over the images; ``<method>`` with ``_`` for spaces):
 
     - scalars ``attention/faithfulness/deletion_<method>`` and
-      ``attention/faithfulness/insertion_<method>`` for ``<method>`` in
-      ``rollout``, ``cls``, ``grad_rollout``, ``random``.
+      ``attention/faithfulness/insertion_<method>``.
     - image ``attention/faithfulness``: mean deletion and insertion curves.
 
     At test the same tags under ``attention_test/``; with ``name=...`` every
@@ -125,22 +118,31 @@ class Faithfulness(AttentionCallback):
         else:
             maps = {
                 "rollout": analysis.rollout,
-                "cls": analysis.query_maps[-1].mean(dim=1),
-                "grad_rollout": analysis.gradient_rollout("predicted"),
+                "class token": analysis.query_maps[-1].mean(dim=1),
+                "grad rollout": analysis.gradient_rollout("predicted"),
             }
             images = analysis.probe.images.to(pl_module.device)
             results = self.score(pl_module, images, maps, analysis.recording.layout, 0)
-        aucs = {
-            f"faithfulness/{kind}_{method}": float(values.mean())
+        means = {
+            method: (float(deletion.mean()), float(insertion.mean()))
             for method, (deletion, insertion) in _aucs(results).items()
-            for kind, values in (("deletion", deletion), ("insertion", insertion))
         }
-        self.log_scalars(pl_module, analysis.run, aucs)
+        self.log_scalars(
+            pl_module,
+            analysis.run,
+            {
+                f"faithfulness/{kind}_{method.replace(' ', '_')}": pair[index]
+                for method, pair in means.items()
+                for index, kind in enumerate(("deletion", "insertion"))
+            },
+        )
         path = self.log_figure(
             trainer, analysis.run, "faithfulness", faithfulness_figure(*_curves(results))
         )
         if analysis.stage == "test":
-            self.report_section = self._section(aucs, len(results["rollout"].deletion), path)
+            self.probe.add_scores("deletion AUC", {m: pair[0] for m, pair in means.items()})
+            self.probe.add_scores("insertion AUC", {m: pair[1] for m, pair in means.items()})
+            self.report_section = self._section(means, len(results["rollout"].deletion), path)
 
     def score(
         self,
@@ -166,42 +168,36 @@ class Faithfulness(AttentionCallback):
     ) -> dict[str, FaithfulnessResult]:
         parts: list[dict[str, FaithfulnessResult]] = []
         for index, (images, _) in enumerate(iterate_batches(trainer, pl_module, "test", limit)):
-            recording = self.probe.recorder.record(images, grad_targets=[None])
-            attention, layout = recording.attention, recording.layout
-            grads = recording.attention_grads[0]
-            maps = {
-                "rollout": rollout(attention, layout, validate=False),
-                "cls": cls_attention(attention, layout, validate=False).maps[-1].mean(dim=1),
-                "grad_rollout": gradient_rollout(attention, grads, layout, validate=False),
-            }
-            del recording, attention  # one batch's attention and gradients at a time
+            maps = explain(self.probe.recorder, images)  # one batch's attention at a time
+            layout = self.probe.recorder.backend.layout(tuple(images.shape[-2:]))
+            pixels = to_pixels(trainer, images.detach().float().cpu())
+            baselines = controls(pixels, layout, self.seed + index)
+            maps |= {name: baselines[name] for name in MAP_CONTROLS}
             parts.append(self.score(pl_module, images, maps, layout, index))
-        return {method: _cat([part[method] for part in parts]) for method in METHODS}
+        return {method: _cat([part[method] for part in parts]) for method in parts[0]}
 
-    def _section(self, aucs: dict[str, float], count: int, figure: str) -> ReportSection:
-        def auc(kind: str, method: str) -> float:
-            return aucs[f"faithfulness/{kind}_{method}"]
-
-        rows = [
-            (name, auc("deletion", method), auc("insertion", method))
-            for method, name in {**METHODS, "random": "random order"}.items()
-        ]
+    def _section(
+        self, means: dict[str, tuple[float, float]], count: int, figure: str
+    ) -> ReportSection:
+        rows = [(method, deletion, insertion) for method, (deletion, insertion) in means.items()]
         body = "\n\n".join(
             [
                 f"Deletion and insertion AUC (Petsiuk et al. 2018) on {count} test images, "
                 f"{self.steps} steps, patch level. Removed patches are set to the baseline: "
                 "each image's minimum value (its background in the normalised image). The "
                 "curves follow the probability of the class predicted on the clean image; "
-                "lower deletion and higher insertion AUC are better, and only a difference "
-                "from the random order means anything.",
+                "lower deletion and higher insertion AUC are better. Beside the explainers "
+                "(gradient rollout and input x gradient for the predicted class) stand maps "
+                "that know nothing about the model: the image's intensity, its edges, a centred "
+                "Gaussian, and a random order; an explainer means something where it beats them.",
                 markdown_table(["method", "deletion AUC", "insertion AUC"], rows),
                 f"![deletion and insertion curves]({figure})",
             ]
         )
         summary = (
             f"- Deleting patches in rollout order drops the predicted class's probability with "
-            f"AUC {auc('deletion', 'rollout'):.3f} against {auc('deletion', 'random'):.3f} for "
-            f"a random order (lower is more faithful; {count} test images)."
+            f"AUC {means['rollout'][0]:.3f} against {means['random'][0]:.3f} for a random order "
+            f"(lower is more faithful; {count} test images)."
         )
         return ReportSection(
             self.title("Faithfulness (deletion / insertion)"), self.report_order, body, [summary]
@@ -219,8 +215,8 @@ def _curves(results: Mapping[str, FaithfulnessResult]) -> tuple[Tensor, dict[str
     """The fractions and the ``"deletion: <legend name>"`` curves of :func:`faithfulness_figure`."""
     curves = {}
     for method, result in results.items():
-        curves[f"deletion: {LEGEND[method]}"] = result.deletion_curve
-        curves[f"insertion: {LEGEND[method]}"] = result.insertion_curve
+        curves[f"deletion: {method}"] = result.deletion_curve
+        curves[f"insertion: {method}"] = result.insertion_curve
     first = results["rollout"]
     curves["deletion: random"] = first.random_deletion_curve
     curves["insertion: random"] = first.random_insertion_curve

@@ -39,7 +39,7 @@ from lit_vit.attention import (
     rollout,
 )
 from lit_vit.callbacks._data import MAX_SCAN_IMAGES, choose_probe, scan, to_pixels
-from lit_vit.callbacks.report import write_report
+from lit_vit.callbacks.report import explainer_table, write_report
 from lit_vit.plotting import figure_to_image, save_image
 
 if TYPE_CHECKING:
@@ -216,6 +216,7 @@ class AttentionProbe(Callback):
         self._restored: dict[str, Any] | None = None
         self._checkpoint: dict[str, Any] = {}
         self._test_images = 0
+        self._scores: dict[str, dict[str, float | str]] = {}
         self._heads = 0
         self._layout: TokenLayout | None = None
         self._last_val_step: int | None = None
@@ -302,6 +303,7 @@ class AttentionProbe(Callback):
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._test_images = 0
+        self._scores = {}
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         due = [c for c in self.consumers if c.per_run]
@@ -312,6 +314,8 @@ class AttentionProbe(Callback):
         if not trainer.is_global_zero or self._log_root is None:
             return
         sections = [c.report_section for c in self.consumers if c.report_section is not None]
+        if self._scores:
+            sections.append(explainer_table(self._scores))
         path = write_report(
             self._log_root / "report.md", self._report_header(trainer, pl_module), sections
         )
@@ -394,6 +398,10 @@ class AttentionProbe(Callback):
         if run.folder is not None:
             save_image(image, run.folder / name)
         return name
+
+    def add_scores(self, column: str, values: dict[str, float | str]) -> None:
+        """Add a column to the test report's table of explainers and controls (one row each)."""
+        self._scores.setdefault(column, {}).update(values)
 
     def log_text(self, trainer: Trainer, run: ProbeRun, key: str, text: str) -> None:
         """Log Markdown ``text`` as text ``<tag_root>/<key>``; save it as ``<key>.md``."""

@@ -4,10 +4,31 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from lit_vit.attention import CONTROLS, EXPLAINERS
 
 # A Markdown image link whose target is a relative path: ![text](target)
 IMAGE_LINK = re.compile(r"(!\[[^\]]*\])\((?![a-z]+://|/)([^)]+)\)")
+
+
+@dataclass
+class ReportSection:
+    """A callback's part of ``attention/report.md``.
+
+    Attributes:
+        title: Section heading.
+        order: Position in the report (lower first).
+        body: Markdown; figure links relative to the test figures' folder.
+        summary: Plain-language statements, computed from the numbers, for
+            the report's summary at the top.
+    """
+
+    title: str
+    order: int
+    body: str
+    summary: list[str] = field(default_factory=list)
 
 
 def write_report(path: Path, header: Sequence[str], sections: Sequence) -> Path:
@@ -37,6 +58,54 @@ def write_report(path: Path, header: Sequence[str], sections: Sequence) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def explainer_table(scores: dict[str, dict[str, float | str]]) -> ReportSection:
+    """The report's answer to "which explainer can I trust here?".
+
+    Args:
+        scores: column -> row -> value, as the callbacks added them (rows are
+            explainers and controls; a column a callback did not fill shows "-").
+    """
+    rows = [name for name in (*EXPLAINERS, *CONTROLS) if any(name in c for c in scores.values())]
+    table = markdown_table(
+        ["map", *scores], [(row, *(c.get(row, "-") for c in scores.values())) for row in rows]
+    )
+    body = "\n\n".join(
+        [
+            "Every explainer beside the controls, maps that know nothing about the model. An "
+            "explainer is worth reading where it beats every control on faithfulness (lower "
+            "deletion, higher insertion AUC) and falls towards 0 once the model is randomised.",
+            table,
+        ]
+    )
+    return ReportSection("Which explainer can I trust here?", 5, body, _trust_summary(scores))
+
+
+def _trust_summary(scores: dict[str, dict[str, float | str]]) -> list[str]:
+    deletion, insertion = scores.get("deletion AUC", {}), scores.get("insertion AUC", {})
+    controls = [name for name in CONTROLS if name in deletion and name in insertion]
+    lines = []
+    if controls:
+        beating = [
+            name
+            for name in EXPLAINERS
+            if name in deletion
+            and deletion[name] < min(deletion[c] for c in controls)
+            and insertion[name] > max(insertion[c] for c in controls)
+        ]
+        lines.append(
+            "- Beat every control on faithfulness: "
+            + (", ".join(beating) if beating else "none")
+            + f" (controls: {', '.join(controls)})."
+        )
+    verdicts = scores.get("sanity checks", {})
+    if verdicts:
+        passing = [name for name in EXPLAINERS if verdicts.get(name) == "passes"]
+        lines.append(
+            "- Pass the sanity checks: " + (", ".join(passing) if passing else "none") + "."
+        )
+    return lines
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 from lightning.pytorch import LightningModule, Trainer
-from torch import Tensor
 
 from lit_vit.attention import (
-    attention_flow,
+    CLASS_SPECIFIC,
+    CONTROLS,
     cascading_randomization,
-    cls_attention,
-    gradient_rollout,
-    input_x_gradient,
+    explain,
     random_logit_targets,
     randomization_steps,
-    rollout,
     spearman,
 )
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import randomization_figure
-
-# Explainers whose map depends on the class asked about.
-CLASS_SPECIFIC = ("grad rollout", "input x gradient")
 
 
 class SanityChecks(AttentionCallback):
@@ -88,56 +82,51 @@ class SanityChecks(AttentionCallback):
         run = self.probe.run(trainer, "test")
         probe = self.probe.probe(trainer, pl_module, "test")
         images = probe.images.to(pl_module.device)
-        logits = self.probe.recorder.record(images).logits
+        recorder = self.probe.recorder
+        logits = recorder.record(images).logits
         predicted, classes = logits.argmax(dim=-1), logits.shape[-1]
         steps = randomization_steps(pl_module, self.probe.recorder.backend)
         curve = cascading_randomization(
-            pl_module, steps, lambda: self.explain(pl_module, images, predicted), self.seed
+            pl_module, steps, lambda: explain(recorder, images, predicted), self.seed
         )
         other = random_logit_targets(predicted, classes, self.seed)
-        trained = self.explain(pl_module, images, predicted)
-        swapped = self.explain(pl_module, images, other.to(predicted.device))
+        trained = explain(recorder, images, predicted)
+        swapped = explain(recorder, images, other.to(predicted.device))
         random_logit = {
             name: float(spearman(swapped[name], trained[name]).mean()) for name in CLASS_SPECIFIC
         }
         randomised = curve.after_full_randomisation()
+        verdicts = {
+            name: "passes"
+            if value < self.threshold and random_logit.get(name, 0.0) < self.threshold
+            else "fails"
+            for name, value in randomised.items()
+        }
+        model_free = dict.fromkeys(CONTROLS, 1.0)  # the controls ignore the model and the class
+        self.probe.add_scores("Spearman after full randomisation", randomised | model_free)
+        self.probe.add_scores(
+            "random-logit Spearman", {n: random_logit.get(n, 1.0) for n in randomised} | model_free
+        )
+        self.probe.add_scores("sanity checks", verdicts)
         scalars = {f"sanity/randomised_{_tag(n)}": value for n, value in randomised.items()}
         scalars |= {f"sanity/random_logit_{_tag(n)}": value for n, value in random_logit.items()}
         self.log_scalars(pl_module, run, scalars)
         figure = randomization_figure(curve.labels, curve.correlations, self.threshold)
         path = self.log_figure(trainer, run, "sanity_checks", figure)
-        self.report_section = self._section(randomised, random_logit, len(images), path)
-
-    def explain(self, pl_module: LightningModule, images: Tensor, targets: Tensor) -> dict:
-        """Every explainer's ``(B, gh, gw)`` map of ``images`` for ``targets``, on the CPU."""
-        recording = self.probe.recorder.record(images, grad_targets=[targets])
-        attention, layout = recording.attention, recording.layout
-        maps = {
-            "rollout": rollout(attention, layout, validate=False),
-            "flow": attention_flow(attention, layout, validate=False),
-            "class token": cls_attention(attention, layout, validate=False).maps[-1].mean(dim=1),
-            "grad rollout": gradient_rollout(
-                attention, recording.attention_grads[0], layout, validate=False
-            ),
-            "input x gradient": input_x_gradient(pl_module, images, layout, targets),
-        }
-        return {name: values.detach().cpu() for name, values in maps.items()}
+        self.report_section = self._section(randomised, random_logit, verdicts, len(images), path)
 
     def _section(
-        self, randomised: dict, random_logit: dict, count: int, figure: str
+        self, randomised: dict, random_logit: dict, verdicts: dict, count: int, figure: str
     ) -> ReportSection:
-        rows = []
-        for name, value in randomised.items():
-            logit = random_logit.get(name)
-            passes = value < self.threshold and (logit is None or logit < self.threshold)
-            rows.append(
-                (
-                    name,
-                    value,
-                    "1 (class-agnostic)" if logit is None else logit,
-                    "passes" if passes else "fails",
-                )
+        rows = [
+            (
+                name,
+                value,
+                random_logit.get(name, "1 (class-agnostic)"),
+                verdicts[name],
             )
+            for name, value in randomised.items()
+        ]
         failing = [row[0] for row in rows if row[3] == "fails"]
         body = "\n\n".join(
             [
