@@ -286,12 +286,8 @@ def test_without_a_logger_figures_and_checkpoints_go_to_a_fresh_folder(
     args[args.index("configs/smoke.yaml")] = str(ROOT / "configs" / "smoke.yaml")
     main(["fit", *args])
     main(["fit", *args])
-    first, second = (
-        tmp_path / "logs" / "unlogged" / "version_0",
-        tmp_path / "logs" / "unlogged" / "version_1",
-    )
-    for run in (first, second):
-        assert (run / "attention" / "epoch_001" / "rollout.png").is_file()
+    for run in (tmp_path / "logs" / "unlogged" / f"version_{n}" for n in (0, 1)):
+        assert (run / "attention" / "epoch_000" / "rollout.png").is_file()
         assert (run / "checkpoints" / "last.ckpt").is_file()
     assert caplog.text.count("No logger (--trainer.logger false)") == 2
 
