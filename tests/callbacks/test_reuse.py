@@ -187,14 +187,14 @@ def test_memory_stays_flat_over_many_epochs(tmp_path, monkeypatch):
     # Outside a loop Lightning has no result collection for pl_module.log.
     monkeypatch.setattr(AttentionCallback, "log_scalars", lambda self, *args: None)
 
-    def ten_epochs() -> int:
-        for epoch in range(10):
+    def six_epochs() -> int:
+        for epoch in range(6):
             trainer.fit_loop.epoch_progress.current.completed = epoch  # a new folder each call
             probe._dispatch(trainer, module, probe.run(trainer, "val"), callbacks)
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
 
-    warm = ten_epochs()
-    after = ten_epochs()
+    warm = six_epochs()
+    after = six_epochs()
     assert after - warm < 50 * 1024, f"peak memory grew by {(after - warm) / 1024:.1f} MiB"
 
 
