@@ -3,7 +3,7 @@
     python benchmarks/attention_bench.py            # full run, a few minutes on 2 CPU cores
     python benchmarks/attention_bench.py --quick    # smoke run, well under a minute
 
-Three tables, CPU (float32), torch's default thread count unless ``--threads``.
+Four tables, CPU (float32), torch's default thread count unless ``--threads``.
 On a machine shared with other jobs, ``--threads 1`` gives steadier numbers:
 with more threads than idle cores every parallel op can wait a scheduler slice.
 
@@ -26,6 +26,8 @@ with more threads than idle cores every parallel op can wait a scheduler slice.
 3. Deletion / insertion: ``deletion_insertion_auc`` on rollout maps of the
    default model shape; forward passes, wall time and the share of it spent in
    the model's forward.
+4. Attention flow: ``attention_flow`` of 8 images of random attention in the
+   default model's shape (N=50) and a ViT-B/16 shape (N=197), beside rollout.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import yaml
 from lit_vit.attention import (
     AttentionRecorder,
     TokenLayout,
+    attention_flow,
     deletion_insertion_auc,
     rollout,
 )
@@ -233,12 +236,39 @@ def bench_faithfulness(num_images: int, steps: int, max_batch: int) -> None:
     assert res.forward_passes == math.ceil(evaluated / max_batch)
 
 
+def bench_flow(repeats: int) -> None:
+    """Attention flow of 8 images: the default model's probe (N=50) and a ViT-B/16 shape."""
+    print("\n(4) attention flow (exact max flow), 8 images, mean fusion, no discard")
+    head = f"{'shape':<28} {'N':>5} | {'flow s':>7} {'ms per image':>12} | {'rollout ms':>10}"
+    print(head)
+    print("-" * len(head))
+    for label, layers, heads, grid in (
+        ("default model (L=12, H=4)", 12, 4, 7),
+        ("ViT-B/16 at 224 (L=12, H=12)", 12, 12, 14),
+    ):
+        layout = TokenLayout(1, True, (grid, grid), (16, 16))
+        n = layout.num_tokens
+        generator = torch.Generator().manual_seed(0)
+        attention = (torch.randn(layers, 8, heads, n, n, generator=generator) * 2).softmax(-1)
+        flow_s = median_time(
+            lambda a=attention, lay=layout: attention_flow(a, lay, validate=False), repeats
+        )
+        rollout_s = median_time(
+            lambda a=attention, lay=layout: rollout(a, lay, validate=False), repeats
+        )
+        print(
+            f"{label:<28} {n:>5} | {flow_s:>7.2f} {flow_s / 8 * 1e3:>12.1f} | "
+            f"{rollout_s * 1e3:>10.1f}",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
-        "--sections", default="123", help="which tables to run, e.g. 13 (default: 123)"
+        "--sections", default="1234", help="which tables to run, e.g. 14 (default: 1234)"
     )
     parser.add_argument("--_rollout-case", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -271,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_faithfulness(num_images=8, steps=4, max_batch=64)
     elif "3" in args.sections:
         bench_faithfulness(num_images=64, steps=16, max_batch=512)
+    if "4" in args.sections:
+        bench_flow(repeats=1 if args.quick else 3)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 
