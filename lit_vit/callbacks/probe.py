@@ -273,6 +273,8 @@ class AttentionProbe(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._setup_key == (id(trainer), stage):
             return
+        if self._setup_key is not None and self._setup_key[0] != id(trainer):
+            self._probes = {}  # another trainer, maybe other data: select the probe anew
         self._setup_key = (id(trainer), stage)
         self.consumers = []
         strategy = type(trainer.strategy).__name__
