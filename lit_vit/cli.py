@@ -178,6 +178,7 @@ class LitViTCLI(LightningCLI):
             )
         if self.subcommand in EVALUATING:
             self._refuse_untrained(config)
+        _refuse_unnamed_twins(config.trainer.get("callbacks") or [])
 
     def after_instantiate_classes(self) -> None:
         callbacks = self.trainer.callbacks
@@ -252,6 +253,26 @@ class LitViTCLI(LightningCLI):
             f"{found} Pass --ckpt_path best (or last, or a path); or --untrained true to "
             "evaluate the untrained model on purpose."
         )
+
+
+def _refuse_unnamed_twins(callbacks) -> None:
+    """Two lit-vit callbacks of one class need distinct names: their tags, files and
+    checkpoint state would collide."""
+    seen = set()
+    for callback in callbacks:
+        class_path = getattr(callback, "class_path", "")
+        if not class_path.startswith("lit_vit.callbacks"):
+            continue
+        key = (class_path.rpartition(".")[2], (callback.get("init_args") or {}).get("name"))
+        if key in seen:
+            kind, name = key
+            shared = f"the name {name!r}" if name else "no name"
+            raise ValueError(
+                f"trainer.callbacks has two {kind} with {shared}: their figures, tags, report "
+                f"sections and checkpoint state would collide. Give each its own "
+                f"`init_args: {{name: ...}}` (e.g. name: {kind.lower()}_2)."
+            )
+        seen.add(key)
 
 
 def check_checkpoint_matches(ckpt_path: str, model: torch.nn.Module) -> None:

@@ -264,6 +264,20 @@ def test_one_line_errors_for_common_mistakes(tmp_path, fake_fashion_mnist, capsy
         assert "Traceback" not in message
 
 
+def test_two_unnamed_callbacks_of_one_kind_are_refused(tmp_path, fake_fashion_mnist, capsys):
+    config = tmp_path / "twins.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - class_path: lit_vit.callbacks.HeadDiversity\n"
+        "    - class_path: lit_vit.callbacks.HeadDiversity\n"
+        "      init_args: {every_n_epochs: 2}\n"
+    )
+    args = tiny_run_args(tmp_path, fake_fashion_mnist, "--config", str(config))
+    message = expect_cli_error(["fit", *args], capsys)
+    assert "trainer.callbacks has two HeadDiversity with no name" in message
+    assert "name: headdiversity_2" in message and "Traceback" not in message
+
+
 def test_misspelt_config_key_suggests_the_closest(tmp_path, fake_fashion_mnist, capsys):
     config = tmp_path / "typo.yaml"
     config.write_text("trainer:\n  max_epoch: 3\n")

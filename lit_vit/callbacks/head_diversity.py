@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 
 from lit_vit.attention import attention_entropy, head_diversity, mean_attention_distance
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
-from lit_vit.plotting import distance_scatter_figure, layer_bar_figure, layer_head_heatmap_figure
+from lit_vit.plotting import (
+    distance_scatter_figure,
+    evolution_figure,
+    layer_bar_figure,
+    layer_head_heatmap_figure,
+)
+
+# Measures whose per-layer history is kept, and the range of their colour scale.
+EVOLUTION = {
+    "head diversity": (0.0, 1.0),
+    "entropy": (0.0, 1.0),
+    "relative distance": (None, None),
+}
 
 
 class HeadDiversity(AttentionCallback):
@@ -27,6 +40,9 @@ class HeadDiversity(AttentionCallback):
     - image ``attention/head_diversity`` (bars per layer)
     - image ``attention/distance`` (distance vs depth, one dot per head)
     - image ``attention/entropy`` (layers x heads heatmap)
+    - image ``attention/evolution``: head diversity, entropy and relative
+      distance per layer at every analysed epoch so far (layers x epochs); the
+      history is kept in the checkpoint, so a resumed run continues it.
 
     At test the same tags under ``attention_test/``; with ``name=...`` every
     tag gets ``<name>/`` after the root.
@@ -47,6 +63,17 @@ class HeadDiversity(AttentionCallback):
 
     report_order = 20
 
+    def __init__(self, every_n_epochs: int = 1, name: str | None = None) -> None:
+        super().__init__(every_n_epochs, name)
+        # Per analysed validation run: its epoch and each measure's per-layer means.
+        self.history: dict[str, list] = {"epoch": [], **{m: [] for m in EVOLUTION}}
+
+    def state_dict(self) -> dict[str, list]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, list]) -> None:
+        self.history = state_dict.get("history", self.history)
+
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None:
@@ -61,6 +88,15 @@ class HeadDiversity(AttentionCallback):
             scalars[f"distance_relative/layer_{layer:02d}"] = relative[layer].mean()
             scalars[f"entropy/layer_{layer:02d}"] = entropy[layer].mean()
         self.log_scalars(pl_module, analysis.run, scalars)
+        if analysis.stage == "val":
+            means = {
+                "head diversity": diversity,
+                "entropy": entropy.mean(dim=1),
+                "relative distance": relative.mean(dim=1),
+            }
+            self.history["epoch"].append(trainer.current_epoch)
+            for measure, values in means.items():
+                self.history[measure].append([float(value) for value in values])
         figures = {
             "head_diversity": layer_bar_figure(
                 diversity, "Head diversity per layer", "mean pairwise JS divergence"
@@ -73,12 +109,21 @@ class HeadDiversity(AttentionCallback):
                 entropy, "Attention entropy per head", "normalised entropy", vmin=0.0, vmax=1.0
             ),
         }
+        if self.history["epoch"]:
+            figures["evolution"] = self._evolution_figure()
         paths = {
             key: self.log_figure(trainer, analysis.run, key, figure)
             for key, figure in figures.items()
         }
         if analysis.stage == "test":
             self.report_section = self._section(diversity, entropy, pixels, relative, paths)
+
+    def _evolution_figure(self):
+        """Layers x epochs heatmaps of the history."""
+        measures = {
+            measure: torch.tensor(self.history[measure]).T for measure in EVOLUTION
+        }  # (L, E) each
+        return evolution_figure(self.history["epoch"], measures, EVOLUTION)
 
     def _section(self, diversity, entropy, pixels, relative, paths) -> ReportSection:
         listing = "\n".join(
@@ -106,6 +151,15 @@ class HeadDiversity(AttentionCallback):
                 table,
                 f"![distance]({paths['distance']}) ![relative distance]"
                 f"({paths['distance_relative']}) ![entropy]({paths['entropy']})",
+                *(
+                    [
+                        f"How they moved during training (epochs {self.history['epoch'][0]} to "
+                        f"{self.history['epoch'][-1]}, from the checkpoint's history):",
+                        f"![evolution]({paths['evolution']})",
+                    ]
+                    if "evolution" in paths
+                    else []
+                ),
             ]
         )
         summary = [

@@ -23,6 +23,7 @@ relative to itself, not its absolute value. The quantities are defined in
 from lit_vit.plotting._style import MAP_CMAP
 from lit_vit.plotting.charts import (
     distance_scatter_figure,
+    evolution_figure,
     faithfulness_figure,
     layer_bar_figure,
     layer_head_heatmap_figure,
@@ -41,6 +42,7 @@ from lit_vit.plotting.mosaics import (
 __all__ = [
     "MAP_CMAP",
     "distance_scatter_figure",
+    "evolution_figure",
     "faithfulness_figure",
     "figure_to_image",
     "head_maps_figure",

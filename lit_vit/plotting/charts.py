@@ -412,3 +412,43 @@ def randomization_figure(
     ax.legend(fontsize=FONT, frameon=False, loc="lower left")
     ax.spines[["top", "right"]].set_visible(False)
     return fig
+
+
+def evolution_figure(
+    epochs: Sequence[int], measures: Mapping[str, Tensor], ranges: Mapping[str, tuple]
+) -> Figure:
+    """How per-layer measures moved during training: a layers x epochs heatmap per measure.
+
+    Args:
+        epochs: The analysed epochs, one column each.
+        measures: measure name -> ``(L, E)`` values (rows are layers, columns epochs).
+        ranges: measure name -> ``(vmin, vmax)`` of its colour scale (``None`` for the data's).
+    """
+    count = len(measures)
+    layers = next(iter(measures.values())).shape[0] if measures else 1
+    width = max(2.6, 0.22 * len(epochs) + 1.6)
+    fig = Figure(
+        figsize=(width * count + 0.3, max(2.6, 0.22 * layers + 1.4)), dpi=DPI, layout="constrained"
+    )
+    axes = fig.subplots(1, max(1, count), squeeze=False)[0]
+    for ax, (name, values) in zip(axes, measures.items(), strict=False):
+        values = as_cpu(values, name)
+        check_dim(values, 2, name, "(L, E)")
+        low, high = ranges.get(name, (None, None))
+        image = ax.imshow(
+            values.numpy(), cmap=MAP_CMAP, vmin=low, vmax=high, aspect="auto",
+            interpolation="nearest",
+        )  # fmt: skip
+        colorbar = fig.colorbar(image, ax=ax, pad=0.02, aspect=30)
+        colorbar.ax.tick_params(labelsize=FONT)
+        colorbar.ax.ticklabel_format(useOffset=False)  # values, not "1e-5 + 1"
+        step = max(1, math.ceil(len(epochs) / 10))
+        ax.set_xticks(range(0, len(epochs), step))
+        ax.set_xticklabels([str(epochs[i]) for i in range(0, len(epochs), step)], fontsize=FONT)
+        ax.set_yticks(range(values.shape[0]))
+        ax.set_xlabel("epoch", fontsize=FONT + 1)
+        ax.set_ylabel("layer", fontsize=FONT + 1)
+        ax.set_title(name, fontsize=TITLE_FONT)
+        ax.tick_params(labelsize=FONT, length=0)
+    fig.suptitle("Attention by layer over the epochs", fontsize=TITLE_FONT)
+    return fig

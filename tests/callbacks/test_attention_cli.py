@@ -15,6 +15,7 @@ from tests.callbacks.conftest import EPOCHS, PROBE_SIZE
 from tests.conftest import checkpoint_probe, read_events, run_dirs
 
 IMAGE_TAGS = [
+    "evolution",
     "layer_maps",
     "head_maps/layer_00",
     "head_maps/layer_01",
@@ -86,9 +87,10 @@ def test_probe_state_is_small_and_holds_no_images(attention_run):
     probe_state = state["AttentionProbe"]
     assert set(probe_state) == {"size", "seed", "indices", "fingerprint"}
     assert len(pickle.dumps(probe_state)) < 10_000
-    assert not [key for key in state if "AttentionMaps" in key or "HeadDiversity" in key], (
-        "analysis callbacks keep no state of their own"
-    )
+    assert not [key for key in state if "AttentionMaps" in key], "no images anywhere else"
+    (history,) = [value["history"] for key, value in state.items() if "HeadDiversity" in key]
+    assert history["epoch"] == [0, 1] and len(history["entropy"][0]) == 2  # 2 layers
+    assert len(pickle.dumps(history)) < 10_000
 
 
 def test_report_has_a_header_and_every_section_with_the_numbers(attention_run):
@@ -112,7 +114,8 @@ def test_report_has_a_header_and_every_section_with_the_numbers(attention_run):
     ):
         assert f"{heading}\n" in report, f"report lacks {heading!r}"
     assert "- Layer 0: " in report and "- Layer 1: " in report
-    for link in ("layer_maps.png", "rollout.png", "rollout_max/rollout.png", "resolution.png"):
+    links = ("layer_maps.png", "rollout.png", "rollout_max/rollout.png", "resolution.png")
+    for link in (*links, "evolution.png"):
         assert f"](test/{link})" in report
         assert (attention_run.test_dir / "attention" / "test" / link).is_file()
     logged = read_events(attention_run.test_dir).Scalars("attention_test/head_diversity/layer_00")[
@@ -138,6 +141,14 @@ def test_resume_uses_the_same_probe_and_one_capture_per_run(attention_run, monke
     for tag in ("attention/rollout", "attention/rollout_max/rollout"):
         assert [e.step for e in again.Images(tag)] == [original.Images(tag)[-1].step]
     assert captures == [2], "a resumed run captures once per validation run"
+    (history,) = [
+        value["history"]
+        for key, value in torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)[
+            "callbacks"
+        ].items()
+        if "HeadDiversity" in key
+    ]
+    assert history["epoch"] == [0, 1], "the evolution goes on from before the resume"
     first = checkpoint_probe(first_epoch, attention_run.data_dir)
     after = checkpoint_probe(resumed / "checkpoints" / "last.ckpt", attention_run.data_dir)
     assert torch.equal(after.indices, first.indices)
