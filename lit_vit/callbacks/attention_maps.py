@@ -58,6 +58,9 @@ class AttentionMaps(AttentionCallback):
         super().__init__(every_n_epochs, name)
         self.head_layers = head_layers
 
+    def charts(self) -> dict[str, list[str]]:
+        return {self.title("prefix mass by layer"): [self.tag_pattern(r"prefix_mass/layer_\d+")]}
+
     def check_model(self, num_layers: int) -> None:
         for layer in self.head_layers or []:
             if not -num_layers <= layer < num_layers:

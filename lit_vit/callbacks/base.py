@@ -69,6 +69,15 @@ class AttentionCallback(Callback):
 
     # -- for subclasses ---------------------------------------------------------------
 
+    def charts(self) -> dict[str, list[str]]:
+        """TensorBoard's custom scalars: chart title -> regexes of the validation tags it draws,
+        one line per matching tag (e.g. a line per layer)."""
+        return {}
+
+    def tag_pattern(self, key: str) -> str:
+        """Regex of the validation tag ``attention/<name>/<key>`` (``key`` a regex itself)."""
+        return "attention/" + self.key(key)
+
     def check_model(self, num_layers: int) -> None:
         """Validate arguments that depend on the model (e.g. layer indices)."""
 

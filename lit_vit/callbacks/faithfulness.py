@@ -109,6 +109,12 @@ class Faithfulness(AttentionCallback):
     def gradients(self) -> frozenset[str]:
         return frozenset({"predicted"})
 
+    def charts(self) -> dict[str, list[str]]:
+        return {
+            self.title(f"{kind} AUC"): [self.tag_pattern(f"faithfulness/{kind}_.*")]
+            for kind in ("deletion", "insertion")
+        }
+
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None:

@@ -143,6 +143,10 @@ class FocusCoverage(AttentionCallback):
         self.foreground_threshold = foreground_threshold
         self.test_images = test_images
 
+    def charts(self) -> dict[str, list[str]]:
+        measures = "|".join(_MEASURES)
+        return {self.title("focus, coverage, lift"): [self.tag_pattern(f"({measures})/mean")]}
+
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None:

@@ -68,6 +68,16 @@ class HeadDiversity(AttentionCallback):
         # Per analysed validation run: its epoch and each measure's per-layer means.
         self.history: dict[str, list] = {"epoch": [], **{m: [] for m in EVOLUTION}}
 
+    def charts(self) -> dict[str, list[str]]:
+        return {
+            self.title(f"{title} by layer"): [self.tag_pattern(rf"{key}/layer_\d+")]
+            for key, title in (
+                ("head_diversity", "head diversity"),
+                ("entropy", "entropy"),
+                ("distance_relative", "relative distance"),
+            )
+        }
+
     def state_dict(self) -> dict[str, list]:
         return {"history": self.history}
 

@@ -291,6 +291,19 @@ class AttentionProbe(Callback):
         self._check_size(trainer, stage)
         self._tell_where_figures_go(trainer)
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """TensorBoard's custom scalars: one multi-line chart per measure (a line per layer)."""
+        charts = {
+            title: ["Multiline", patterns]
+            for consumer in self.consumers
+            for title, patterns in consumer.charts().items()
+        }
+        if not charts or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_custom_scalars({"attention": charts})
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -321,6 +334,10 @@ class AttentionProbe(Callback):
         path = write_report(
             self._log_root / "report.md", self._report_header(trainer, pl_module), sections
         )
+        step = self.run(trainer, "test").step
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("attention_test/report", path.read_text(), step)
         rank_zero_info(f"Attention report: {path}")
 
     def on_load_checkpoint(

@@ -60,6 +60,23 @@ def test_one_capture_per_validation_run_with_only_the_gradients_asked_for(attent
     assert attention_run.fit_captures == [2] * EPOCHS
 
 
+def test_tensorboard_gets_a_chart_per_measure_and_the_report(attention_run):
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    events = read_events(attention_run.fit_dir)
+    (config,) = events.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    (category,) = layout.category
+    charts = {chart.title: list(chart.multiline.tag) for chart in category.chart}
+    assert charts["entropy by layer"] == [r"attention/entropy/layer_\d+"]
+    assert charts["prefix mass by layer"] == [r"attention/prefix_mass/layer_\d+"]
+    assert charts["deletion AUC"] == ["attention/faithfulness/deletion_.*"]
+    assert (
+        "attention_test/report/text_summary"
+        in read_events(attention_run.test_dir).Tags()["tensors"]
+    )
+
+
 def test_test_time_tags_never_land_on_the_validation_charts(attention_run):
     events = read_events(attention_run.test_dir)
     tags = set(events.Tags()["images"]) | set(events.Tags()["scalars"])
