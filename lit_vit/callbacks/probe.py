@@ -39,6 +39,7 @@ from lit_vit.attention import (
     rollout,
 )
 from lit_vit.callbacks._data import MAX_SCAN_IMAGES, choose_probe, scan, to_pixels
+from lit_vit.callbacks._loggers import IMAGE_LOGGERS, log_image
 from lit_vit.callbacks.report import explainer_table, write_report
 from lit_vit.plotting import figure_to_image, save_image
 
@@ -402,17 +403,15 @@ class AttentionProbe(Callback):
         return self._probes[split]
 
     def log_figure(self, trainer: Trainer, run: ProbeRun, key: str, figure: Figure) -> str:
-        """Log ``figure`` as image ``<tag_root>/<key>`` at the run's step and save it as a PNG.
+        """Send ``figure`` as image ``<tag_root>/<key>`` at the run's step to every logger that
+        shows images (TensorBoard, Weights & Biases, MLflow) and save it as a PNG.
 
         Returns:
             The PNG's path relative to the run's folder, ``<key>.png``.
         """
-        image = figure_to_image(figure)  # (3, H, W) uint8: one render for TensorBoard and file
+        image = figure_to_image(figure)  # (3, H, W) uint8: one render for the loggers and file
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(
-                    f"{run.tag_root}/{key}", image, run.step, dataformats="CHW"
-                )
+            log_image(logger, f"{run.tag_root}/{key}", image, run.step)
         name = f"{key}.png"
         if run.folder is not None:
             save_image(image, run.folder / name)
@@ -546,10 +545,11 @@ class AttentionProbe(Callback):
                 "AttentionProbe: fast_dev_run, so the attention callbacks run a reduced "
                 "analysis (no files, no resolution sweep, test samples of the probe's size)."
             )
-        elif not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
+        elif not any(isinstance(lg, IMAGE_LOGGERS) for lg in trainer.loggers):
             rank_zero_info(
-                f"AttentionProbe: no TensorBoardLogger, so attention figures are saved as PNG "
-                f"files under {self._log_root} only; scalars go to the trainer's loggers."
+                f"AttentionProbe: no logger that shows images (TensorBoard, Weights & Biases, "
+                f"MLflow), so attention figures are saved as PNG files under {self._log_root} "
+                "only; scalars go to the trainer's loggers."
             )
 
     def _report_header(self, trainer: Trainer, pl_module: LightningModule) -> list[str]:

@@ -1,0 +1,67 @@
+"""Figures reach every logger that shows images, for real and without a network:
+MLflow with a local file store, Weights & Biases offline; CSV gets the scalars."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, WandbLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from lit_vit.callbacks import AttentionMaps, AttentionProbe, AttentionRollout
+from lit_vit.model import LitViT
+
+pytest.importorskip("mlflow")
+pytest.importorskip("wandb")
+
+
+def test_figures_go_to_mlflow_and_wandb_with_their_steps(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local file store, as asked
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    mlflow = MLFlowLogger(experiment_name="lit-vit", tracking_uri=f"file:{tmp_path / 'mlruns'}")
+    wandb = WandbLogger(project="lit-vit", save_dir=str(tmp_path), offline=True)
+    csv = CSVLogger(tmp_path, name="csv")
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(64, 1, 28, 28, generator=generator), torch.arange(64) % 10
+    loader = DataLoader(TensorDataset(images, labels), batch_size=8)
+    trainer = Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=[mlflow, wandb, csv],
+        callbacks=[AttentionProbe(size=4), AttentionMaps(), AttentionRollout()],
+        limit_train_batches=3,
+        limit_val_batches=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(LitViT(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0), loader, loader)
+    wandb.experiment.finish()
+    steps = val_steps(csv)
+
+    # MLflow: time-stepped images under images/ ("/" in a key becomes "~"), with their steps.
+    client = mlflow.experiment
+    files = [f.path for f in client.list_artifacts(mlflow.run_id, "images")]
+    rollout = [path for path in files if path.startswith("images/attention~rollout+step+")]
+    logged = sorted(int(re.search(r"\+step\+(\d+)\+", path).group(1)) for path in rollout)
+    assert sorted(set(logged)) == steps, files
+
+    # Weights & Biases (offline): one rollout image per validation run in the run's media.
+    media_dir = "offline-run-*/files/media/images/attention"
+    assert len(list((tmp_path / "wandb").glob(f"{media_dir}/rollout_*.png"))) == len(steps)
+
+    metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
+    assert "attention/prefix_mass/layer_00" in metrics
+
+
+def val_steps(csv: CSVLogger) -> list[int]:
+    """The steps at which the CSV logger recorded val/acc."""
+    rows = (Path(csv.log_dir) / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    step, accuracy = header.index("step"), header.index("val/acc")
+    return sorted({int(row.split(",")[step]) for row in rows[1:] if row.split(",")[accuracy]})
