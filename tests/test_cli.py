@@ -182,16 +182,20 @@ def test_test_refuses_random_weights_and_names_the_latest_checkpoints(
     assert "test/acc" in caplog.text
 
 
-def test_best_and_last_resolve_to_the_latest_run_with_them(fitted, fake_fashion_mnist, caplog):
+def test_best_and_last_resolve_to_the_latest_run_with_them(
+    fitted, fake_fashion_mnist, caplog, capsys, recwarn
+):
     tmp_path, run_dir = fitted
     caplog.set_level("INFO")
     main(["test", *tiny_run_args(tmp_path, fake_fashion_mnist, "--ckpt_path=best")])
+    results = capsys.readouterr().out
+    assert "test/acc" in results and "attention_test" not in results, "the result, not buried"
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
     (best,) = (run_dir / "checkpoints").glob("epoch*-val_acc*.ckpt")
     assert f"--ckpt_path best: {best}" in caplog.text
     report = run_dirs(tmp_path / "logs")[-1] / "attention" / "report.md"
     assert f"Attention report: {report}" in caplog.text
     assert re.search(r"test/acc \d\.\d{4}, test/loss \d+\.\d{4} on 64 test images", caplog.text)
-    assert "The dirpath has changed" not in caplog.text
 
 
 def test_ckpt_path_last_without_any_run_lists_where_it_looked(tmp_path, fake_fashion_mnist, capsys):
