@@ -13,11 +13,12 @@ from torch import Tensor
 
 from lit_vit.attention import (
     TokenLayout,
+    controls,
     coverage,
+    explain,
     focus_score,
     foreground_mask,
     object_mass,
-    rollout,
 )
 from lit_vit.callbacks._data import class_names, iterate_batches, to_pixels
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
@@ -67,8 +68,11 @@ class FocusCoverage(AttentionCallback):
 
     At test (where the probe is drawn from the test set) it also measures up to
     ``test_images`` images of the test set, batch by batch (one batch's
-    attention in memory at a time, no gradients), and reports the means per
-    class; the report's summary quotes these test-set means.
+    attention and gradients in memory at a time), and reports the rollout's
+    means per class; the report's summary quotes these test-set means. There it
+    also measures every other explainer (flow, class-token attention, gradient
+    rollout, input x gradient) and the controls (random, intensity, edges,
+    centre), whose mean lift goes to the report's table of explainers.
 
     Logs:
 
@@ -164,8 +168,12 @@ class FocusCoverage(AttentionCallback):
         if analysis.stage != "test":
             return
         limit = len(probe.labels) if analysis.reduced else self.test_images
-        test_values, labels = self._measure_test_set(trainer, pl_module, limit)
+        every_map, labels = self._measure_test_set(trainer, pl_module, limit)
+        test_values = every_map["rollout"]
         self.log_scalars(pl_module, run, _scalars(test_values, "test_mean"))
+        self.probe.add_scores(
+            "lift", {name: values.means()["lift"] for name, values in every_map.items()}
+        )
         num_classes = analysis.recording.logits.shape[-1]
         all_names = class_names(trainer, num_classes)
         class_paths = []
@@ -237,17 +245,22 @@ class FocusCoverage(AttentionCallback):
 
     def _measure_test_set(
         self, trainer: Trainer, pl_module: LightningModule, limit: int | None
-    ) -> tuple[SaliencyMeasures, Tensor]:
+    ) -> tuple[dict[str, SaliencyMeasures], Tensor]:
+        """Every explainer's and control's measures on the test images, batch by batch (one
+        batch's attention in memory at a time), and the images' labels."""
         limit = sys.maxsize if limit is None else limit
-        parts, labels = [], []
-        for images, batch_labels in iterate_batches(trainer, pl_module, "test", limit):
-            recording = self.probe.recorder.record(images)
-            maps = rollout(recording.attention, recording.layout, validate=False)
-            layout = recording.layout
-            del recording  # keep one batch's (L, B, H, N, N) attention at a time
-            parts.append(self.measure(maps, to_pixels(trainer, images.detach().cpu()), layout))
+        parts: list[dict[str, SaliencyMeasures]] = []
+        labels = []
+        for index, (images, batch_labels) in enumerate(
+            iterate_batches(trainer, pl_module, "test", limit)
+        ):
+            layout = self.probe.recorder.backend.layout(tuple(images.shape[-2:]))
+            pixels = to_pixels(trainer, images.detach().float().cpu())
+            maps = explain(self.probe.recorder, images) | controls(pixels, layout, index)
+            parts.append({name: self.measure(m, pixels, layout) for name, m in maps.items()})
             labels.append(batch_labels.detach().cpu().long())
-        return SaliencyMeasures.cat(parts), torch.cat(labels)
+        measures = {name: SaliencyMeasures.cat([part[name] for part in parts]) for name in parts[0]}
+        return measures, torch.cat(labels)
 
     def _uniform(self, layout: TokenLayout) -> dict[str, float]:
         """Focus and coverage of a uniform map: ``ceil(k G) / G`` and ``ceil(m G) / G``."""

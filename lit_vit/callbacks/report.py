@@ -10,6 +10,15 @@ from pathlib import Path
 from lit_vit.attention import CONTROLS, EXPLAINERS
 
 # A Markdown image link whose target is a relative path: ![text](target)
+# The columns of the table of explainers, in this order (others after them).
+TRUST_COLUMNS = (
+    "deletion AUC",
+    "insertion AUC",
+    "lift",
+    "Spearman after full randomisation",
+    "random-logit Spearman",
+    "sanity checks",
+)
 IMAGE_LINK = re.compile(r"(!\[[^\]]*\])\((?![a-z]+://|/)([^)]+)\)")
 
 
@@ -67,6 +76,8 @@ def explainer_table(scores: dict[str, dict[str, float | str]]) -> ReportSection:
         scores: column -> row -> value, as the callbacks added them (rows are
             explainers and controls; a column a callback did not fill shows "-").
     """
+    order = {column: index for index, column in enumerate(TRUST_COLUMNS)}
+    scores = dict(sorted(scores.items(), key=lambda item: order.get(item[0], len(order))))
     rows = [name for name in (*EXPLAINERS, *CONTROLS) if any(name in c for c in scores.values())]
     table = markdown_table(
         ["map", *scores], [(row, *(c.get(row, "-") for c in scores.values())) for row in rows]

@@ -136,6 +136,7 @@ def test_test_scores_the_first_test_images_batch_by_batch(runs):
         "map",
         "deletion AUC",
         "insertion AUC",
+        "lift",
         "Spearman after full randomisation",
         "random-logit Spearman",
         "sanity checks",

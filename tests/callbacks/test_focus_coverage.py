@@ -167,3 +167,18 @@ def test_bad_arguments_are_refused_with_a_clear_message(kwargs, message):
     with pytest.raises(ValueError) as error:
         FocusCoverage(**kwargs)
     assert message in str(error.value)
+
+
+def test_lift_of_every_map_goes_to_the_table_of_explainers(runs):
+    trust = runs.report.split("## Which explainer can I trust here?\n")[1].split("\n## ")[0]
+    lines = [line for line in trust.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = {
+        cells[0]: cells
+        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[1:])
+    }
+    column = header.index("lift")
+    logged = scalar(runs.test_dir, "attention_test/lift/test_mean")
+    assert float(rows["rollout"][column]) == pytest.approx(logged, abs=6e-4)
+    for name in ("flow", "input x gradient", "intensity", "edges", "centre", "random"):
+        assert float(rows[name][column]) > 0, name
