@@ -333,3 +333,21 @@ def test_print_config_with_a_checkpoint_shows_its_architecture(fitted, fake_fash
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "embed_dim: 32" in printed and "embed_dim: 64" not in printed
+
+
+def test_long_schedule_config_composes_with_the_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                "--config",
+                "configs/fashion_mnist.yaml",
+                "--config",
+                "configs/fashion_mnist_long.yaml",
+                "--print_config",
+            ]
+        )
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "max_epochs: 200" in printed and "precision: bf16-mixed" in printed
+    assert "cutmix_alpha: 1.0" in printed, "the default recipe underneath"
