@@ -148,9 +148,10 @@ class SanityChecks(AttentionCallback):
                 f"![cascading randomisation]({figure})",
             ]
         )
+        verb = "fails" if len(failing) == 1 else "fail"
         summary = (
-            f"- Sanity checks: {', '.join(failing)} fail (still correlated with the trained "
-            f"map above {self.threshold}); the others pass."
+            f"- Sanity checks: {', '.join(failing)} {verb} (above {self.threshold} after full "
+            "randomisation, or for a random class); the others pass."
             if failing
             else f"- Sanity checks: every explainer passes (below {self.threshold})."
         )
