@@ -288,7 +288,7 @@ class AttentionProbe(Callback):
         self.recorder = AttentionRecorder(pl_module, vit_name=self.module)
         # On every rank: under DDP, trainer.log_dir is a collective (a broadcast from rank 0).
         log_dir = trainer.log_dir or trainer.default_root_dir
-        self._log_root = None if trainer.fast_dev_run else Path(log_dir) / "attention"
+        self._log_root = None if trainer.fast_dev_run else _run_folder(trainer, log_dir)
         self._check_size(trainer, stage)
         self._tell_where_figures_go(trainer)
 
@@ -590,6 +590,18 @@ class AttentionProbe(Callback):
             f"- Written {date.today().isoformat()} by lit-vit {__version__}",
         ]
         return lines
+
+
+def _run_folder(trainer: Trainer, log_dir: str) -> Path:
+    """``<log_dir>/attention``, or ``<log_dir>/attention/<run>`` for a logger whose folder is
+    shared by all its runs (MLflow, Weights & Biases), so that no run overwrites another's."""
+    root = Path(log_dir) / "attention"
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if logger is None or not trainer.is_global_zero:
+        return root
+    version = logger.version
+    versioned = version is None or f"version_{version}" in Path(log_dir).parts
+    return root if versioned or str(version) in Path(log_dir).parts else root / str(version)
 
 
 def _validations_per_epoch(trainer: Trainer) -> float:

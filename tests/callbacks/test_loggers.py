@@ -55,6 +55,10 @@ def test_figures_go_to_mlflow_and_wandb_with_their_steps(tmp_path, monkeypatch):
     media_dir = "offline-run-*/files/media/images/attention"
     assert len(list((tmp_path / "wandb").glob(f"{media_dir}/rollout_*.png"))) == len(steps)
 
+    # The loggers' folder is shared by their runs: each run's PNGs get a folder of their own.
+    pngs = sorted(Path(trainer.log_dir).glob("attention/*/epoch_*/rollout.png"))
+    assert [path.parent.parent.name for path in pngs] == [mlflow.run_id] * 2
+
     metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
     assert "attention/prefix_mass/layer_00" in metrics
 
