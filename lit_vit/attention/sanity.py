@@ -61,10 +61,12 @@ class RandomizationCurve:
     Attributes:
         labels: ``"trained"`` then the steps' labels, in cascade order.
         correlations: explainer -> ``(steps + 1,)`` mean over images; 1 at ``"trained"``.
+        trained: explainer -> ``(B, gh, gw)`` its maps of the trained model, on the CPU.
     """
 
     labels: tuple[str, ...]
     correlations: dict[str, Tensor]
+    trained: dict[str, Tensor]
 
     def after_full_randomisation(self) -> dict[str, float]:
         """Each explainer's correlation once the whole model is random."""
@@ -135,6 +137,7 @@ def cascading_randomization(
     return RandomizationCurve(
         labels=("trained", *(step.label for step in steps)),
         correlations={name: torch.tensor(values) for name, values in curves.items()},
+        trained=trained,
     )
 
 

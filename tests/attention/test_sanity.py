@@ -97,6 +97,7 @@ def test_a_constant_explainer_correlates_1_throughout():
     curve = cascading_randomization(model, steps, lambda: {"constant": torch.ones(4, 4, 4)})
     torch.testing.assert_close(curve.correlations["constant"], torch.ones(6))
     assert curve.after_full_randomisation() == {"constant": 1.0}
+    assert torch.equal(curve.trained["constant"], torch.ones(4, 4, 4)), "the trained maps kept"
 
 
 def test_an_input_only_explainer_survives_randomisation():
