@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, Literal
 
 import timm
 import torch
 from lightning.pytorch import LightningModule
 from timm.data import Mixup
+from timm.layers import build_sincos2d_pos_embed
 from timm.loss import SoftTargetCrossEntropy
 from timm.models import split_model_name_tag
 from timm.optim import create_optimizer_v2
@@ -60,6 +61,11 @@ class LitViT(LightningModule):
             a filled Hugging Face cache); timm adapts the input channels, the
             patch size and the position embeddings to the arguments above.
         drop_path_rate: Stochastic depth rate.
+        pos_embed_init: ``"timm"`` keeps timm's initialisation of the learned
+            position embedding (small random values); ``"sincos"`` starts it
+            from the fixed 2-D sine-cosine embedding of MAE and MoCo v3 (still
+            learned, class-token position zero), so nearby patches start with
+            similar positions. Only for models built from scratch.
         lr: Peak learning rate, reached after ``warmup_epochs``.
         weight_decay: AdamW weight decay; norms, biases and the class,
             register and position embeddings are never decayed.
@@ -76,8 +82,9 @@ class LitViT(LightningModule):
     Raises:
         ValueError: For an unknown model name (with close names), an image
             size that the patch size does not divide, non-positive rates,
-            negative mixing parameters, probabilities outside [0, 1] or an EMA
-            decay outside (0, 1).
+            negative mixing parameters, probabilities outside [0, 1], an EMA
+            decay outside (0, 1), or ``pos_embed_init="sincos"`` with
+            pretrained weights or a model without a learned position embedding.
         FileNotFoundError: When pretrained weights cannot be fetched.
     """
 
@@ -94,6 +101,7 @@ class LitViT(LightningModule):
         mlp_ratio: float | None = None,
         pretrained: bool = False,
         drop_path_rate: float = 0.0,
+        pos_embed_init: Literal["timm", "sincos"] = "timm",
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_epochs: float = 1.0,
@@ -123,6 +131,11 @@ class LitViT(LightningModule):
             raise ValueError(
                 f"ema_decay={ema_decay} must be in (0, 1), e.g. 0.9998; or null for no EMA."
             )
+        if pos_embed_init == "sincos" and pretrained:
+            raise ValueError(
+                "pos_embed_init='sincos' would overwrite the pretrained position embedding: "
+                "use it with model.pretrained: false, or keep pos_embed_init: timm."
+            )
         self.save_hyperparameters()
         architecture = {
             "patch_size": patch_size,
@@ -140,6 +153,8 @@ class LitViT(LightningModule):
             drop_path_rate=drop_path_rate,
             **{key: value for key, value in architecture.items() if value is not None},
         )
+        if pos_embed_init == "sincos":
+            init_sincos_pos_embed(self.vit)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.mixup = None
         if (mixup_alpha > 0 or cutmix_alpha > 0) and mix_prob > 0:
@@ -350,6 +365,31 @@ def create_vit(model_name: str, *, pretrained: bool, img_size: int, **kwargs) ->
         if img_size % patch_size:
             raise ValueError(_size_message(img_size, patch_size))
     return vit
+
+
+def init_sincos_pos_embed(vit: nn.Module) -> None:
+    """Fill a timm ViT's learned ``pos_embed`` with the 2-D sine-cosine embedding.
+
+    The grid rows get ``build_sincos2d_pos_embed`` of the patch grid; the prefix
+    (class, register) rows, when the embedding has them, get zeros.
+
+    Raises:
+        ValueError: ``vit`` has no learned ``(1, prefix + G, D)`` position embedding.
+    """
+    pos_embed = getattr(vit, "pos_embed", None)
+    patch_embed = getattr(vit, "patch_embed", None)
+    if not isinstance(pos_embed, nn.Parameter) or patch_embed is None:
+        raise ValueError(
+            f"pos_embed_init='sincos' needs a timm ViT with a learned pos_embed; "
+            f"{type(vit).__name__} has none. Use pos_embed_init: timm."
+        )
+    grid = list(patch_embed.grid_size)
+    grid_tokens = grid[0] * grid[1]
+    prefix = pos_embed.shape[1] - grid_tokens  # (1, prefix + G, D)
+    sincos = build_sincos2d_pos_embed(grid, pos_embed.shape[-1])  # (G, D), row-major like the grid
+    with torch.no_grad():
+        pos_embed[0, :prefix].zero_()
+        pos_embed[0, prefix:].copy_(sincos)
 
 
 def _size_message(img_size: int, patch_size: int) -> str:

@@ -45,6 +45,10 @@ def test_mixup_and_cutmix_train_on_soft_targets(monkeypatch):
         ({"mixup_alpha": -1.0}, "mixup_alpha=-1.0 and cutmix_alpha=0.0 must be >= 0"),
         ({"mix_prob": 1.5}, "mix_prob=1.5 must be a probability"),
         ({"ema_decay": 1.0}, "ema_decay=1.0 must be in (0, 1)"),
+        (
+            {"pos_embed_init": "sincos", "pretrained": True},
+            "pos_embed_init='sincos' would overwrite the pretrained position embedding",
+        ),
     ],
 )
 def test_bad_recipe_values_are_refused(kwargs, message):
@@ -65,6 +69,7 @@ def ema_run(tmp_path_factory, fake_fashion_mnist):
         "--model.ema_decay=0.9",
         "--model.cutmix_alpha=1.0",
         "--data.random_erasing=0.5",
+        "--model.pos_embed_init=sincos",
     )
     main(["fit", *args])
     (run_dir,) = run_dirs(tmp_path / "logs")
@@ -94,6 +99,21 @@ def test_ema_weights_are_validated_and_saved(ema_run, fake_fashion_mnist):
     events = read_events(run_dir)
     assert events.Scalars("val/acc")[-1].value == pytest.approx(accuracy, abs=1e-6)
     assert "train/acc" not in events.Tags()["scalars"], "no train accuracy on mixed images"
+
+
+def test_sincos_position_embedding_starts_from_the_2d_sine_cosine_grid():
+    model = tiny(pos_embed_init="sincos")
+    pos_embed = model.vit.pos_embed.detach()  # (1, 1 + 49, 32): class token first
+    assert model.vit.pos_embed.requires_grad, "still learned"
+    torch.testing.assert_close(pos_embed[0, 0], torch.zeros(32))
+    # By hand: patch (row 2, column 5) of the 7x7 grid; per axis 8 frequencies 1 / 10000^(f/8),
+    # sines then cosines, the first 16 channels for the row (timm's order, the grid flattened
+    # row by row like the patches).
+    omega = 1.0 / 10000 ** (torch.arange(8) / 8)
+    row, column = 2.0 * omega, 5.0 * omega
+    expected = torch.cat([row.sin(), column.sin(), row.cos(), column.cos()])
+    torch.testing.assert_close(pos_embed[0, 1 + 2 * 7 + 5], expected)
+    assert not torch.equal(tiny().vit.pos_embed[0, 1:], pos_embed[0, 1:]), "timm's own otherwise"
 
 
 def test_ema_is_restored_when_resuming(ema_run):

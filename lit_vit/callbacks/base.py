@@ -61,6 +61,12 @@ class AttentionCallback(Callback):
         """Gradient targets the analysis needs: a subset of ``{"predicted", "true"}``."""
         return frozenset()
 
+    @property
+    def explained_test_images(self) -> int | None:
+        """Test images whose explainer and control maps the analysis reads at test
+        (:meth:`AttentionProbe.explained_test_set`); ``None`` for all, 0 for none."""
+        return 0
+
     # -- Lightning hooks --------------------------------------------------------------
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

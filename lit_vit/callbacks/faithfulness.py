@@ -9,13 +9,11 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from lit_vit.attention import (
+    EXPLAINERS,
     FaithfulnessResult,
     TokenLayout,
-    controls,
     deletion_insertion_auc,
-    explain,
 )
-from lit_vit.callbacks._data import iterate_batches, to_pixels
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
@@ -109,6 +107,10 @@ class Faithfulness(AttentionCallback):
     def gradients(self) -> frozenset[str]:
         return frozenset({"predicted"})
 
+    @property
+    def explained_test_images(self) -> int:
+        return self.test_images
+
     def charts(self) -> dict[str, list[str]]:
         return {
             self.title(f"{kind} AUC"): [self.tag_pattern(f"faithfulness/{kind}_.*")]
@@ -173,13 +175,9 @@ class Faithfulness(AttentionCallback):
         self, trainer: Trainer, pl_module: LightningModule, limit: int
     ) -> dict[str, FaithfulnessResult]:
         parts: list[dict[str, FaithfulnessResult]] = []
-        for index, (images, _) in enumerate(iterate_batches(trainer, pl_module, "test", limit)):
-            maps = explain(self.probe.recorder, images)  # one batch's attention at a time
-            layout = self.probe.recorder.backend.layout(tuple(images.shape[-2:]))
-            pixels = to_pixels(trainer, images.detach().float().cpu())
-            baselines = controls(pixels, layout, self.seed + index)
-            maps |= {name: baselines[name] for name in MAP_CONTROLS}
-            parts.append(self.score(pl_module, images, maps, layout, index))
+        for batch in self.probe.explained_test_set(trainer, pl_module, limit):
+            maps = {name: batch.maps[name] for name in (*EXPLAINERS, *MAP_CONTROLS)}
+            parts.append(self.score(pl_module, batch.images, maps, batch.layout, batch.index))
         return {method: _cat([part[method] for part in parts]) for method in parts[0]}
 
     def _section(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,14 +12,12 @@ from torch import Tensor
 
 from lit_vit.attention import (
     TokenLayout,
-    controls,
     coverage,
-    explain,
     focus_score,
     foreground_mask,
     object_mass,
 )
-from lit_vit.callbacks._data import class_names, iterate_batches, to_pixels
+from lit_vit.callbacks._data import class_names
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
@@ -147,6 +144,10 @@ class FocusCoverage(AttentionCallback):
         self.foreground_threshold = foreground_threshold
         self.test_images = test_images
 
+    @property
+    def explained_test_images(self) -> int | None:
+        return self.test_images
+
     def charts(self) -> dict[str, list[str]]:
         measures = "|".join(_MEASURES)
         return {self.title("focus, coverage, lift"): [self.tag_pattern(f"({measures})/mean")]}
@@ -246,21 +247,14 @@ class FocusCoverage(AttentionCallback):
     def _measure_test_set(
         self, trainer: Trainer, pl_module: LightningModule, limit: int | None
     ) -> tuple[dict[str, SaliencyMeasures], Tensor]:
-        """Every explainer's and control's measures on the test images, batch by batch (one
-        batch's attention in memory at a time), and the images' labels."""
-        limit = sys.maxsize if limit is None else limit
-        parts: list[dict[str, SaliencyMeasures]] = []
-        labels = []
-        for index, (images, batch_labels) in enumerate(
-            iterate_batches(trainer, pl_module, "test", limit)
-        ):
-            layout = self.probe.recorder.backend.layout(tuple(images.shape[-2:]))
-            pixels = to_pixels(trainer, images.detach().float().cpu())
-            maps = explain(self.probe.recorder, images) | controls(pixels, layout, index)
-            parts.append({name: self.measure(m, pixels, layout) for name, m in maps.items()})
-            labels.append(batch_labels.detach().cpu().long())
+        """Every explainer's and control's measures on the test images, and their labels."""
+        batches = self.probe.explained_test_set(trainer, pl_module, limit)
+        parts = [
+            {name: self.measure(m, batch.pixels, batch.layout) for name, m in batch.maps.items()}
+            for batch in batches
+        ]
         measures = {name: SaliencyMeasures.cat([part[name] for part in parts]) for name in parts[0]}
-        return measures, torch.cat(labels)
+        return measures, torch.cat([batch.labels for batch in batches])
 
     def _uniform(self, layout: TokenLayout) -> dict[str, float]:
         """Focus and coverage of a uniform map: ``ceil(k G) / G`` and ``ceil(m G) / G``."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -35,10 +36,18 @@ from lit_vit.attention import (
     NonFiniteAttentionError,
     TokenLayout,
     cls_attention,
+    controls,
+    explain,
     gradient_rollout,
     rollout,
 )
-from lit_vit.callbacks._data import MAX_SCAN_IMAGES, choose_probe, scan, to_pixels
+from lit_vit.callbacks._data import (
+    MAX_SCAN_IMAGES,
+    choose_probe,
+    iterate_batches,
+    scan,
+    to_pixels,
+)
 from lit_vit.callbacks._loggers import IMAGE_LOGGERS, log_image
 from lit_vit.callbacks.report import explainer_table, write_report
 from lit_vit.plotting import figure_to_image, save_image
@@ -156,6 +165,40 @@ class ProbeAnalysis:
         return cache[target]
 
 
+@dataclass(frozen=True)
+class ExplainedBatch:
+    """One test batch with the map of every explainer and control.
+
+    Attributes:
+        index: Position of the batch in the test dataloader.
+        images: ``(B, C, H, W)`` as the model takes them, on the model's device.
+        labels: ``(B,)`` int64 true classes, on the CPU.
+        pixels: ``(B, C, H, W)`` raw values in [0, 1], on the CPU.
+        layout: The images' token layout.
+        maps: :data:`~lit_vit.attention.EXPLAINERS` and
+            :data:`~lit_vit.attention.CONTROLS` -> ``(B, gh, gw)`` float32 maps on
+            the CPU, each summing to 1.
+    """
+
+    index: int
+    images: Tensor
+    labels: Tensor
+    pixels: Tensor
+    layout: TokenLayout
+    maps: dict[str, Tensor]
+
+    def head(self, count: int) -> ExplainedBatch:
+        """The first ``count`` images of the batch."""
+        return ExplainedBatch(
+            index=self.index,
+            images=self.images[:count],
+            labels=self.labels[:count],
+            pixels=self.pixels[:count],
+            layout=self.layout,
+            maps={name: saliency[:count] for name, saliency in self.maps.items()},
+        )
+
+
 class AttentionProbe(Callback):
     """Owns the probe: selects it, captures it once per analysed run, writes the report.
 
@@ -222,6 +265,8 @@ class AttentionProbe(Callback):
         self._layout: TokenLayout | None = None
         self._last_val_step: int | None = None
         self._warned_divergence = False
+        # This test run's explained test batches and how many images they cover (None: all).
+        self._explained: tuple[int | None, list[ExplainedBatch]] | None = None
 
     # -- finding the probe ------------------------------------------------------------
 
@@ -320,6 +365,7 @@ class AttentionProbe(Callback):
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._test_images = 0
         self._scores = {}
+        self._explained = None
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         due = [c for c in self.consumers if c.per_run]
@@ -417,6 +463,32 @@ class AttentionProbe(Callback):
             save_image(image, run.folder / name)
         return name
 
+    def explained_test_set(
+        self, trainer: Trainer, pl_module: LightningModule, limit: int | None
+    ) -> list[ExplainedBatch]:
+        """The first ``limit`` test images (``None``: all) with every explainer's and control's
+        map, batch by batch.
+
+        Explaining is the expensive part of the test-time analysis (a pass with
+        gradients, attention flow, input x gradient), so the probe does it once
+        per test run, for as many images as its most demanding consumer declares
+        in :attr:`~lit_vit.callbacks.base.AttentionCallback.explained_test_images`,
+        and every consumer reads its share.
+        """
+        if self._explained is None or _exceeds(limit, self._explained[0]):
+            wanted = [consumer.explained_test_images for consumer in self.consumers]
+            most = None if None in wanted or limit is None else max([limit, *wanted])
+            if self.reduced:
+                most = min(most or self.size, self.size)
+            self._explained = (most, self._explain_test_set(trainer, pl_module, most))
+        batches, remaining = [], sys.maxsize if limit is None else limit
+        for batch in self._explained[1]:
+            if remaining <= 0:
+                break
+            batches.append(batch.head(remaining))
+            remaining -= len(batch.labels)
+        return batches
+
     def add_scores(self, column: str, values: dict[str, float | str]) -> None:
         """Add a column to the test report's table of explainers and controls (one row each)."""
         self._scores.setdefault(column, {}).update(values)
@@ -475,6 +547,21 @@ class AttentionProbe(Callback):
             reduced=self.reduced,
             _gradient_index={target: index for index, target in enumerate(targets)},
         )
+
+    def _explain_test_set(
+        self, trainer: Trainer, pl_module: LightningModule, limit: int | None
+    ) -> list[ExplainedBatch]:
+        limit = sys.maxsize if limit is None else limit
+        batches = []
+        for index, (images, labels) in enumerate(
+            iterate_batches(trainer, pl_module, "test", limit)
+        ):
+            layout = self.recorder.backend.layout(tuple(images.shape[-2:]))
+            pixels = to_pixels(trainer, images.detach().float().cpu())
+            maps = explain(self.recorder, images) | controls(pixels, layout, self.seed + index)
+            labels = labels.cpu().long()
+            batches.append(ExplainedBatch(index, images.detach(), labels, pixels, layout, maps))
+        return batches
 
     def _warn_divergence(
         self, trainer: Trainer, consumers: Sequence[AttentionCallback], error: Exception
@@ -590,6 +677,13 @@ class AttentionProbe(Callback):
             f"- Written {date.today().isoformat()} by lit-vit {__version__}",
         ]
         return lines
+
+
+def _exceeds(limit: int | None, covered: int | None) -> bool:
+    """Whether ``limit`` images (``None``: all) go beyond the ``covered`` ones."""
+    if covered is None:
+        return False
+    return limit is None or limit > covered
 
 
 def _run_folder(trainer: Trainer, log_dir: str) -> Path:

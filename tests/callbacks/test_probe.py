@@ -21,8 +21,10 @@ from lit_vit.callbacks import (
     AttentionProbe,
     AttentionRollout,
     Faithfulness,
+    FocusCoverage,
     HeadDiversity,
 )
+from lit_vit.callbacks import probe as probe_module
 from lit_vit.cli import main
 from lit_vit.model import LitViT
 from tests.conftest import read_events, tiny_run_args
@@ -129,3 +131,27 @@ def test_sharded_strategies_are_refused_at_setup():
     trainer = SimpleNamespace(strategy=FSDPStrategy())
     with pytest.raises(ValueError, match="strategy FSDPStrategy shards the model's parameters"):
         AttentionProbe().setup(trainer, tiny_model(), "fit")
+
+
+def test_test_images_are_explained_once_for_every_callback_that_reads_them(tmp_path, monkeypatch):
+    explained = []
+    original = probe_module.explain
+
+    def counting_explain(recorder, images, targets=None):
+        explained.append(len(images))
+        return original(recorder, images, targets)
+
+    monkeypatch.setattr(probe_module, "explain", counting_explain)
+    callbacks = [
+        AttentionProbe(size=4),
+        Faithfulness(test_images=12, steps=4),
+        FocusCoverage(test_images=20),
+    ]
+    trainer = fit(tmp_path, callbacks)
+    explained.clear()
+    trainer.test(trainer.lightning_module, loaders()[1], verbose=False)
+    # The probe's own capture records without explain(); the test set is explained once,
+    # for the 20 images FocusCoverage reads (Faithfulness reads the first 12 of them).
+    assert explained == [8, 8, 4]
+    report = (tmp_path / "run" / "version_0" / "attention" / "report.md").read_text()
+    assert "over 20 test images" in report and "12 test images" in report
