@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
+from jsonargparse import ActionConfigFile
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
@@ -27,6 +28,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_vit import __version__
+from lit_vit.analyze import analyze
 from lit_vit.callbacks import PredictionWriter
 from lit_vit.data import FashionMNISTDataModule
 from lit_vit.model import LitViT
@@ -34,7 +36,11 @@ from lit_vit.runs import RunFolders
 
 SUBCOMMANDS_WITH_CKPT = ("fit", "validate", "test", "predict")
 EVALUATING = ("validate", "test", "predict")
-DESCRIPTION = "lit-vit: train a ViT and watch what it attends to (LightningCLI)."
+DESCRIPTION = (
+    "lit-vit: train a ViT and watch what it attends to (LightningCLI). "
+    "`lit-vit analyze --help`: the attention report of a checkpoint or of any timm or "
+    "Hugging Face ViT, without training."
+)
 
 
 class LitViTArgumentParser(LightningArgumentParser):
@@ -308,7 +314,11 @@ def main(args: ArgsType = None) -> None:
     print one clear message and exit with status 2; ``LIT_VIT_DEBUG=1`` shows
     the traceback.
     """
+    argv = list(sys.argv[1:] if args is None else args)
     try:
+        if argv[:1] == ["analyze"]:
+            analyze_main(argv[1:])
+            return
         LitViTCLI(
             LitViT,
             FashionMNISTDataModule,
@@ -320,7 +330,7 @@ def main(args: ArgsType = None) -> None:
                     "init_args": {"save_dir": "logs", "name": "lit_vit"},
                 },
             },
-            args=args,
+            args=argv,
         )
     except (ValueError, OSError, MisconfigurationException) as error:
         if os.environ.get("LIT_VIT_DEBUG"):
@@ -335,3 +345,21 @@ def main(args: ArgsType = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2) from None
+
+
+def analyze_main(args: list[str]) -> None:
+    """``lit-vit analyze``: :func:`lit_vit.analyze.analyze` from the command line or a YAML
+    ``--config``."""
+    parser = LitViTArgumentParser(
+        prog="lit-vit analyze",
+        description=(
+            "The full attention report of a lit-vit checkpoint or a timm or Hugging Face "
+            "model, on Fashion-MNIST or an image folder, without training. E.g. "
+            "lit-vit analyze --ckpt_path logs/fashion_mnist/version_0/checkpoints/last.ckpt; "
+            "lit-vit analyze --model vit_small_patch16_224 --data photos/"
+        ),
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="A YAML of these options.")
+    parser.add_function_arguments(analyze)
+    config = parser.parse_args(args)
+    analyze(**{key: value for key, value in config.items() if key != "config"})

@@ -724,4 +724,6 @@ def _describe_data(trainer: Trainer) -> str:
         for split in ("train", "val", "test")
         if (dataset := getattr(datamodule, f"{split}_dataset", None)) is not None
     ]
-    return type(datamodule).__name__ + (f" ({', '.join(sizes)} images)" if sizes else "")
+    describe = getattr(datamodule, "describe", None)
+    name = describe() if callable(describe) else type(datamodule).__name__
+    return name + (f" ({', '.join(sizes)} images)" if sizes else "")

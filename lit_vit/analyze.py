@@ -1,0 +1,349 @@
+"""``lit-vit analyze``: the full attention report for a model, without training.
+
+The model is a lit-vit checkpoint (``--ckpt_path``), a timm model by name
+(``--model vit_small_patch16_224``) or a Hugging Face image classifier
+(``--model hf:google/vit-base-patch16-224``, a hub id or a local folder);
+pretrained weights when they can be had. The images are Fashion-MNIST's test
+split or any folder in torchvision's ``ImageFolder`` layout, preprocessed the
+way the model expects. Every attention callback runs its test-time analysis
+and the report is written to ``<save_dir>/analyze_<model>/version_<n>/``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from timm.data import resolve_data_config
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lit_vit.attention.backends import model_logits
+from lit_vit.callbacks import (
+    AttentionMaps,
+    AttentionProbe,
+    AttentionRollout,
+    Faithfulness,
+    FocusCoverage,
+    HeadDiversity,
+    ResolutionSweep,
+    SanityChecks,
+)
+from lit_vit.data import DEBIAN_DIR, PIXEL_MEAN, PIXEL_STD, FashionMNISTDataModule
+from lit_vit.image_data import FASHION_MNIST, ImageTestDataModule
+from lit_vit.model import LitViT, create_vit
+
+HF_PREFIX = "hf:"
+# ViT image processors' defaults, for a Hugging Face folder saved without its processor.
+HF_DEFAULT_MEAN_STD = (0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class TestData:
+    """Where the test images come from and how they are batched (see :func:`analyze`)."""
+
+    source: str
+    data_dir: str
+    system_dir: str | None
+    batch_size: int
+    num_workers: int
+
+    def for_model(self, data_config: dict[str, Any]) -> ImageTestDataModule:
+        """The images preprocessed by ``data_config`` (timm's keys)."""
+        return ImageTestDataModule(
+            self.source,
+            data_config,
+            self.data_dir,
+            self.system_dir,
+            self.batch_size,
+            self.num_workers,
+        )
+
+
+class PretrainedClassifier(LightningModule):
+    """A timm or Hugging Face classifier, tested as it is.
+
+    ``test/acc`` and ``test/loss`` are logged when the model's classes are the
+    data's (a model trained on them); otherwise only the attention is analysed.
+
+    Args:
+        model: The classifier; its output is logits, a tuple starting with
+            them or an object with ``.logits``.
+        model_name: Its name, for the report.
+        data_classes: Classes of the test data.
+    """
+
+    def __init__(self, model: nn.Module, model_name: str, data_classes: int) -> None:
+        super().__init__()
+        self.save_hyperparameters({"model_name": model_name, "data_classes": data_classes})
+        self.model = model
+        self.test_acc = MulticlassAccuracy(data_classes, average="micro")
+        self.test_images = 0
+        self.scores_data_classes: bool | None = None
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, C, H, W)`` images to ``(B, classes)`` logits."""
+        return model_logits(self.model(images))
+
+    def on_test_epoch_start(self) -> None:
+        self.test_images = 0
+
+    def test_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.test_images += len(labels)
+        self.scores_data_classes = logits.shape[-1] == self.hparams.data_classes
+        if self.scores_data_classes:
+            loss = nn.functional.cross_entropy(logits, labels)
+            self.test_acc(logits, labels)
+            self.log("test/loss", loss)
+            self.log("test/acc", self.test_acc)
+
+
+def analyze(
+    ckpt_path: str | None = None,
+    model: str | None = None,
+    pretrained: bool = True,
+    model_kwargs: dict[str, Any] | None = None,
+    data: str = FASHION_MNIST,
+    data_dir: str = "data",
+    system_dir: str | None = DEBIAN_DIR,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    probe_size: int = 8,
+    test_images: int = 1000,
+    faithfulness_images: int = 256,
+    save_dir: str = "logs",
+    accelerator: str = "auto",
+) -> Path:
+    """Write the attention report of a model on a test set, without training.
+
+    Args:
+        ckpt_path: A lit-vit checkpoint (``lit-vit fit`` wrote it).
+        model: A timm model name, or ``hf:<hub id or folder>`` for a Hugging
+            Face image classifier; instead of ``ckpt_path``.
+        pretrained: Load the named model's pretrained weights (a network or a
+            filled cache; a Hugging Face folder is read from disk); ``false``
+            for random weights.
+        model_kwargs: Extra arguments of ``timm.create_model`` (e.g.
+            ``{depth: 2}``), for a timm name.
+        data: ``fashion_mnist`` or a folder ``<folder>/<class>/<image>``.
+        data_dir: Where Fashion-MNIST lives or is unpacked.
+        system_dir: Folder of Fashion-MNIST's original ``.gz`` files.
+        batch_size: Test images per batch.
+        num_workers: DataLoader workers.
+        probe_size: Probe images (class-balanced, from the test set).
+        test_images: Test images of the per-class focus, coverage and lift
+            and of the resolution sweep.
+        faithfulness_images: Test images of the deletion/insertion scores.
+        save_dir: Logs go to ``<save_dir>/analyze_<model>/version_<n>/``.
+        accelerator: Lightning's accelerator.
+
+    Returns:
+        The report's path.
+
+    Raises:
+        ValueError: Both or neither of ``ckpt_path`` and ``model``; an unknown
+            model; a ``data`` that is neither Fashion-MNIST nor a folder of
+            class folders; a probe larger than the test set.
+        FileNotFoundError: A missing checkpoint or weights that cannot be had.
+    """
+    if (ckpt_path is None) == (model is None):
+        raise ValueError(
+            "give one of --ckpt_path (a lit-vit checkpoint) and --model (a timm name or "
+            "hf:<hub id or folder>)."
+        )
+    test_data = TestData(data, data_dir, system_dir, batch_size, num_workers)
+    if ckpt_path is not None:
+        module, datamodule, name = _from_checkpoint(ckpt_path, test_data)
+    else:
+        module, datamodule, name = _from_name(model, pretrained, model_kwargs or {}, test_data)
+    callbacks = [
+        AttentionProbe(size=probe_size),
+        AttentionMaps(),
+        AttentionRollout(),
+        HeadDiversity(),
+        FocusCoverage(test_images=test_images),
+        Faithfulness(test_images=faithfulness_images),
+        SanityChecks(),
+    ]
+    if _has_set_input_size(module):
+        callbacks.append(ResolutionSweep(images=test_images))
+    logger = TensorBoardLogger(save_dir, name=f"analyze_{_safe(name)}")
+    trainer = Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    rank_zero_info(f"Analysing {name} on {_describe(datamodule)}; logs: {logger.log_dir}")
+    with warnings.catch_warnings():
+        # Lightning asks for the fit's callbacks (ModelCheckpoint) to restore: none is needed.
+        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    report = Path(logger.log_dir) / "attention" / "report.md"
+    metrics = trainer.callback_metrics
+    if "test/acc" in metrics:
+        rank_zero_info(
+            f"test/acc {float(metrics['test/acc']):.4f} on {module.test_images:,} test images"
+        )
+    else:
+        rank_zero_info(
+            "No accuracy: the model's classes are not the data's (its predictions are still "
+            "what the maps explain)."
+        )
+    return report  # the probe has said where it is
+
+
+def _from_checkpoint(
+    ckpt_path: str, test_data: TestData
+) -> tuple[LightningModule, LightningDataModule, str]:
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(
+            f"--ckpt_path '{ckpt_path}' does not exist: give a checkpoint lit-vit fit wrote, "
+            "under logs/<name>/version_<n>/checkpoints/."
+        )
+    try:
+        module = LitViT.load_from_checkpoint(ckpt_path, map_location="cpu")
+    except (RuntimeError, EOFError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"--ckpt_path '{ckpt_path}' is not a lit-vit checkpoint that can be read "
+            f"({str(error).splitlines()[0]}). Give one lit-vit fit wrote."
+        ) from error
+    hparams = module.hparams
+    if test_data.source == FASHION_MNIST:  # exactly as in training: resized on the device
+        datamodule = FashionMNISTDataModule(
+            data_dir=test_data.data_dir,
+            system_dir=test_data.system_dir,
+            batch_size=test_data.batch_size,
+            num_workers=test_data.num_workers,
+            img_size=hparams.img_size,
+        )
+    else:
+        channels = hparams.in_chans
+        data_config = resize_config(channels, hparams.img_size, PIXEL_MEAN, PIXEL_STD)
+        datamodule = test_data.for_model(data_config)
+    return module, datamodule, hparams.model_name
+
+
+def _from_name(
+    name: str, pretrained: bool, model_kwargs: dict[str, Any], test_data: TestData
+) -> tuple[LightningModule, LightningDataModule, str]:
+    if name.startswith(HF_PREFIX):
+        model, data_config = hugging_face_model(name.removeprefix(HF_PREFIX), pretrained)
+        data_classes = None
+    else:
+        data_classes = None if pretrained else _data_classes(test_data.source)
+        model, data_config = timm_model(name, pretrained, data_classes, model_kwargs)
+    datamodule = test_data.for_model(data_config)
+    datamodule.setup("test")
+    module = PretrainedClassifier(model, name, datamodule.num_classes)
+    return module, datamodule, name
+
+
+def timm_model(
+    name: str, pretrained: bool, num_classes: int | None, model_kwargs: dict[str, Any]
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The timm model and its data config (the input size it was built for)."""
+    kwargs = dict(model_kwargs)
+    if num_classes is not None:
+        kwargs.setdefault("num_classes", num_classes)
+    img_size = kwargs.pop("img_size", None)
+    if img_size is None:
+        img_size = _timm_default_size(name)
+    model = create_vit(name, pretrained=pretrained, img_size=img_size, **kwargs)
+    data_config = resolve_data_config({}, model=model)
+    patch_embed = getattr(model, "patch_embed", None)
+    if patch_embed is not None:
+        channels = data_config["input_size"][0]
+        data_config["input_size"] = (channels, *(int(s) for s in patch_embed.img_size))
+    return model, data_config
+
+
+def _timm_default_size(name: str) -> int:
+    import timm
+
+    architecture = name.split(".")[0]
+    if not timm.is_model(architecture):
+        return 224  # create_vit names the close models
+    return int(timm.models.get_pretrained_cfg(name).input_size[-1])
+
+
+def hugging_face_model(source: str, pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """A Hugging Face image classifier and a timm-style data config from its processor."""
+    try:
+        import transformers
+    except ImportError as error:
+        raise ValueError(
+            "Hugging Face models need transformers: pip install 'lit-vit[hf]'."
+        ) from error
+    try:
+        if pretrained:
+            model = transformers.AutoModelForImageClassification.from_pretrained(source)
+        else:
+            config = transformers.AutoConfig.from_pretrained(source)
+            model = transformers.AutoModelForImageClassification.from_config(config)
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(
+            f"--model hf:{source}: cannot load it ({str(error).splitlines()[0]}). Give a hub id "
+            "(with a network or a filled cache) or a folder written by save_pretrained()."
+        ) from error
+    mean, std = HF_DEFAULT_MEAN_STD
+    try:
+        processor = transformers.AutoImageProcessor.from_pretrained(source)
+        mean = getattr(processor, "image_mean", None) or mean
+        std = getattr(processor, "image_std", None) or std
+    except (OSError, ValueError):
+        rank_zero_info(f"{source} has no image processor: mean and std {mean}, resize only.")
+    channels = getattr(model.config, "num_channels", 3)
+    return model, resize_config(channels, int(model.config.image_size), mean, std)
+
+
+def resize_config(
+    channels: int, size: int, mean: float | Sequence[float], std: float | Sequence[float]
+) -> dict[str, Any]:
+    """A timm data config that resizes to ``size x size`` (no crop) and normalises."""
+
+    def per_channel(value: float | Sequence[float]) -> tuple[float, ...]:
+        return tuple(value) if isinstance(value, Sequence) else (float(value),) * channels
+
+    return {
+        "input_size": (channels, size, size),
+        "mean": per_channel(mean),
+        "std": per_channel(std),
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+    }
+
+
+def _data_classes(data: str) -> int:
+    if data == FASHION_MNIST:
+        return len(FashionMNISTDataModule.class_names)
+    folder = Path(data)
+    if not folder.is_dir():
+        return 1  # ImageTestDataModule names the problem
+    return max(1, sum(1 for path in folder.iterdir() if path.is_dir()))
+
+
+def _has_set_input_size(module: LightningModule) -> bool:
+    return any(hasattr(child, "set_input_size") for child in module.modules())
+
+
+def _describe(datamodule: LightningDataModule) -> str:
+    if isinstance(datamodule, ImageTestDataModule):
+        return datamodule.describe()
+    return "the Fashion-MNIST test split"
+
+
+def _safe(name: str) -> str:
+    """A model name as a folder name: ``hf:google/vit-base`` -> ``hf_google_vit-base``."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "model"

@@ -1,0 +1,141 @@
+"""``lit-vit analyze``: the full report for a checkpoint or a named model, without training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lit_vit.analyze import hugging_face_model
+from lit_vit.cli import main
+from tests.conftest import read_events
+
+CLASSES = ("boot", "coat", "shirt")
+TINY_TIMM = "{depth: 2, embed_dim: 32, num_heads: 2, img_size: 32}"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """An ImageFolder of 4 RGB images of different sizes per class."""
+    folder = tmp_path_factory.mktemp("photos")
+    generator = np.random.default_rng(0)
+    for name in CLASSES:
+        (folder / name).mkdir()
+        for index in range(4):
+            pixels = generator.integers(0, 256, (30 + index, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / name / f"{index}.png")
+    return folder
+
+
+def analyze(tmp_path: Path, *args: str) -> Path:
+    """Run ``lit-vit analyze`` small and fast; the one version folder it wrote."""
+    main(
+        [
+            "analyze",
+            *args,
+            f"--save_dir={tmp_path / 'logs'}",
+            "--probe_size=3",
+            "--test_images=12",
+            "--faithfulness_images=6",
+            "--batch_size=8",
+        ]
+    )
+    (run_dir,) = (tmp_path / "logs").glob("analyze_*/version_*")
+    return run_dir
+
+
+def report_rows(report: str, header: str) -> list[list[str]]:
+    lines = report[report.index(header) :].splitlines()[2:]
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_a_timm_model_on_an_image_folder_gets_the_full_report_with_folder_classes(
+    tmp_path, photos, caplog
+):
+    run_dir = analyze(
+        tmp_path,
+        "--model=vit_tiny_patch16_224",
+        "--pretrained=false",
+        f"--model_kwargs={TINY_TIMM}",
+        f"--data={photos}",
+    )
+    report = (run_dir / "attention" / "report.md").read_text()
+    assert "- Model: vit_tiny_patch16_224: 2 layers, width 32" in report
+    assert f"- Data: the image folder {photos} (test 12 images)" in report
+    assert "on 12 test images (the whole test set)" in report, "3 classes: scored"
+    classes = [row[0] for row in report_rows(report, "| class | n |")]
+    assert classes == list(CLASSES)
+    for section in ("Which explainer can I trust here?", "Sanity checks", "Faithfulness"):
+        assert f"{section}" in report
+    assert (run_dir / "attention" / "test" / "resolution.png").is_file(), "timm: sweep too"
+    assert "attention_test/rollout" in read_events(run_dir).Tags()["images"]
+
+
+def test_a_hugging_face_folder_is_read_with_its_own_preprocessing(tmp_path, photos):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=len(CLASSES),
+    )
+    model_dir = tmp_path / "hf_vit"
+    transformers.ViTForImageClassification(config).save_pretrained(model_dir)
+    transformers.ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.4] * 3, image_std=[0.2] * 3
+    ).save_pretrained(model_dir)
+    _, data_config = hugging_face_model(str(model_dir), pretrained=True)
+    assert data_config["mean"] == (0.4,) * 3 and data_config["std"] == (0.2,) * 3
+    assert data_config["input_size"] == (3, 32, 32)
+    run_dir = analyze(tmp_path, f"--model=hf:{model_dir}", f"--data={photos}")
+    report = (run_dir / "attention" / "report.md").read_text()
+    assert "- Model: hf:" in report
+    assert "2 layers, width 32, 2 heads, patch 8x8, images 32x32" in report
+    assert [row[0] for row in report_rows(report, "| class | n |")] == list(CLASSES)
+    assert not (run_dir / "attention" / "test" / "resolution.png").exists(), "no timm sweep"
+
+
+def test_a_lit_vit_checkpoint_is_analysed_on_fashion_mnist(tmp_path, attention_run):
+    from tests.callbacks.conftest import PROBE_SIZE
+
+    run_dir = analyze(
+        tmp_path,
+        f"--ckpt_path={attention_run.checkpoint}",
+        f"--data_dir={attention_run.data_dir}",
+    )
+    report = (run_dir / "attention" / "report.md").read_text()
+    assert f"- Checkpoint: `{attention_run.checkpoint}` (epoch" in report
+    assert "- Data: FashionMNISTDataModule (test 160 images)" in report
+    assert "Ankle boot" in report and PROBE_SIZE != 3  # the probe size is analyze's own
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give one of --ckpt_path (a lit-vit checkpoint) and --model"),
+        (["--model=vit_tiny_patch16_224", "--ckpt_path=x.ckpt"], "give one of --ckpt_path"),
+        (["--model=vit_tiny_patchy16_224"], "Unknown timm model name 'vit_tiny_patchy16_224'"),
+        (["--ckpt_path=missing.ckpt"], "--ckpt_path 'missing.ckpt' does not exist"),
+        (
+            ["--model=vit_tiny_patch16_224", "--pretrained=false", "--data=no/such/folder"],
+            "--data 'no/such/folder' is neither fashion_mnist nor a folder",
+        ),
+        (["--model=vit_tiny_patch16_224", "--probe_sise=3"], "Did you mean 'probe_size'?"),
+    ],
+)
+def test_bad_input_is_one_clear_message_and_exit_code_2(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyze", *args, f"--save_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
