@@ -293,6 +293,42 @@ def test_faithfulness_figure():
         plotting.faithfulness_figure(fractions, {"deletion: x": torch.rand(4, 6)})
 
 
+def test_evolution_figure_by_layer_and_by_named_rows():
+    epochs = [0, 2, 4]
+    values = torch.arange(6.0).view(2, 3) / 10  # (L=2, E=3)
+    fig = plotting.evolution_figure(epochs, {"entropy": values}, {"entropy": (0.0, 1.0)})
+    heat = fig.axes[0]
+    torch.testing.assert_close(torch.from_numpy(heat.get_images()[0].get_array().data), values)
+    assert [t.get_text() for t in heat.get_xticklabels()] == ["0", "2", "4"]
+    assert heat.get_ylabel() == "layer" and heat.get_images()[0].get_clim() == (0, 1)
+    assert_renders(fig)
+
+    aucs = {"deletion AUC": torch.rand(3, 3), "insertion AUC": torch.rand(3, 3)}
+    methods = ["rollout", "class token", "random"]
+    fig = plotting.evolution_figure(epochs, aucs, {}, rows=methods, row_title="map", title="T")
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == list(aucs)
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == methods
+    assert panels[0].get_ylabel() == "map" and fig.get_suptitle() == "T"
+    with pytest.raises(ValueError, match=r"\(R, E\)"):
+        plotting.evolution_figure(epochs, {"x": torch.rand(3)}, {})
+
+
+def test_rollout_evolution_figure():
+    images = make_images(2, 1, 28, 28)
+    maps = torch.rand(3, 2, 7, 7)  # (E, B, gh, gw)
+    fig = plotting.rollout_evolution_figure(images, maps, [0, 5, 9], ["Coat", "Bag"])
+    ax, pixels = mosaic_of(fig)
+    assert column_titles(ax) == ["image", "epoch 0", "epoch 5", "epoch 9"]
+    assert row_labels(ax) == [("Coat", "black"), ("Bag", "black")]
+    shape = (112, 112)
+    overlay = cell(pixels, 1, 3, shape)[::4, ::4]  # image 1 at the third epoch
+    assert np.abs(overlay - expected_overlay(images[1], maps[2, 1])).max() <= 1 / 255
+    assert_renders(fig)
+    with pytest.raises(ValueError, match="E = 2 epochs and B = 2 images"):
+        plotting.rollout_evolution_figure(images, maps, [0, 5])
+
+
 def test_metric_by_class_figure():
     values = torch.tensor([1.0, 3.0, 2.0, float("nan"), 5.0])
     labels = torch.tensor([0, 0, 1, 1, 3])

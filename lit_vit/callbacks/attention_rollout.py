@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
 
 from lit_vit.attention import rollout
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
-from lit_vit.plotting import rollout_figure
+from lit_vit.plotting import rollout_evolution_figure, rollout_figure
+
+# Epochs the rollout strip shows at most, spread evenly over the analysed ones.
+MAX_EPOCH_COLUMNS = 10
 
 
 class AttentionRollout(AttentionCallback):
@@ -24,6 +29,11 @@ class AttentionRollout(AttentionCallback):
 
     - image ``attention/rollout``: one row per probe image, columns rollout,
       gradient rollout (true class), gradient rollout (predicted class).
+    - image ``attention/rollout_evolution``: per probe image (the first
+      ``figure_rows``), its rollout at each analysed epoch so far (at most
+      ``MAX_EPOCH_COLUMNS``, spread evenly, the last included); the maps are
+      kept in the checkpoint, so a resumed run continues the strip, and the
+      test report shows it.
 
     At test the same tag under ``attention_test/``; with ``name=...`` it is
     ``attention/<name>/rollout``. Two instances with other settings (e.g.
@@ -79,6 +89,9 @@ class AttentionRollout(AttentionCallback):
         self.discard_ratio = discard_ratio
         self.start_layer = start_layer
         self.gradient = gradient
+        # Per analysed validation run: its epoch and the (R, gh, gw) rollout of the shown images;
+        # once, those images as uint8 (R, C, H, W) pixels and their true classes.
+        self.history: dict[str, Any] = {"epoch": [], "maps": [], "pixels": None, "labels": None}
 
     @property
     def gradients(self) -> frozenset[str]:
@@ -91,11 +104,19 @@ class AttentionRollout(AttentionCallback):
                 f"{num_layers} attention layers; use 0 to {num_layers - 1}."
             )
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = state_dict.get("history", self.history)
+
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None:
         rows = analysis.figure_rows
         maps = {"rollout": self._rollout(analysis)[:rows]}
+        if analysis.stage == "val":
+            self._remember(trainer.current_epoch, analysis, maps["rollout"])
         if self.gradient:
             maps["grad rollout (true)"] = analysis.gradient_rollout("true")[:rows]
             maps["grad rollout (pred)"] = analysis.gradient_rollout("predicted")[:rows]
@@ -103,6 +124,7 @@ class AttentionRollout(AttentionCallback):
         labels = [names[label] for label in analysis.probe.labels[:rows]]
         figure = rollout_figure(analysis.probe.pixels[:rows], maps, labels)
         path = self.log_figure(trainer, analysis.run, "rollout", figure)
+        evolution = self._log_evolution(trainer, analysis)
         if analysis.stage == "test":
             gradient = ", and gradient rollout for the true and the predicted class"
             body = (
@@ -111,9 +133,40 @@ class AttentionRollout(AttentionCallback):
                 f"{gradient if self.gradient else ''}, on the first {rows} probe images."
                 f"\n\n![rollout]({path})"
             )
+            if evolution is not None:
+                body += (
+                    "\n\nThe validation probe's rollout at the analysed epochs of training "
+                    f"(from the checkpoint's history):\n\n![rollout over the epochs]({evolution})"
+                )
             self.report_section = ReportSection(
                 self.title("Attention rollout"), self.report_order, body
             )
+
+    def _remember(self, epoch: int, analysis: ProbeAnalysis, rollout_maps: Tensor) -> None:
+        """Keep this validation run's ``(R, gh, gw)`` maps (and, once, the images shown)."""
+        self.history["epoch"].append(epoch)
+        self.history["maps"].append(rollout_maps.clone())
+        if self.history["pixels"] is None:
+            rows = len(rollout_maps)
+            pixels = analysis.probe.pixels[:rows].mul(255).round().to(torch.uint8)
+            self.history["pixels"] = pixels
+            self.history["labels"] = analysis.probe.labels[:rows].clone()
+
+    def _log_evolution(self, trainer: Trainer, analysis: ProbeAnalysis) -> str | None:
+        """The strip of the validation probe's rollout over the epochs, or ``None`` before any."""
+        epochs = self.history["epoch"]
+        if not epochs:
+            return None
+        shown = _spread(len(epochs), MAX_EPOCH_COLUMNS)
+        maps = torch.stack([self.history["maps"][index] for index in shown])  # (E, R, gh, gw)
+        names = self.class_names(trainer, analysis)
+        figure = rollout_evolution_figure(
+            self.history["pixels"].float() / 255,
+            maps,
+            [epochs[index] for index in shown],
+            [names[label] for label in self.history["labels"]],
+        )
+        return self.log_figure(trainer, analysis.run, "rollout_evolution", figure)
 
     def _rollout(self, analysis: ProbeAnalysis):
         """``(B, gh, gw)`` rollout with this callback's settings (the shared one by default)."""
@@ -128,3 +181,10 @@ class AttentionRollout(AttentionCallback):
             self.start_layer,
             validate=False,
         ).cpu()
+
+
+def _spread(count: int, most: int) -> list[int]:
+    """At most ``most`` of ``range(count)``, evenly spread, first and last included."""
+    if count <= most:
+        return list(range(count))
+    return sorted({round(index * (count - 1) / (most - 1)) for index in range(most)})

@@ -127,6 +127,7 @@ class AttentionCallback(Callback):
         ``test/acc`` and ``test/loss``.
         """
         scalars = {f"{run.tag_root}/{self.key(key)}": float(value) for key, value in values.items()}
+        self.probe.note_scalars(scalars)
         if run.stage != "test":
             for tag, value in scalars.items():
                 pl_module.log(tag, value, rank_zero_only=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -17,7 +19,7 @@ from lit_vit.attention import (
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
-from lit_vit.plotting import faithfulness_figure
+from lit_vit.plotting import evolution_figure, faithfulness_figure
 
 # Controls scored as maps; the random one is the shared random order of every call.
 MAP_CONTROLS = ("intensity", "edges", "centre")
@@ -52,6 +54,10 @@ class Faithfulness(AttentionCallback):
     - scalars ``attention/faithfulness/deletion_<method>`` and
       ``attention/faithfulness/insertion_<method>``.
     - image ``attention/faithfulness``: mean deletion and insertion curves.
+    - image ``attention/faithfulness_evolution``: the probe's deletion and
+      insertion AUC of each map at every analysed epoch so far (maps x
+      epochs); the history is kept in the checkpoint, so a resumed run
+      continues it, and the test report shows it.
 
     At test the same tags under ``attention_test/``; with ``name=...`` every
     tag gets ``<name>/`` after the root.
@@ -102,6 +108,8 @@ class Faithfulness(AttentionCallback):
         self.test_images = test_images
         self.max_batch = max_batch
         self.seed = seed
+        # Per analysed validation run: its epoch, and the probe's mean AUCs per map.
+        self.history: dict[str, Any] = {"epoch": [], "deletion": {}, "insertion": {}}
 
     @property
     def gradients(self) -> frozenset[str]:
@@ -116,6 +124,12 @@ class Faithfulness(AttentionCallback):
             self.title(f"{kind} AUC"): [self.tag_pattern(f"faithfulness/{kind}_.*")]
             for kind in ("deletion", "insertion")
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = state_dict.get("history", self.history)
 
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
@@ -147,10 +161,17 @@ class Faithfulness(AttentionCallback):
         path = self.log_figure(
             trainer, analysis.run, "faithfulness", faithfulness_figure(*_curves(results))
         )
+        if analysis.stage == "val":
+            self._remember(trainer.current_epoch, means)
+        evolution = None
+        if self.history["epoch"]:
+            figure = self._evolution_figure()
+            evolution = self.log_figure(trainer, analysis.run, "faithfulness_evolution", figure)
         if analysis.stage == "test":
             self.probe.add_scores("deletion AUC", {m: pair[0] for m, pair in means.items()})
             self.probe.add_scores("insertion AUC", {m: pair[1] for m, pair in means.items()})
-            self.report_section = self._section(means, len(results["rollout"].deletion), path)
+            count = len(results["rollout"].deletion)
+            self.report_section = self._section(means, count, path, evolution)
 
     def score(
         self,
@@ -180,8 +201,37 @@ class Faithfulness(AttentionCallback):
             parts.append(self.score(pl_module, batch.images, maps, batch.layout, batch.index))
         return {method: _cat([part[method] for part in parts]) for method in parts[0]}
 
+    def _remember(self, epoch: int, means: dict[str, tuple[float, float]]) -> None:
+        """Add one validation run's mean AUCs to the history (a map new to it starts here)."""
+        analysed = len(self.history["epoch"])
+        self.history["epoch"].append(epoch)
+        for index, kind in enumerate(("deletion", "insertion")):
+            for method, pair in means.items():
+                values = self.history[kind].setdefault(method, [math.nan] * analysed)
+                values.append(pair[index])
+
+    def _evolution_figure(self):
+        """Maps x epochs heatmaps of the probe's mean deletion and insertion AUC."""
+        methods = list(self.history["deletion"])
+        measures = {
+            f"{kind} AUC": torch.tensor([self.history[kind][m] for m in methods])  # (M, E)
+            for kind in ("deletion", "insertion")
+        }
+        return evolution_figure(
+            self.history["epoch"],
+            measures,
+            {name: (0.0, 1.0) for name in measures},
+            rows=methods,
+            row_title="map",
+            title="Faithfulness on the probe over the epochs (deletion: lower is better)",
+        )
+
     def _section(
-        self, means: dict[str, tuple[float, float]], count: int, figure: str
+        self,
+        means: dict[str, tuple[float, float]],
+        count: int,
+        figure: str,
+        evolution: str | None,
     ) -> ReportSection:
         rows = [(method, deletion, insertion) for method, (deletion, insertion) in means.items()]
         body = "\n\n".join(
@@ -196,6 +246,15 @@ class Faithfulness(AttentionCallback):
                 "Gaussian, and a random order; an explainer means something where it beats them.",
                 markdown_table(["method", "deletion AUC", "insertion AUC"], rows),
                 f"![deletion and insertion curves]({figure})",
+                *(
+                    [
+                        "The probe's AUCs at each analysed epoch of training "
+                        "(from the checkpoint's history):",
+                        f"![faithfulness over the epochs]({evolution})",
+                    ]
+                    if evolution
+                    else []
+                ),
             ]
         )
         summary = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
@@ -21,6 +23,7 @@ EVOLUTION = {
     "head diversity": (0.0, 1.0),
     "entropy": (0.0, 1.0),
     "relative distance": (None, None),
+    "prefix mass": (0.0, 1.0),
 }
 
 
@@ -40,9 +43,10 @@ class HeadDiversity(AttentionCallback):
     - image ``attention/head_diversity`` (bars per layer)
     - image ``attention/distance`` (distance vs depth, one dot per head)
     - image ``attention/entropy`` (layers x heads heatmap)
-    - image ``attention/evolution``: head diversity, entropy and relative
-      distance per layer at every analysed epoch so far (layers x epochs); the
-      history is kept in the checkpoint, so a resumed run continues it.
+    - image ``attention/evolution``: head diversity, entropy, relative
+      distance and the class token's mass on prefix tokens per layer at every
+      analysed epoch so far (layers x epochs heatmaps); the history is kept
+      in the checkpoint, so a resumed run continues it.
 
     At test the same tags under ``attention_test/``; with ``name=...`` every
     tag gets ``<name>/`` after the root.
@@ -82,7 +86,12 @@ class HeadDiversity(AttentionCallback):
         return {"history": self.history}
 
     def load_state_dict(self, state_dict: dict[str, list]) -> None:
-        self.history = state_dict.get("history", self.history)
+        history = state_dict.get("history", {})
+        epochs = history.get("epoch", [])
+        # A measure the checkpoint's version did not keep: no values for its epochs (blank).
+        self.history = {"epoch": list(epochs)}
+        for measure in EVOLUTION:
+            self.history[measure] = list(history.get(measure, [[]] * len(epochs)))
 
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
@@ -103,6 +112,7 @@ class HeadDiversity(AttentionCallback):
                 "head diversity": diversity,
                 "entropy": entropy.mean(dim=1),
                 "relative distance": relative.mean(dim=1),
+                "prefix mass": analysis.prefix_mass.mean(dim=(1, 2)),  # (L, B, H) -> (L,)
             }
             self.history["epoch"].append(trainer.current_epoch)
             for measure, values in means.items():
@@ -130,8 +140,10 @@ class HeadDiversity(AttentionCallback):
 
     def _evolution_figure(self):
         """Layers x epochs heatmaps of the history."""
+        blank = [math.nan] * len(self.history["head diversity"][-1])
         measures = {
-            measure: torch.tensor(self.history[measure]).T for measure in EVOLUTION
+            measure: torch.tensor([values or blank for values in self.history[measure]]).T
+            for measure in EVOLUTION
         }  # (L, E) each
         return evolution_figure(self.history["epoch"], measures, EVOLUTION)
 

@@ -55,6 +55,8 @@ from lit_vit.plotting import figure_to_image, save_image
 if TYPE_CHECKING:
     from lit_vit.callbacks.base import AttentionCallback
 
+# Sub-folder of a TensorBoard run holding its hparams record and final attention summary.
+HPARAMS_RUN = "hparams"
 # Gradient targets an analysis callback may ask for, in the order they are recorded.
 GRADIENT_TARGETS = ("predicted", "true")
 # Above this many probe images, setup warns about the cost.
@@ -265,6 +267,8 @@ class AttentionProbe(Callback):
         self._layout: TokenLayout | None = None
         self._last_val_step: int | None = None
         self._warned_divergence = False
+        # The latest value of every attention scalar, by tag, for the runs' hparams summary.
+        self._latest_scalars: dict[str, float] = {}
         # This test run's explained test batches and how many images they cover (None: all).
         self._explained: tuple[int | None, list[ExplainedBatch]] | None = None
 
@@ -350,6 +354,9 @@ class AttentionProbe(Callback):
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_custom_scalars({"attention": charts})
 
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log_hparams(trainer, pl_module, "attention", "val/acc")
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -385,6 +392,7 @@ class AttentionProbe(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text("attention_test/report", path.read_text(), step)
+        self._log_hparams(trainer, pl_module, "attention_test", "test/acc")
         rank_zero_info(f"Attention report: {path}")
 
     def on_load_checkpoint(
@@ -489,6 +497,10 @@ class AttentionProbe(Callback):
             remaining -= len(batch.labels)
         return batches
 
+    def note_scalars(self, scalars: dict[str, float]) -> None:
+        """Remember the latest value of each attention scalar (by full tag)."""
+        self._latest_scalars.update(scalars)
+
     def add_scores(self, column: str, values: dict[str, float | str]) -> None:
         """Add a column to the test report's table of explainers and controls (one row each)."""
         self._scores.setdefault(column, {}).update(values)
@@ -547,6 +559,34 @@ class AttentionProbe(Callback):
             reduced=self.reduced,
             _gradient_index={target: index for index, target in enumerate(targets)},
         )
+
+    def _log_hparams(
+        self, trainer: Trainer, pl_module: LightningModule, root: str, accuracy: str
+    ) -> None:
+        """The model's and data's hyperparameters with the run's final attention summary and
+        accuracy, for TensorBoard's hparams plugin, so runs compare in one table.
+
+        Written with ``SummaryWriter.add_hparams`` into the run's own
+        ``<log_dir>/<HPARAMS_RUN>`` folder (TensorBoard shows the first hparams
+        record of a folder, and Lightning's default ``hp_metric`` one is already
+        in the run's).
+        """
+        if not trainer.is_global_zero or trainer.sanity_checking or self._log_root is None:
+            return
+        metrics = hparams_summary(self._latest_scalars, root)
+        if accuracy in trainer.callback_metrics:
+            metrics[_hparams_key(accuracy)] = float(trainer.callback_metrics[accuracy])
+        if not metrics:
+            return
+        params = dict(getattr(pl_module, "hparams", {}))
+        params |= {f"data.{k}": v for k, v in getattr(trainer.datamodule, "hparams", {}).items()}
+        params = {
+            key: value if isinstance(value, (bool, int, float, str)) else str(value)
+            for key, value in params.items()
+        }
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_hparams(params, metrics, run_name=HPARAMS_RUN)
 
     def _explain_test_set(
         self, trainer: Trainer, pl_module: LightningModule, limit: int | None
@@ -677,6 +717,36 @@ class AttentionProbe(Callback):
             f"- Written {date.today().isoformat()} by lit-vit {__version__}",
         ]
         return lines
+
+
+def hparams_summary(scalars: dict[str, float], root: str) -> dict[str, float]:
+    """One number per attention measure under ``root``, keyed ``hparams/<measure>``.
+
+    A per-layer series (``<root>/<measure>/layer_LL``) gives the mean of its
+    first and of its last third of the layers (``<measure>_first_layers``,
+    ``<measure>_last_layers``: early against late, e.g. local against global
+    attention); any other scalar is kept as it is.
+    """
+    per_layer: dict[str, dict[int, float]] = {}
+    summary = {}
+    for tag, value in scalars.items():
+        if not tag.startswith(f"{root}/"):
+            continue
+        measure, _, last = tag.removeprefix(f"{root}/").rpartition("/")
+        if measure and last.startswith("layer_") and last[6:].isdigit():
+            per_layer.setdefault(measure, {})[int(last[6:])] = value
+        else:
+            summary[_hparams_key(tag.removeprefix(f"{root}/"))] = value
+    for measure, layers in per_layer.items():
+        values = [layers[layer] for layer in sorted(layers)]
+        third = max(1, len(values) // 3)
+        summary[_hparams_key(f"{measure}_first_layers")] = sum(values[:third]) / third
+        summary[_hparams_key(f"{measure}_last_layers")] = sum(values[-third:]) / third
+    return summary
+
+
+def _hparams_key(name: str) -> str:
+    return "hparams/" + name.replace("/", "_")
 
 
 def _exceeds(limit: int | None, covered: int | None) -> bool:

@@ -36,6 +36,7 @@ from lit_vit.plotting.mosaics import (
     head_maps_figure,
     layer_maps_figure,
     resolution_figure,
+    rollout_evolution_figure,
     rollout_figure,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "per_image_metrics_figure",
     "randomization_figure",
     "resolution_figure",
+    "rollout_evolution_figure",
     "rollout_figure",
     "save_image",
 ]

@@ -415,25 +415,34 @@ def randomization_figure(
 
 
 def evolution_figure(
-    epochs: Sequence[int], measures: Mapping[str, Tensor], ranges: Mapping[str, tuple]
+    epochs: Sequence[int],
+    measures: Mapping[str, Tensor],
+    ranges: Mapping[str, tuple],
+    rows: Sequence[str] | None = None,
+    row_title: str = "layer",
+    title: str = "Attention by layer over the epochs",
 ) -> Figure:
-    """How per-layer measures moved during training: a layers x epochs heatmap per measure.
+    """How measures moved during training: a rows x epochs heatmap per measure.
 
     Args:
         epochs: The analysed epochs, one column each.
-        measures: measure name -> ``(L, E)`` values (rows are layers, columns epochs).
+        measures: measure name -> ``(R, E)`` values (rows are layers by default, columns epochs).
         ranges: measure name -> ``(vmin, vmax)`` of its colour scale (``None`` for the data's).
+        rows: Names of the ``R`` rows (``None``: their indices, 0, 1, ...).
+        row_title: What the rows are, for the axis label.
+        title: The figure's title.
     """
     count = len(measures)
-    layers = next(iter(measures.values())).shape[0] if measures else 1
-    width = max(2.6, 0.22 * len(epochs) + 1.6)
+    height = next(iter(measures.values())).shape[0] if measures else 1
+    label_width = 0.06 * max((len(name) for name in rows), default=0) if rows else 0.0
+    width = max(2.6, 0.22 * len(epochs) + 1.6) + label_width
     fig = Figure(
-        figsize=(width * count + 0.3, max(2.6, 0.22 * layers + 1.4)), dpi=DPI, layout="constrained"
+        figsize=(width * count + 0.3, max(2.6, 0.22 * height + 1.4)), dpi=DPI, layout="constrained"
     )
     axes = fig.subplots(1, max(1, count), squeeze=False)[0]
     for ax, (name, values) in zip(axes, measures.items(), strict=False):
         values = as_cpu(values, name)
-        check_dim(values, 2, name, "(L, E)")
+        check_dim(values, 2, name, "(R, E)")
         low, high = ranges.get(name, (None, None))
         image = ax.imshow(
             values.numpy(), cmap=MAP_CMAP, vmin=low, vmax=high, aspect="auto",
@@ -446,9 +455,11 @@ def evolution_figure(
         ax.set_xticks(range(0, len(epochs), step))
         ax.set_xticklabels([str(epochs[i]) for i in range(0, len(epochs), step)], fontsize=FONT)
         ax.set_yticks(range(values.shape[0]))
+        if rows is not None:
+            ax.set_yticklabels(list(rows), fontsize=FONT)
         ax.set_xlabel("epoch", fontsize=FONT + 1)
-        ax.set_ylabel("layer", fontsize=FONT + 1)
+        ax.set_ylabel(row_title, fontsize=FONT + 1)
         ax.set_title(name, fontsize=TITLE_FONT)
         ax.tick_params(labelsize=FONT, length=0)
-    fig.suptitle("Attention by layer over the epochs", fontsize=TITLE_FONT)
+    fig.suptitle(title, fontsize=TITLE_FONT)
     return fig

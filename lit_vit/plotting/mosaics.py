@@ -234,12 +234,7 @@ def layer_maps_figure(
     predicted_names = _names(predicted_names, batch, "predicted_names")
     layers = maps.shape[0]
 
-    shape = _cell_shape(*images.shape[-2:])
-    cells = [
-        [_fit(_image_pixels(images[row]), shape)]
-        + [_fit(_overlay_pixels(images[row], maps[layer, row]), shape) for layer in range(layers)]
-        for row in range(batch)
-    ]
+    cells = _overlay_rows(images, maps)
     titles = {(0, 0): "image"} | {(0, 1 + layer): f"layer {layer}" for layer in range(layers)}
     labels = [
         _row_label(
@@ -254,6 +249,51 @@ def layer_maps_figure(
         titles,
         labels,
     )
+
+
+def rollout_evolution_figure(
+    images: Tensor,
+    maps: Tensor,
+    epochs: Sequence[int],
+    class_names: Sequence[str] | None = None,
+) -> Figure:
+    """Each probe image's rollout at each analysed epoch: how its attention moved.
+
+    Each row: the image, then the overlay of its map at each epoch.
+
+    Args:
+        images: ``(B, C, H, W)`` raw pixels in [0, 1].
+        maps: ``(E, B, gh, gw)`` rollout maps, one per epoch and image.
+        epochs: The ``E`` epochs, for the column titles.
+        class_names: One class name per image (row labels).
+    """
+    images = _images(images)
+    maps = as_cpu(maps, "maps")
+    check_dim(maps, 4, "maps", "(E, B, gh, gw)")
+    if maps.shape[0] != len(epochs) or maps.shape[1] != images.shape[0]:
+        raise ValueError(
+            f"maps must have shape (E, B, gh, gw) with E = {len(epochs)} epochs and "
+            f"B = {images.shape[0]} images, got {tuple(maps.shape)}"
+        )
+    class_names = _names(class_names, images.shape[0], "class_names")
+    titles = {(0, 0): "image"} | {(0, 1 + i): f"epoch {e}" for i, e in enumerate(epochs)}
+    labels = [_row_label(name, None) for name in class_names] if class_names else []
+    return _mosaic_figure(
+        _overlay_rows(images, maps),
+        "Rollout of each probe image over the epochs (each map scaled to its range)",
+        titles,
+        labels,
+    )
+
+
+def _overlay_rows(images: Tensor, maps: Tensor) -> list[list[Tensor]]:
+    """Per image, its cell and the overlay of each of the ``(K, B, gh, gw)`` maps."""
+    shape = _cell_shape(*images.shape[-2:])
+    return [
+        [_fit(_image_pixels(image), shape)]
+        + [_fit(_overlay_pixels(image, maps[index, row]), shape) for index in range(len(maps))]
+        for row, image in enumerate(images)
+    ]
 
 
 def head_maps_figure(

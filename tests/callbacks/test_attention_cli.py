@@ -7,15 +7,20 @@ import re
 
 import pytest
 import torch
+from PIL import Image
 
 from lit_vit import __version__
 from lit_vit.attention import AttentionRecorder, cls_attention, head_diversity
+from lit_vit.callbacks.attention_rollout import _spread
 from lit_vit.cli import main
 from tests.callbacks.conftest import EPOCHS, PROBE_SIZE
 from tests.conftest import checkpoint_probe, read_events, run_dirs
 
 IMAGE_TAGS = [
     "evolution",
+    "rollout_evolution",
+    "rollout_max/rollout_evolution",
+    "faithfulness_evolution",
     "layer_maps",
     "head_maps/layer_00",
     "head_maps/layer_01",
@@ -53,6 +58,37 @@ def test_each_validation_run_logs_every_tag_at_the_step_of_its_val_metrics(atten
         folder = attention_run.fit_dir / "attention" / f"epoch_{epoch:03d}"
         assert (folder / "rollout.png").stat().st_size > 1000
         assert (folder / "rollout_max" / "rollout.png").is_file(), "named instance's own file"
+
+
+@pytest.mark.parametrize(("run", "accuracy"), [("fit_dir", "val_acc"), ("test_dir", "test_acc")])
+def test_hparams_plugin_holds_the_hyperparameters_and_the_final_summary(
+    attention_run, run, accuracy
+):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run_dir = getattr(attention_run, run)
+    events = read_events(run_dir / "hparams")
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    metrics = {info.name.tag for info in experiment.experiment.metric_infos}
+    session = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
+    assert session.hparams["model_name"].string_value == "vit_tiny_patch16_224"
+    assert session.hparams["data.batch_size"].number_value == 32
+    expected = {
+        f"hparams/{accuracy}",
+        "hparams/distance_relative_first_layers",
+        "hparams/distance_relative_last_layers",
+        "hparams/head_diversity_first_layers",
+        "hparams/faithfulness_deletion_rollout",
+        "hparams/focus_mean",
+    }
+    assert expected <= metrics, sorted(metrics)
+    root = "attention" if run == "fit_dir" else "attention_test"
+    layer_0 = read_events(run_dir).Scalars(f"{root}/distance_relative/layer_00")[-1].value
+    logged = events.Scalars("hparams/distance_relative_first_layers")[-1].value
+    assert logged == pytest.approx(layer_0), "2 layers: the first third is layer 0"
 
 
 def test_one_capture_per_validation_run_with_only_the_gradients_asked_for(attention_run):
@@ -132,13 +168,20 @@ def test_report_has_a_header_and_every_section_with_the_numbers(attention_run):
         assert f"{heading}\n" in report, f"report lacks {heading!r}"
     assert "- Layer 0: " in report and "- Layer 1: " in report
     links = ("layer_maps.png", "rollout.png", "rollout_max/rollout.png", "resolution.png")
-    for link in (*links, "evolution.png"):
+    evolutions = ("evolution.png", "rollout_evolution.png", "faithfulness_evolution.png")
+    for link in (*links, *evolutions):
         assert f"](test/{link})" in report
         assert (attention_run.test_dir / "attention" / "test" / link).is_file()
     logged = read_events(attention_run.test_dir).Scalars("attention_test/head_diversity/layer_00")[
         -1
     ]
     assert f"- Layer 0: {logged.value:.3f}" in report
+
+
+def test_the_rollout_strip_spreads_its_epochs_evenly():
+    assert _spread(3, 10) == [0, 1, 2]
+    assert _spread(36, 10) == [0, 4, 8, 12, 16, 19, 23, 27, 31, 35]
+    assert _spread(11, 10) == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
 
 
 def test_resume_uses_the_same_probe_and_one_capture_per_run(attention_run, monkeypatch):
@@ -158,14 +201,19 @@ def test_resume_uses_the_same_probe_and_one_capture_per_run(attention_run, monke
     for tag in ("attention/rollout", "attention/rollout_max/rollout"):
         assert [e.step for e in again.Images(tag)] == [original.Images(tag)[-1].step]
     assert captures == [2], "a resumed run captures once per validation run"
-    (history,) = [
-        value["history"]
-        for key, value in torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)[
-            "callbacks"
-        ].items()
-        if "HeadDiversity" in key
-    ]
-    assert history["epoch"] == [0, 1], "the evolution goes on from before the resume"
+    states = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    histories = {key: value["history"] for key, value in states.items() if "history" in value}
+    kinds = sorted(key.split("{")[0] for key in histories)
+    assert kinds == ["AttentionRollout", "AttentionRollout", "Faithfulness", "HeadDiversity"]
+    for key, history in histories.items():
+        assert history["epoch"] == [0, 1], f"{key}: the evolution goes on from before the resume"
+    # The figures too: the resumed run's strip of epoch 1 shows epochs 0 and 1, like the
+    # uninterrupted run's, not epoch 1 alone.
+    strip = ("attention", "epoch_001", "rollout_evolution.png")
+    resumed_strip = Image.open(resumed.joinpath(*strip)).size
+    assert resumed_strip == Image.open(attention_run.fit_dir.joinpath(*strip)).size
+    first_strip = attention_run.fit_dir / "attention" / "epoch_000" / "rollout_evolution.png"
+    assert resumed_strip[0] > Image.open(first_strip).size[0]
     first = checkpoint_probe(first_epoch, attention_run.data_dir)
     after = checkpoint_probe(resumed / "checkpoints" / "last.ckpt", attention_run.data_dir)
     assert torch.equal(after.indices, first.indices)

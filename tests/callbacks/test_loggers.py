@@ -53,7 +53,7 @@ def test_figures_go_to_mlflow_and_wandb_with_their_steps(tmp_path, monkeypatch):
 
     # Weights & Biases (offline): one rollout image per validation run in the run's media.
     media_dir = "offline-run-*/files/media/images/attention"
-    assert len(list((tmp_path / "wandb").glob(f"{media_dir}/rollout_*.png"))) == len(steps)
+    assert len(list((tmp_path / "wandb").glob(f"{media_dir}/rollout_[0-9]*.png"))) == len(steps)
 
     # The loggers' folder is shared by their runs: each run's PNGs get a folder of their own.
     pngs = sorted(Path(trainer.log_dir).glob("attention/*/epoch_*/rollout.png"))

@@ -155,7 +155,13 @@ def test_bad_arguments_fail_at_setup(tmp_path):
         fit(module, [AttentionProbe(size=64), AttentionMaps()], tmp_path)
     with pytest.raises(ValueError, match="discard_ratio=1.0 must be in"):
         AttentionRollout(discard_ratio=1.0)
-    with pytest.raises(ValueError, match="two AttentionRollout callbacks have no name="):
+    with pytest.raises(ValueError, match="two AttentionMaps callbacks have no name="):
+        fit(module, [AttentionMaps(), AttentionMaps(head_layers=[0])], tmp_path)
+    # Callbacks with checkpoint state (the evolution's history): Lightning refuses the twins
+    # when the Trainer is made, naming the callback (the CLI says it first, with the fix).
+    with pytest.raises(
+        RuntimeError, match="more than one stateful callback of type `AttentionRoll"
+    ):
         fit(module, [AttentionRollout(), AttentionRollout(head_fusion="max")], tmp_path)
     with pytest.raises(ValueError, match="size=0 must be at least 1"):
         AttentionProbe(size=0)
