@@ -10,7 +10,7 @@ Only the probe and ``HeadDiversity`` run (the full report is not needed), so
 an arm costs its training and one pass over the test set.
 
     python experiments/ablation.py --epochs 10 --output docs/ablation.md
-    python experiments/ablation.py --epochs 10 --arms recipe no_ema -- --trainer.limit_train_batches=0.25
+    python experiments/ablation.py --arms recipe no_ema -- --trainer.limit_train_batches=0.25
 """
 
 from __future__ import annotations
