@@ -173,9 +173,8 @@ def analyze(
         FocusCoverage(test_images=test_images),
         Faithfulness(test_images=faithfulness_images),
         SanityChecks(),
+        ResolutionSweep(images=test_images),
     ]
-    if _has_set_input_size(module):
-        callbacks.append(ResolutionSweep(images=test_images))
     logger = TensorBoardLogger(save_dir, name=f"analyze_{_safe(name)}")
     trainer = Trainer(
         accelerator=accelerator,
@@ -332,10 +331,6 @@ def _data_classes(data: str) -> int:
     if not folder.is_dir():
         return 1  # ImageTestDataModule names the problem
     return max(1, sum(1 for path in folder.iterdir() if path.is_dir()))
-
-
-def _has_set_input_size(module: LightningModule) -> bool:
-    return any(hasattr(child, "set_input_size") for child in module.modules())
 
 
 def _describe(datamodule: LightningDataModule) -> str:

@@ -19,12 +19,16 @@ gradients are the real ones), for one pass only:
 
 Everything changed is recorded and restored when the pass ends, whatever
 happens. Hierarchical and windowed models (Swin and the like) have no global
-token grid and are refused with a message that says so.
+token grid and are refused with a message that says so. Each family also
+changes its input size its own way (:meth:`CaptureBackend.resized_copy`), for
+the resolution sweep.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -77,6 +81,38 @@ class CaptureBackend:
         if self.family == "huggingface":
             return _huggingface_layout(self.vit, image_size)
         return _torchvision_layout(self.vit, image_size)
+
+    def input_size(self) -> tuple[int, int]:
+        """``(h, w)`` pixels the ViT was built for (its position embedding's grid)."""
+        if self.family == "timm":
+            return tuple(int(s) for s in self.vit.patch_embed.img_size)
+        if self.family == "huggingface":
+            size = self.vit.config.image_size
+            return (size, size) if isinstance(size, int) else tuple(size)
+        return (int(self.vit.image_size), int(self.vit.image_size))
+
+    def resized_copy(self, model: nn.Module, size: tuple[int, int]) -> nn.Module:
+        """A deep copy of ``model`` whose ViT takes ``size`` inputs, position embeddings
+        resampled to the new grid the family's own way; ``model`` is not modified.
+
+        timm: ``set_input_size`` (bicubic ``resample_abs_pos_embed``). Hugging Face:
+        the embeddings always run with ``interpolate_pos_encoding=True`` (bicubic, as in
+        ``model(pixels, interpolate_pos_encoding=True)``). torchvision: square sizes,
+        ``interpolate_embeddings`` (bicubic), the model's ``image_size`` updated.
+
+        Raises:
+            ValueError: A non-square size for torchvision, or a Hugging Face model
+                whose embeddings cannot interpolate.
+        """
+        copied = copy.deepcopy(model)
+        vit = copied.get_submodule(self.vit_name) if self.vit_name else copied
+        if self.family == "timm":
+            vit.set_input_size(img_size=size)
+        elif self.family == "huggingface":
+            _interpolate_huggingface(vit)
+        else:
+            _resize_torchvision(vit, size)
+        return copied
 
     def in_channels(self) -> int | None:
         """Input channels the patch embedding takes (``None``: unknown)."""
@@ -263,6 +299,25 @@ def _huggingface_layout(model: nn.Module, image_size: tuple[int, int]) -> TokenL
     )
 
 
+def _interpolate_huggingface(vit: nn.Module) -> None:
+    """Make the embeddings of ``vit`` interpolate their position encoding at every size."""
+    embeddings = _huggingface_embeddings(vit)
+    forward = embeddings.forward
+    if "interpolate_pos_encoding" not in inspect.signature(forward).parameters:
+        if hasattr(embeddings, "interpolate_pos_encoding"):
+            return  # DINOv2's embeddings always interpolate
+        raise ValueError(
+            f"{type(embeddings).__name__} cannot interpolate its position encoding, so "
+            f"{type(vit).__name__} runs at its own size only; leave the sweep out for it."
+        )
+
+    def interpolating(*args, **kwargs):
+        # The model passes interpolate_pos_encoding=False explicitly: override it.
+        return forward(*args, **{**kwargs, "interpolate_pos_encoding": True})
+
+    embeddings.forward = interpolating
+
+
 def _capture_huggingface(
     model: nn.Module, modules: list[nn.Module], capture: Capture, restore: contextlib.ExitStack
 ):
@@ -291,6 +346,20 @@ def _torchvision_layout(model: nn.Module, image_size: tuple[int, int]) -> TokenL
         grid_size=(height // patch, width // patch),
         patch_size=(patch, patch),
     )
+
+
+def _resize_torchvision(vit: nn.Module, size: tuple[int, int]) -> None:
+    """Set a torchvision ViT to square ``size`` inputs, its position embedding resampled."""
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    if size[0] != size[1]:
+        raise ValueError(
+            f"torchvision's VisionTransformer takes square images only, not {size[0]}x{size[1]}."
+        )
+    state = {"encoder.pos_embedding": vit.encoder.pos_embedding.detach()}
+    resized = interpolate_embeddings(size[0], vit.patch_size, state)["encoder.pos_embedding"]
+    vit.encoder.pos_embedding = nn.Parameter(resized)
+    vit.image_size = size[0]
 
 
 def _capture_torchvision(modules: list[nn.Module], capture: Capture, restore: contextlib.ExitStack):

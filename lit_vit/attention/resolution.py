@@ -1,11 +1,12 @@
 """Evaluate one trained ViT at several input resolutions.
 
-For each size the model is deep-copied and timm's own
-``VisionTransformer.set_input_size`` is called on the copy's ViT: it updates the
-patch embedding's grid and resamples the absolute position embeddings to the new
-grid with ``timm.layers.resample_abs_pos_embed`` (bicubic, antialiased), the
-same resampling as ``dynamic_img_size``. Images are resized bilinearly
-(antialiased when shrinking). The caller's model is never modified.
+For each size the model is deep-copied and the copy's ViT set to that size the
+way its family does it (:meth:`~lit_vit.attention.backends.CaptureBackend.resized_copy`):
+timm's ``set_input_size`` (the patch grid updated, the absolute position
+embeddings resampled with ``resample_abs_pos_embed``, bicubic, antialiased, the
+same as ``dynamic_img_size``), Hugging Face's ``interpolate_pos_encoding``, or
+torchvision's ``interpolate_embeddings`` (square sizes). Images are resized
+bilinearly (antialiased when shrinking). The caller's model is never modified.
 
 Per size: accuracy over all images; from the attention of a probe batch, the
 relative mean attention distance, normalised entropy and effective area per
@@ -17,7 +18,6 @@ move merely because the same map is sampled on a finer grid.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_vit.attention.backends import model_logits
+from lit_vit.attention.backends import find_backend, model_logits
 from lit_vit.attention.capture import AttentionRecorder
-from lit_vit.attention.layout import find_vit
 from lit_vit.attention.metrics import (
     attention_entropy,
     coverage,
@@ -143,8 +142,8 @@ def resolution_sweep(
 
     Args:
         model: a module whose forward maps images to ``(n, num_classes)``
-            logits (or a tuple starting with them): a timm ``VisionTransformer``
-            or a wrapper containing one.
+            logits (or a tuple starting with them, or an output with ``.logits``):
+            a ViT of timm, Hugging Face or torchvision, or a wrapper containing one.
         images: ``(B, C, H, W)`` images as the model takes them (normalised),
             at any size; they are resized to each size of the sweep.
         labels: ``(B,)`` integer class labels.
@@ -165,8 +164,8 @@ def resolution_sweep(
     Raises:
         ValueError: empty batch, ``labels`` not ``(B,)``, empty ``sizes``, a
             size that is not a multiple of the patch size (the message names
-            the nearest valid sizes), or ``batch_size`` / ``timing_repeats`` < 1.
-        TypeError: the ViT found has no ``set_input_size`` (not a timm ViT).
+            the nearest valid sizes), ``batch_size`` / ``timing_repeats`` < 1,
+            or a size the family cannot take (see ``resized_copy``).
     """
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(
@@ -183,21 +182,14 @@ def resolution_sweep(
     if len(sizes) == 0:
         raise ValueError("sizes is empty")
 
-    name, vit = find_vit(model, vit_name)
-    if not hasattr(vit, "set_input_size"):
-        raise TypeError(
-            f"{type(vit).__name__} at {name!r} has no set_input_size(); "
-            "resolution_sweep needs a timm VisionTransformer"
-        )
-    patch = _as_pair(tuple(int(p) for p in vit.patch_embed.patch_size), "patch size")
+    backend = find_backend(model, vit_name)
+    patch = backend.layout(backend.input_size()).patch_size
     pairs = [check_size(s, patch) for s in sizes]
 
     results = []
     for size in pairs:
-        resized = copy.deepcopy(model)
+        resized = backend.resized_copy(model, size)
         resized.eval()
-        resized_vit = resized.get_submodule(name) if name else resized  # same name in the copy
-        resized_vit.set_input_size(img_size=size)
         device = next(resized.parameters()).device
         x = resize_images(images.detach().to(device), size)
 
@@ -211,7 +203,7 @@ def resolution_sweep(
         accuracy = correct / x.shape[0]
 
         probe = x[:batch_size]
-        recording = AttentionRecorder(resized, vit_name=name).record(probe)
+        recording = AttentionRecorder(resized, vit_name=backend.vit_name or None).record(probe)
         attention, layout = recording.attention, recording.layout
         distance = mean_attention_distance(attention, layout)
         entropy = attention_entropy(attention, layout)
@@ -229,7 +221,7 @@ def resolution_sweep(
         results.append(
             ResolutionResult(
                 image_size=size,
-                grid_size=tuple(int(g) for g in resized_vit.patch_embed.grid_size),
+                grid_size=layout.grid_size,
                 accuracy=accuracy,
                 relative_distance=distance.relative.mean(dim=-1),
                 entropy=entropy.normalized.mean(dim=-1),

@@ -33,8 +33,10 @@ TABLE_HEADER = [
 ]
 
 INTERPOLATION_NOTE = (
-    "Every size runs the same weights: timm's `set_input_size` resamples the learned position "
-    "embeddings bicubically from the training grid to the new one, so the model meets other "
+    "Every size runs the same weights: the learned position embeddings are resampled "
+    "bicubically from the training grid to the new one (timm's `set_input_size`, Hugging "
+    "Face's `interpolate_pos_encoding`, torchvision's `interpolate_embeddings`), so the model "
+    "meets other "
     "grids only through that interpolation, and the drop in accuracy away from the training "
     "size shows how far it carries. Compare attention across sizes with the relative distance "
     "and the effective area, which do not change merely because the grid is finer."
@@ -84,7 +86,7 @@ class ResolutionSweep(AttentionCallback):
         ValueError: For non-positive or repeated sizes, ``images < 1``,
             ``figure_images < 1``, or at setup for a
             size that is not a multiple of the patch size (the message names
-            the nearest valid sizes) or a ViT without timm's ``set_input_size``.
+            the nearest valid sizes), or non-square sizes for torchvision.
 
     Example::
 
@@ -137,15 +139,14 @@ class ResolutionSweep(AttentionCallback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        vit = self.probe.recorder.vit
-        if not hasattr(vit, "set_input_size"):
+        backend = self.probe.recorder.backend
+        self.training_size = backend.input_size()
+        self._pairs = self._resolve_sizes(backend.layout(self.training_size).patch_size)
+        if backend.family == "torchvision" and any(h != w for h, w in self._pairs):
             raise ValueError(
-                f"ResolutionSweep: {type(vit).__name__} at {self.probe.recorder.vit_name!r} has "
-                "no set_input_size(); the sweep needs a timm VisionTransformer."
+                f"ResolutionSweep: torchvision's VisionTransformer takes square images only; "
+                f"sizes {self.sizes} give {self._pairs}. List square sizes (ints)."
             )
-        patch = tuple(int(p) for p in vit.patch_embed.patch_size)
-        self.training_size = tuple(int(s) for s in vit.patch_embed.img_size)
-        self._pairs = self._resolve_sizes(patch)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero and not self.probe.reduced:
@@ -192,7 +193,9 @@ class ResolutionSweep(AttentionCallback):
             [names[label] for label in probe.labels[:shown]],
         )
         figure_path = self.log_figure(trainer, run, "resolution", figure)
-        table = self._table(results, self.probe.recorder.vit.num_prefix_tokens)
+        backend = self.probe.recorder.backend
+        prefix = backend.layout(backend.input_size()).num_prefix_tokens
+        table = self._table(results, prefix)
         self.probe.log_text(
             trainer,
             run,

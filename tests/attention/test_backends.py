@@ -15,7 +15,14 @@ import torch
 from torch import nn
 from torchvision.models import VisionTransformer
 
-from lit_vit.attention import AttentionRecorder, gradient_rollout, rollout
+from lit_vit.attention import (
+    AttentionRecorder,
+    gradient_rollout,
+    resize_images,
+    resolution_sweep,
+    rollout,
+)
+from lit_vit.attention.backends import find_backend, model_logits
 
 transformers = pytest.importorskip("transformers")
 
@@ -158,3 +165,36 @@ def test_unknown_kind_of_hugging_face_attention_names_what_was_found():
         attention.query = nn.Linear(WIDTH, WIDTH)
     with pytest.raises(ValueError, match=r"found a huggingface ViT .*ViTAttention.*transformers"):
         AttentionRecorder(model)
+
+
+def torchvision_at(model: VisionTransformer, size: int) -> VisionTransformer:
+    """torchvision's own way to another size: a new model, the state's embedding resampled."""
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    resized = VisionTransformer(size, PATCH, LAYERS, HEADS, WIDTH, 2 * WIDTH, num_classes=CLASSES)
+    resized.load_state_dict(interpolate_embeddings(size, PATCH, model.state_dict()))
+    return resized.eval()
+
+
+@pytest.mark.parametrize("family", ["huggingface", "torchvision"])
+def test_resolution_sweep_resizes_each_family_its_own_way(family):
+    model = hf_vit() if family == "huggingface" else torchvision_vit()
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    x, labels = images(4), torch.arange(4) % CLASSES
+    bigger = resize_images(x, 48)
+    with torch.no_grad():
+        if family == "huggingface":
+            expected = model(bigger, interpolate_pos_encoding=True).logits
+        else:
+            expected = torchvision_at(model, 48)(bigger)
+        resized = find_backend(model).resized_copy(model, (48, 48)).eval()
+        torch.testing.assert_close(model_logits(resized(bigger)), expected)
+    results = resolution_sweep(model, x, labels, [SIZE, 48], batch_size=4)
+    assert [r.grid_size for r in results] == [(4, 4), (6, 6)]
+    assert results[1].accuracy == (expected.argmax(-1) == labels).float().mean().item()
+    assert results[1].relative_distance.shape == (LAYERS,)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name]), f"{name}: the caller's model is not modified"
+    if family == "torchvision":
+        with pytest.raises(ValueError, match="square images only, not 32x48"):
+            resolution_sweep(model, x, labels, [(32, 48)])

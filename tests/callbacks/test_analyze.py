@@ -74,7 +74,7 @@ def test_a_timm_model_on_an_image_folder_gets_the_full_report_with_folder_classe
     assert classes == list(CLASSES)
     for section in ("Which explainer can I trust here?", "Sanity checks", "Faithfulness"):
         assert f"{section}" in report
-    assert (run_dir / "attention" / "test" / "resolution.png").is_file(), "timm: sweep too"
+    assert (run_dir / "attention" / "test" / "resolution.png").is_file()
     assert "attention_test/rollout" in read_events(run_dir).Tags()["images"]
 
 
@@ -102,7 +102,7 @@ def test_a_hugging_face_folder_is_read_with_its_own_preprocessing(tmp_path, phot
     assert "- Model: hf:" in report
     assert "2 layers, width 32, 2 heads, patch 8x8, images 32x32" in report
     assert [row[0] for row in report_rows(report, "| class | n |")] == list(CLASSES)
-    assert not (run_dir / "attention" / "test" / "resolution.png").exists(), "no timm sweep"
+    assert "| 32x32 (training) | 4x4 |" in report, "the sweep, by interpolate_pos_encoding"
 
 
 def test_a_lit_vit_checkpoint_is_analysed_on_fashion_mnist(tmp_path, attention_run):

@@ -23,6 +23,8 @@ from lit_vit.callbacks import (
     Faithfulness,
     FocusCoverage,
     HeadDiversity,
+    ResolutionSweep,
+    SanityChecks,
 )
 from tests.conftest import read_events
 
@@ -259,6 +261,8 @@ def test_callbacks_on_other_families_write_figures_and_the_report(tmp_path, make
         HeadDiversity(),
         FocusCoverage(test_images=8),
         Faithfulness(test_images=8),
+        ResolutionSweep(sizes=[24, 32, 48], images=8),
+        SanityChecks(),
     ]
     trainer = fit(module, callbacks, tmp_path, epochs=2)
     assert callbacks[0].recorder.backend.family == family
@@ -269,3 +273,7 @@ def test_callbacks_on_other_families_write_figures_and_the_report(tmp_path, make
     report = (run_dir / "attention" / "report.md").read_text()
     assert "## Attention rollout" in report and "## Faithfulness (deletion / insertion)" in report
     assert "2 layers, width 32, 2 heads, patch 8x8, images 32x32" in report
+    # The sweep resized the family's own way: a row per size, the training size marked.
+    assert (run_dir / "attention" / "test" / "resolution.png").is_file()
+    for row in ("| 24x24 | 3x3 |", "| 32x32 (training) | 4x4 |", "| 48x48 | 6x6 |"):
+        assert row in report, row
