@@ -198,3 +198,54 @@ def test_resolution_sweep_resizes_each_family_its_own_way(family):
     if family == "torchvision":
         with pytest.raises(ValueError, match="square images only, not 32x48"):
             resolution_sweep(model, x, labels, [(32, 48)])
+
+
+def timm_to_hugging_face(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A timm ViT's weights under Hugging Face ViT's names (its q/k/v split out of qkv)."""
+    renamed = {
+        "cls_token": "vit.embeddings.cls_token",
+        "pos_embed": "vit.embeddings.position_embeddings",
+        "patch_embed.proj.weight": "vit.embeddings.patch_embeddings.projection.weight",
+        "patch_embed.proj.bias": "vit.embeddings.patch_embeddings.projection.bias",
+        "norm.weight": "vit.layernorm.weight",
+        "norm.bias": "vit.layernorm.bias",
+        "head.weight": "classifier.weight",
+        "head.bias": "classifier.bias",
+    }
+    block_parts = {
+        "norm1": "layernorm_before",
+        "norm2": "layernorm_after",
+        "attn.proj": "attention.o_proj",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+    }
+    converted = {}
+    for name, tensor in state.items():
+        if name in renamed:
+            converted[renamed[name]] = tensor
+            continue
+        _, layer, part = name.split(".", 2)
+        part, kind = part.rsplit(".", 1)  # e.g. "attn.qkv", "weight"
+        prefix = f"vit.layers.{layer}"
+        if part == "attn.qkv":
+            for projection, chunk in zip("qkv", tensor.chunk(3), strict=True):
+                converted[f"{prefix}.attention.{projection}_proj.{kind}"] = chunk
+        else:
+            converted[f"{prefix}.{block_parts[part]}.{kind}"] = tensor
+    return converted
+
+
+def test_timm_and_hugging_face_on_shared_weights_give_the_same_attention_and_logits():
+    torch.manual_seed(0)
+    timm_vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=SIZE, patch_size=PATCH,
+        embed_dim=WIDTH, depth=LAYERS, num_heads=HEADS, mlp_ratio=2.0, num_classes=CLASSES,
+    ).eval()  # fmt: skip
+    hf = transformers.ViTForImageClassification(hf_config(layer_norm_eps=1e-6)).eval()
+    hf.load_state_dict(timm_to_hugging_face(timm_vit.state_dict()))
+    x = images()
+    from_timm = AttentionRecorder(timm_vit).record(x)
+    from_hf = AttentionRecorder(hf).record(x)
+    torch.testing.assert_close(from_hf.attention, from_timm.attention, atol=1e-5, rtol=0)
+    torch.testing.assert_close(from_hf.logits, from_timm.logits, atol=1e-5, rtol=0)
+    assert from_hf.layout == from_timm.layout
