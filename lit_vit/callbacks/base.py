@@ -121,14 +121,15 @@ class AttentionCallback(Callback):
     ) -> None:
         """Log each value as ``<tag_root>/<name>/<key>`` at the run's step (rank zero only).
 
-        During fit through ``pl_module.log``, so any logger and ``EarlyStopping``
-        see them (at the step of the run's ``val/*`` metrics); at test straight
-        to the loggers, so that Lightning's table of test results keeps to
+        At validation runs through ``pl_module.log``, so any logger and
+        ``EarlyStopping`` see them (at the step of the run's ``val/*`` metrics);
+        at fit end (where Lightning allows no ``log``) and at test straight to
+        the loggers, so that Lightning's table of test results keeps to
         ``test/acc`` and ``test/loss``.
         """
         scalars = {f"{run.tag_root}/{self.key(key)}": float(value) for key, value in values.items()}
         self.probe.note_scalars(scalars)
-        if run.stage != "test":
+        if run.stage == "val":
             for tag, value in scalars.items():
                 pl_module.log(tag, value, rank_zero_only=True)
             return

@@ -14,6 +14,7 @@ from lit_vit.attention import (
     spearman,
 )
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
+from lit_vit.callbacks.probe import ProbeRun
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import randomization_figure
 
@@ -36,6 +37,8 @@ class SanityChecks(AttentionCallback):
       class-agnostic ones score 1 by construction.
 
     Definitions in ``docs/attention.md``. Skipped under ``fast_dev_run``.
+    With ``at_fit_end``, the same checks also run at the end of fit on the
+    validation probe (figure, scalars and a table; the report is the test's).
 
     Logs:
 
@@ -43,12 +46,15 @@ class SanityChecks(AttentionCallback):
     - scalars ``attention_test/sanity/randomised_<explainer>`` (after full
       randomisation) and ``attention_test/sanity/random_logit_<explainer>``
       (class-specific explainers), explainer names with ``_`` for spaces.
+    - with ``at_fit_end``: the same under ``attention/`` at the step of the
+      last validation run, and text ``attention/sanity_checks/table``.
 
     Args:
         threshold: Correlation after full randomisation above which an
             explainer fails, in (0, 1].
         seed: Seed of the re-initialisation (step ``i`` uses ``seed + i``) and
             of the random classes.
+        at_fit_end: Also check the trained model at the end of fit.
         name: See :class:`~lit_vit.callbacks.base.AttentionCallback`.
 
     Raises:
@@ -69,18 +75,31 @@ class SanityChecks(AttentionCallback):
     report_order = 70
     per_run = False
 
-    def __init__(self, threshold: float = 0.5, seed: int = 0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        seed: int = 0,
+        at_fit_end: bool = False,
+        name: str | None = None,
+    ) -> None:
         super().__init__(name=name)
         if not 0 < threshold <= 1:
             raise ValueError(f"SanityChecks: threshold={threshold} must be in (0, 1].")
         self.threshold = threshold
         self.seed = seed
+        self.at_fit_end = at_fit_end
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.at_fit_end and trainer.is_global_zero and not self.probe.reduced:
+            self.check(trainer, pl_module, self.probe.run(trainer, "fit_end"))
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero or self.probe.reduced:
-            return
-        run = self.probe.run(trainer, "test")
-        probe = self.probe.probe(trainer, pl_module, "test")
+        if trainer.is_global_zero and not self.probe.reduced:
+            self.check(trainer, pl_module, self.probe.run(trainer, "test"))
+
+    def check(self, trainer: Trainer, pl_module: LightningModule, run: ProbeRun) -> None:
+        """Both checks on the probe of ``run``'s stage; at test, the report's section too."""
+        probe = self.probe.probe(trainer, pl_module, run.stage)
         images = probe.images.to(pl_module.device)
         recorder = self.probe.recorder
         logits = recorder.record(images).logits
@@ -102,18 +121,22 @@ class SanityChecks(AttentionCallback):
             else "fails"
             for name, value in randomised.items()
         }
+        scalars = {f"sanity/randomised_{_tag(n)}": value for n, value in randomised.items()}
+        scalars |= {f"sanity/random_logit_{_tag(n)}": value for n, value in random_logit.items()}
+        self.log_scalars(pl_module, run, scalars)
+        figure = randomization_figure(curve.labels, curve.correlations, self.threshold)
+        path = self.log_figure(trainer, run, "sanity_checks", figure)
+        section = self._section(randomised, random_logit, verdicts, len(images), path)
+        if run.stage != "test":
+            self.probe.log_text(trainer, run, self.key("sanity_checks/table"), section.body)
+            return
         model_free = dict.fromkeys(CONTROLS, 1.0)  # the controls ignore the model and the class
         self.probe.add_scores("Spearman after full randomisation", randomised | model_free)
         self.probe.add_scores(
             "random-logit Spearman", {n: random_logit.get(n, 1.0) for n in randomised} | model_free
         )
         self.probe.add_scores("sanity checks", verdicts)
-        scalars = {f"sanity/randomised_{_tag(n)}": value for n, value in randomised.items()}
-        scalars |= {f"sanity/random_logit_{_tag(n)}": value for n, value in random_logit.items()}
-        self.log_scalars(pl_module, run, scalars)
-        figure = randomization_figure(curve.labels, curve.correlations, self.threshold)
-        path = self.log_figure(trainer, run, "sanity_checks", figure)
-        self.report_section = self._section(randomised, random_logit, verdicts, len(images), path)
+        self.report_section = section
 
     def _section(
         self, randomised: dict, random_logit: dict, verdicts: dict, count: int, figure: str
@@ -130,7 +153,7 @@ class SanityChecks(AttentionCallback):
         failing = [row[0] for row in rows if row[3] == "fails"]
         body = "\n\n".join(
             [
-                f"On {count} test probe images. Spearman correlation of each explainer's map "
+                f"On {count} probe images. Spearman correlation of each explainer's map "
                 "with its map of the trained model, after re-initialising the head, then each "
                 "block from the last, then the patch and position embeddings with the prefix "
                 f"tokens; an explainer still above {self.threshold} once the whole model is "

@@ -50,6 +50,7 @@ trainer:
         images: {SWEEP_IMAGES}
         figure_images: {SWEEP_FIGURE_IMAGES}
     - class_path: lit_vit.callbacks.SanityChecks
+      init_args: {{at_fit_end: true}}
 """
 
 

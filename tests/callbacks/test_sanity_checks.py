@@ -36,6 +36,18 @@ def test_report_has_a_row_per_explainer_with_the_logged_values(attention_run):
     assert "attention_test/sanity_checks" in events.Tags()["images"]
 
 
+def test_at_fit_end_the_validation_probe_is_checked_too(attention_run):
+    events = read_events(attention_run.fit_dir)
+    last_val_step = events.Scalars("val/acc")[-1].step
+    for name in EXPLAINERS:
+        (logged,) = events.Scalars(f"attention/sanity/randomised_{name.replace(' ', '_')}")
+        assert logged.step == last_val_step and -1 <= logged.value <= 1
+    folder = attention_run.fit_dir / "attention" / "fit_end"
+    assert (folder / "sanity_checks.png").is_file()
+    rows = table_rows((folder / "sanity_checks" / "table.md").read_text())
+    assert [row[0] for row in rows] == list(EXPLAINERS)
+
+
 def test_the_tested_checkpoint_is_unchanged_by_the_checks(attention_run):
     # The test run loaded last.ckpt, randomised the model in place and restored it: the
     # model the test scored is the checkpoint's (its accuracy is logged after the checks ran).
