@@ -8,13 +8,15 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
-from lit_vit.attention import rollout
+from lit_vit.attention import resize_images, rollout
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.plotting import rollout_evolution_figure, rollout_figure
 
 # Epochs the rollout strip shows at most, spread evenly over the analysed ones.
 MAX_EPOCH_COLUMNS = 10
+# Longest side, in pixels, of the probe images the strip keeps in the checkpoint.
+STRIP_SIDE = 64
 
 
 class AttentionRollout(AttentionCallback):
@@ -32,7 +34,8 @@ class AttentionRollout(AttentionCallback):
     - image ``attention/rollout_evolution``: per probe image (the first
       ``figure_rows``), its rollout at each analysed epoch so far (at most
       ``MAX_EPOCH_COLUMNS``, spread evenly, the last included); the maps are
-      kept in the checkpoint, so a resumed run continues the strip, and the
+      kept in the checkpoint (with the images as thumbnails of at most
+      ``STRIP_SIDE`` pixels), so a resumed run continues the strip, and the
       test report shows it.
 
     At test the same tag under ``attention_test/``; with ``name=...`` it is
@@ -148,8 +151,7 @@ class AttentionRollout(AttentionCallback):
         self.history["maps"].append(rollout_maps.clone())
         if self.history["pixels"] is None:
             rows = len(rollout_maps)
-            pixels = analysis.probe.pixels[:rows].mul(255).round().to(torch.uint8)
-            self.history["pixels"] = pixels
+            self.history["pixels"] = thumbnails(analysis.probe.pixels[:rows], STRIP_SIDE)
             self.history["labels"] = analysis.probe.labels[:rows].clone()
 
     def _log_evolution(self, trainer: Trainer, analysis: ProbeAnalysis) -> str | None:
@@ -188,3 +190,13 @@ def _spread(count: int, most: int) -> list[int]:
     if count <= most:
         return list(range(count))
     return sorted({round(index * (count - 1) / (most - 1)) for index in range(most)})
+
+
+def thumbnails(pixels: Tensor, side: int) -> Tensor:
+    """``(B, C, H, W)`` pixels in [0, 1] as uint8, shrunk (antialiased) to at most ``side``
+    pixels on their longer side: the strip's images stay small in the checkpoint."""
+    scale = side / max(pixels.shape[-2:])
+    if scale < 1:
+        size = tuple(max(1, round(length * scale)) for length in pixels.shape[-2:])
+        pixels = resize_images(pixels, size).clamp(0, 1)
+    return pixels.mul(255).round().to(torch.uint8)

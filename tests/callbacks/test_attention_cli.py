@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from lit_vit import __version__
-from lit_vit.attention import AttentionRecorder, cls_attention, head_diversity
-from lit_vit.callbacks.attention_rollout import _spread
+from lit_vit.attention import AttentionRecorder, cls_attention, head_diversity, resize_images
+from lit_vit.callbacks.attention_rollout import _spread, thumbnails
 from lit_vit.cli import main
 from tests.callbacks.conftest import EPOCHS, PROBE_SIZE
 from tests.conftest import checkpoint_probe, read_events, run_dirs
@@ -146,6 +146,22 @@ def test_probe_state_is_small_and_holds_no_images(attention_run):
     (history,) = [value["history"] for key, value in state.items() if "HeadDiversity" in key]
     assert history["epoch"] == [0, 1] and len(history["entropy"][0]) == 2  # 2 layers
     assert len(pickle.dumps(history)) < 10_000
+    strips = [value["history"] for key, value in state.items() if "AttentionRollout" in key]
+    for strip in strips:  # the rollout strip's maps and thumbnails of the images it shows
+        assert strip["pixels"].dtype == torch.uint8 and strip["pixels"].shape == (6, 1, 28, 28)
+        assert len(pickle.dumps(strip)) < 20_000
+
+
+def test_the_rollout_strip_keeps_thumbnails_whatever_the_image_size():
+    pixels = torch.rand(2, 3, 224, 160)
+    small = thumbnails(pixels, 64)
+    assert small.dtype == torch.uint8 and small.shape == (2, 3, 64, 46)
+    expected = resize_images(pixels, (64, 46)).clamp(0, 1).mul(255).round()
+    assert torch.equal(small, expected.to(torch.uint8))
+    assert torch.equal(
+        thumbnails(pixels[..., :28, :28], 64),
+        pixels[..., :28, :28].mul(255).round().to(torch.uint8),
+    )
 
 
 def test_report_has_a_header_and_every_section_with_the_numbers(attention_run):
