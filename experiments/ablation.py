@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--output", default="docs/ablation.md", help="The Markdown table.")
     parser.add_argument("--save_dir", default="logs", help="Runs go to <save_dir>/ablation_*.")
     parser.add_argument("extra", nargs="*", help="After --: more lit-vit options for every arm.")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     save_dir = Path(args.save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> Path:
         results.append((arm, minutes, *_test_results(save_dir / f"ablation_{arm}")))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(_markdown(results, commands, args.epochs))
+    rerun = shlex.join(["python", "experiments/ablation.py", *argv])
+    output.write_text(_markdown(results, commands, args.epochs, rerun))
     print(f"Ablation table: {output}")
     return output
 
@@ -109,7 +112,7 @@ def _test_results(runs: Path) -> tuple[float, list[float]]:
     return accuracy, [events.Scalars(tag)[-1].value for tag in tags]
 
 
-def _markdown(results: list[tuple], commands: list[str], epochs: int) -> str:
+def _markdown(results: list[tuple], commands: list[str], epochs: int, rerun: str) -> str:
     layers = len(results[0][3])
     third = max(1, layers // 3)
     header = ["arm", "", "test acc", f"distance, first {third}", f"distance, last {third}", "fit"]
@@ -144,8 +147,7 @@ def _markdown(results: list[tuple], commands: list[str], epochs: int) -> str:
             "",
             *per_layer,
             "",
-            "Rerun it all: `python experiments/ablation.py --epochs "
-            f"{epochs}`. The commands it ran:",
+            f"Rerun it all: `{rerun}`. The commands it ran:",
             "",
             "```bash",
             *commands,

@@ -46,7 +46,10 @@ def test_two_arms_train_test_and_fill_the_table(tmp_path, fake_fashion_mnist, ab
     assert 0 <= float(summary[2]) <= 1 and 0 < float(summary[3]) < 2, rows[0]
     assert len(rows[2].split(" | ")) == 1 + 3, "one column per layer"
     assert "--model.ema_decay=null" in table and "--data.augment=false" in table
-    assert "lit-vit test" in table
+    assert (
+        "lit-vit test" in table
+        and "Rerun it all: `python experiments/ablation.py --epochs=1" in table
+    )
     # Only the probe and HeadDiversity ran: no report, no other figures.
     test_run = max((tmp_path / "logs" / "ablation_no_ema").glob("version_*"))
     assert (test_run / "attention" / "test" / "distance_relative.png").is_file()
