@@ -86,7 +86,6 @@ class PretrainedClassifier(LightningModule):
         self.model = model
         self.test_acc = MulticlassAccuracy(data_classes, average="micro")
         self.test_images = 0
-        self.scores_data_classes: bool | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, C, H, W)`` images to ``(B, classes)`` logits."""
@@ -99,8 +98,7 @@ class PretrainedClassifier(LightningModule):
         images, labels = batch
         logits = self(images)
         self.test_images += len(labels)
-        self.scores_data_classes = logits.shape[-1] == self.hparams.data_classes
-        if self.scores_data_classes:
+        if logits.shape[-1] == self.hparams.data_classes:
             loss = nn.functional.cross_entropy(logits, labels)
             self.test_acc(logits, labels)
             self.log("test/loss", loss)

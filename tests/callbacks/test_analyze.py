@@ -78,6 +78,20 @@ def test_a_timm_model_on_an_image_folder_gets_the_full_report_with_folder_classe
     assert "attention_test/rollout" in read_events(run_dir).Tags()["images"]
 
 
+def test_a_model_with_other_classes_than_the_data_is_analysed_without_accuracy(tmp_path, photos):
+    tiny_with_five_classes = TINY_TIMM.replace("}", ", num_classes: 5}")
+    run_dir = analyze(
+        tmp_path,
+        "--model=vit_tiny_patch16_224",
+        "--pretrained=false",
+        f"--model_kwargs={tiny_with_five_classes}",
+        f"--data={photos}",
+    )
+    report = (run_dir / "attention" / "report.md").read_text()
+    assert "- Test accuracy" not in report and "## Which explainer can I trust here?" in report
+    assert "test/acc" not in read_events(run_dir).Tags()["scalars"]
+
+
 def test_a_hugging_face_folder_is_read_with_its_own_preprocessing(tmp_path, photos):
     transformers = pytest.importorskip("transformers")
     config = transformers.ViTConfig(
@@ -131,6 +145,8 @@ def test_a_lit_vit_checkpoint_is_analysed_on_fashion_mnist(tmp_path, attention_r
             "--data 'no/such/folder' is neither fashion_mnist nor a folder",
         ),
         (["--model=vit_tiny_patch16_224", "--probe_sise=3"], "Did you mean 'probe_size'?"),
+        (["--model=vit_tiny_patch16_224"], "Could not load pretrained weights"),
+        (["--model=hf:no/such-model"], "--model hf:no/such-model: cannot load it"),
     ],
 )
 def test_bad_input_is_one_clear_message_and_exit_code_2(tmp_path, capsys, args, message):
