@@ -21,6 +21,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+from unittest import mock
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> Path:
 
 def _run(command: list[str]) -> None:
     """Run a ``lit-vit`` command in this process; a failure stops the ablation (exit 2)."""
-    lit_vit(command[1:])
+    with mock.patch.object(sys, "argv", command):  # as if typed: LightningCLI reads sys.argv too
+        lit_vit(command[1:])
 
 
 def _test_results(runs: Path) -> tuple[float, list[float]]:
