@@ -3,7 +3,7 @@
 Each arm trains the default config (``configs/fashion_mnist.yaml``) for the
 same short schedule through ``lit-vit fit``, tests its best checkpoint with
 ``lit-vit test``, and reads the test accuracy and the test probe's relative
-mean attention distance per layer (``attention_test/distance_relative/layer_LL``,
+mean attention distance per layer (``test_attention/distance_relative/layer_LL``,
 1.00 = as global as uniform attention) from the test run's TensorBoard
 events. The table goes to a Markdown file with the commands that made it.
 Only the probe and ``HeadDiversity`` run (the full report is not needed), so
@@ -108,7 +108,7 @@ def _test_results(runs: Path) -> tuple[float, list[float]]:
     tags = sorted(
         tag
         for tag in events.Tags()["scalars"]
-        if tag.startswith("attention_test/distance_relative/layer_")
+        if tag.startswith("test_attention/distance_relative/layer_")
     )
     accuracy = events.Scalars("test/acc")[-1].value
     return accuracy, [events.Scalars(tag)[-1].value for tag in tags]

@@ -189,7 +189,7 @@ def test_best_and_last_resolve_to_the_latest_run_with_them(
     caplog.set_level("INFO")
     main(["test", *tiny_run_args(tmp_path, fake_fashion_mnist, "--ckpt_path=best")])
     results = capsys.readouterr().out
-    assert "test/acc" in results and "attention_test" not in results, "the result, not buried"
+    assert "test/acc" in results and "test_attention" not in results, "the result, not buried"
     assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
     (best,) = (run_dir / "checkpoints").glob("epoch*-val_acc*.ckpt")
     assert f"--ckpt_path best: {best}" in caplog.text

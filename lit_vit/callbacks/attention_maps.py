@@ -19,12 +19,12 @@ class AttentionMaps(AttentionCallback):
 
     Logs (``LL`` = zero-padded layer):
 
-    - image ``attention/layer_maps``: probe images x layers.
-    - image ``attention/head_maps/layer_LL``: per-head maps of chosen layers.
-    - scalar ``attention/prefix_mass/layer_LL``: mean attention the query puts
+    - image ``val_attention/layer_maps``: probe images x layers.
+    - image ``val_attention/head_maps/layer_LL``: per-head maps of chosen layers.
+    - scalar ``val_attention/prefix_mass/layer_LL``: mean attention the query puts
       on prefix tokens (class, distillation, registers) instead of patches.
 
-    At test the same tags under ``attention_test/``; with ``name=...`` every
+    At test the same tags under ``test_attention/``; with ``name=...`` every
     tag gets ``<name>/`` after the root.
 
     Args:

@@ -29,17 +29,17 @@ class AttentionRollout(AttentionCallback):
 
     Logs:
 
-    - image ``attention/rollout``: one row per probe image, columns rollout,
+    - image ``val_attention/rollout``: one row per probe image, columns rollout,
       gradient rollout (true class), gradient rollout (predicted class).
-    - image ``attention/rollout_evolution``: per probe image (the first
+    - image ``val_attention/rollout_evolution``: per probe image (the first
       ``figure_rows``), its rollout at each analysed epoch so far (at most
       ``MAX_EPOCH_COLUMNS``, spread evenly, the last included); the maps are
       kept in the checkpoint (with the images as thumbnails of at most
       ``STRIP_SIDE`` pixels), so a resumed run continues the strip, and the
       test report shows it.
 
-    At test the same tag under ``attention_test/``; with ``name=...`` it is
-    ``attention/<name>/rollout``. Two instances with other settings (e.g.
+    At test the same tag under ``test_attention/``; with ``name=...`` it is
+    ``val_attention/<name>/rollout``. Two instances with other settings (e.g.
     ``head_fusion="max"``) run side by side when each has its own name.
 
     Args:

@@ -29,7 +29,7 @@ class AttentionCallback(Callback):
     Args:
         every_n_epochs: Analyse every n-th validation epoch (and the last).
         name: Distinguishes several instances of one callback: their tags
-            become ``attention/<name>/...``, their PNG files
+            become ``val_attention/<name>/...``, their PNG files
             ``<name>/...png`` and their report sections "... (<name>)".
             ``None`` for a single instance.
 
@@ -81,8 +81,8 @@ class AttentionCallback(Callback):
         return {}
 
     def tag_pattern(self, key: str) -> str:
-        """Regex of the validation tag ``attention/<name>/<key>`` (``key`` a regex itself)."""
-        return "attention/" + self.key(key)
+        """Regex of the validation tag ``val_attention/<name>/<key>`` (``key`` a regex itself)."""
+        return "val_attention/" + self.key(key)
 
     def check_model(self, num_layers: int) -> None:
         """Validate arguments that depend on the model (e.g. layer indices)."""

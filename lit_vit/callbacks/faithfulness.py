@@ -51,15 +51,15 @@ class Faithfulness(AttentionCallback):
 
     Logs (means over the images; ``<method>`` with ``_`` for spaces):
 
-    - scalars ``attention/faithfulness/deletion_<method>`` and
-      ``attention/faithfulness/insertion_<method>``.
-    - image ``attention/faithfulness``: mean deletion and insertion curves.
-    - image ``attention/faithfulness_evolution``: the probe's deletion and
+    - scalars ``val_attention/faithfulness/deletion_<method>`` and
+      ``val_attention/faithfulness/insertion_<method>``.
+    - image ``val_attention/faithfulness``: mean deletion and insertion curves.
+    - image ``val_attention/faithfulness_evolution``: the probe's deletion and
       insertion AUC of each map at every analysed epoch so far (maps x
       epochs); the history is kept in the checkpoint, so a resumed run
       continues it, and the test report shows it.
 
-    At test the same tags under ``attention_test/``; with ``name=...`` every
+    At test the same tags under ``test_attention/``; with ``name=...`` every
     tag gets ``<name>/`` after the root.
 
     Args:

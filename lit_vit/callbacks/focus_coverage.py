@@ -73,18 +73,18 @@ class FocusCoverage(AttentionCallback):
 
     Logs:
 
-    - scalars ``attention/focus/mean``, ``attention/coverage/mean``,
-      ``attention/object_mass/mean``, ``attention/lift/mean``: means over the
+    - scalars ``val_attention/focus/mean``, ``val_attention/coverage/mean``,
+      ``val_attention/object_mass/mean``, ``val_attention/lift/mean``: means over the
       probe images (lift: over images with foreground; not logged when none has).
-    - image ``attention/focus_coverage``: focus, coverage and lift of every
+    - image ``val_attention/focus_coverage``: focus, coverage and lift of every
       probe image, with the values of a uniform map.
-    - at test, the same under ``attention_test/`` for the test probe, and
-      scalars ``attention_test/focus/test_mean``,
-      ``attention_test/coverage/test_mean``,
-      ``attention_test/object_mass/test_mean``,
-      ``attention_test/lift/test_mean`` over the test images, and images
-      ``attention_test/focus_by_class``, ``attention_test/coverage_by_class``,
-      ``attention_test/lift_by_class`` (mean per true class).
+    - at test, the same under ``test_attention/`` for the test probe, and
+      scalars ``test_attention/focus/test_mean``,
+      ``test_attention/coverage/test_mean``,
+      ``test_attention/object_mass/test_mean``,
+      ``test_attention/lift/test_mean`` over the test images, and images
+      ``test_attention/focus_by_class``, ``test_attention/coverage_by_class``,
+      ``test_attention/lift_by_class`` (mean per true class).
 
     With ``name=...`` every tag gets ``<name>/`` after the root.
 

@@ -37,18 +37,18 @@ class HeadDiversity(AttentionCallback):
 
     Logs (``LL`` = zero-padded layer):
 
-    - scalar ``attention/head_diversity/layer_LL``
-    - scalar ``attention/distance_relative/layer_LL`` (mean over heads)
-    - scalar ``attention/entropy/layer_LL`` (mean over heads)
-    - image ``attention/head_diversity`` (bars per layer)
-    - image ``attention/distance`` (distance vs depth, one dot per head)
-    - image ``attention/entropy`` (layers x heads heatmap)
-    - image ``attention/evolution``: head diversity, entropy, relative
+    - scalar ``val_attention/head_diversity/layer_LL``
+    - scalar ``val_attention/distance_relative/layer_LL`` (mean over heads)
+    - scalar ``val_attention/entropy/layer_LL`` (mean over heads)
+    - image ``val_attention/head_diversity`` (bars per layer)
+    - image ``val_attention/distance`` (distance vs depth, one dot per head)
+    - image ``val_attention/entropy`` (layers x heads heatmap)
+    - image ``val_attention/evolution``: head diversity, entropy, relative
       distance and the class token's mass on prefix tokens per layer at every
       analysed epoch so far (layers x epochs heatmaps); the history is kept
       in the checkpoint, so a resumed run continues it.
 
-    At test the same tags under ``attention_test/``; with ``name=...`` every
+    At test the same tags under ``test_attention/``; with ``name=...`` every
     tag gets ``<name>/`` after the root.
 
     Args:

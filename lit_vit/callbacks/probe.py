@@ -55,6 +55,9 @@ from lit_vit.plotting import figure_to_image, save_image
 if TYPE_CHECKING:
     from lit_vit.callbacks.base import AttentionCallback
 
+# Roots of the attention tags: after Lightning's "val/" and "test/" in TensorBoard's sorted
+# lists, so that the training metrics stay on top.
+VAL_ROOT, TEST_ROOT = "val_attention", "test_attention"
 # Sub-folder of a TensorBoard run holding its hparams record and final attention summary.
 HPARAMS_RUN = "hparams"
 # Gradient targets an analysis callback may ask for, in the order they are recorded.
@@ -98,7 +101,7 @@ class ProbeRun:
         step: The logger step, the one of this run's ``val/*`` or ``test/*`` metrics.
         folder: Folder of this run's PNG files; ``None`` writes no file
             (``fast_dev_run``).
-        tag_root: ``"attention"`` during fit, ``"attention_test"`` at test, so
+        tag_root: ``"val_attention"`` during fit, ``"test_attention"`` at test, so
             test values never land on the validation charts.
     """
 
@@ -355,7 +358,7 @@ class AttentionProbe(Callback):
                 logger.experiment.add_custom_scalars({"attention": charts})
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._log_hparams(trainer, pl_module, "attention", "val/acc")
+        self._log_hparams(trainer, pl_module, VAL_ROOT, "val/acc")
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
@@ -391,8 +394,8 @@ class AttentionProbe(Callback):
         step = self.run(trainer, "test").step
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("attention_test/report", path.read_text(), step)
-        self._log_hparams(trainer, pl_module, "attention_test", "test/acc")
+                logger.experiment.add_text(f"{TEST_ROOT}/report", path.read_text(), step)
+        self._log_hparams(trainer, pl_module, TEST_ROOT, "test/acc")
         rank_zero_info(f"Attention report: {path}")
 
     def on_load_checkpoint(
@@ -446,7 +449,7 @@ class AttentionProbe(Callback):
             stage=stage,
             step=step,
             folder=None if self._log_root is None else self._log_root / folder,
-            tag_root="attention_test" if stage == "test" else "attention",
+            tag_root=TEST_ROOT if stage == "test" else VAL_ROOT,
         )
 
     def probe(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> Probe:

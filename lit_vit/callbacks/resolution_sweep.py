@@ -57,19 +57,19 @@ class ResolutionSweep(AttentionCallback):
     probe of :class:`~lit_vit.callbacks.probe.AttentionProbe`).
 
     Logs (``SxS`` = the size, zero-padded to 3 digits so tags sort: ``020x020``;
-    ``attention/`` at fit end, ``attention_test/`` at test):
+    ``val_attention/`` at fit end, ``test_attention/`` at test):
 
-    - image ``attention/resolution``: probe images x sizes, rollout overlays.
-    - text ``attention/resolution/table``: size, grid, tokens, accuracy,
+    - image ``val_attention/resolution``: probe images x sizes, rollout overlays.
+    - text ``val_attention/resolution/table``: size, grid, tokens, accuracy,
       relative distance (first and last layer), entropy and effective area
       (means over layers and heads), focus and coverage of the rollout (means
       over images) and milliseconds per image; also written to
       ``attention/fit_end/resolution/table.md`` and ``attention/test/...``.
     - at test only (Lightning allows no ``log`` in ``on_fit_end``), scalars
-      ``attention_test/resolution/accuracy_SxS``,
-      ``attention_test/resolution/distance_relative_SxS`` (mean over layers),
-      ``attention_test/resolution/focus_SxS`` (mean over images) and
-      ``attention_test/resolution/ms_per_image_SxS``.
+      ``test_attention/resolution/accuracy_SxS``,
+      ``test_attention/resolution/distance_relative_SxS`` (mean over layers),
+      ``test_attention/resolution/focus_SxS`` (mean over images) and
+      ``test_attention/resolution/ms_per_image_SxS``.
 
     Args:
         sizes: Square input sizes, multiples of the patch size. ``None``: from

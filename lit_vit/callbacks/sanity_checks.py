@@ -42,12 +42,12 @@ class SanityChecks(AttentionCallback):
 
     Logs:
 
-    - image ``attention_test/sanity_checks``: a curve per explainer.
-    - scalars ``attention_test/sanity/randomised_<explainer>`` (after full
-      randomisation) and ``attention_test/sanity/random_logit_<explainer>``
+    - image ``test_attention/sanity_checks``: a curve per explainer.
+    - scalars ``test_attention/sanity/randomised_<explainer>`` (after full
+      randomisation) and ``test_attention/sanity/random_logit_<explainer>``
       (class-specific explainers), explainer names with ``_`` for spaces.
-    - with ``at_fit_end``: the same under ``attention/`` at the step of the
-      last validation run, and text ``attention/sanity_checks/table``.
+    - with ``at_fit_end``: the same under ``val_attention/`` at the step of the
+      last validation run, and text ``val_attention/sanity_checks/table``.
 
     Args:
         threshold: Correlation after full randomisation above which an

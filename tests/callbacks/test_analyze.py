@@ -75,7 +75,7 @@ def test_a_timm_model_on_an_image_folder_gets_the_full_report_with_folder_classe
     for section in ("Which explainer can I trust here?", "Sanity checks", "Faithfulness"):
         assert f"{section}" in report
     assert (run_dir / "attention" / "test" / "resolution.png").is_file()
-    assert "attention_test/rollout" in read_events(run_dir).Tags()["images"]
+    assert "test_attention/rollout" in read_events(run_dir).Tags()["images"]
 
 
 def test_a_model_with_other_classes_than_the_data_is_analysed_without_accuracy(tmp_path, photos):

@@ -49,11 +49,11 @@ def test_each_validation_run_logs_every_tag_at_the_step_of_its_val_metrics(atten
     val_steps = [event.step for event in events.Scalars("val/acc")]
     assert len(val_steps) == EPOCHS
     for tag in IMAGE_TAGS:
-        steps = [event.step for event in events.Images(f"attention/{tag}")]
-        assert steps == val_steps, f"attention/{tag} at steps {steps}, val/acc at {val_steps}"
+        steps = [event.step for event in events.Images(f"val_attention/{tag}")]
+        assert steps == val_steps, f"val_attention/{tag} at steps {steps}, val/acc at {val_steps}"
     for tag in SCALAR_TAGS:
-        steps = [event.step for event in events.Scalars(f"attention/{tag}")]
-        assert steps == val_steps, f"attention/{tag} at steps {steps}, val/acc at {val_steps}"
+        steps = [event.step for event in events.Scalars(f"val_attention/{tag}")]
+        assert steps == val_steps, f"val_attention/{tag} at steps {steps}, val/acc at {val_steps}"
     for epoch in range(EPOCHS):
         folder = attention_run.fit_dir / "attention" / f"epoch_{epoch:03d}"
         assert (folder / "rollout.png").stat().st_size > 1000
@@ -85,7 +85,7 @@ def test_hparams_plugin_holds_the_hyperparameters_and_the_final_summary(
         "hparams/focus_mean",
     }
     assert expected <= metrics, sorted(metrics)
-    root = "attention" if run == "fit_dir" else "attention_test"
+    root = "val_attention" if run == "fit_dir" else "test_attention"
     layer_0 = read_events(run_dir).Scalars(f"{root}/distance_relative/layer_00")[-1].value
     logged = events.Scalars("hparams/distance_relative_first_layers")[-1].value
     assert logged == pytest.approx(layer_0), "2 layers: the first third is layer 0"
@@ -106,21 +106,29 @@ def test_tensorboard_gets_a_chart_per_measure_and_the_report(attention_run):
     layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
     (category,) = layout.category
     charts = {chart.title: list(chart.multiline.tag) for chart in category.chart}
-    assert charts["entropy by layer"] == [r"attention/entropy/layer_\d+"]
-    assert charts["prefix mass by layer"] == [r"attention/prefix_mass/layer_\d+"]
-    assert charts["deletion AUC"] == ["attention/faithfulness/deletion_.*"]
+    assert charts["entropy by layer"] == [r"val_attention/entropy/layer_\d+"]
+    assert charts["prefix mass by layer"] == [r"val_attention/prefix_mass/layer_\d+"]
+    assert charts["deletion AUC"] == ["val_attention/faithfulness/deletion_.*"]
     assert (
-        "attention_test/report/text_summary"
+        "test_attention/report/text_summary"
         in read_events(attention_run.test_dir).Tags()["tensors"]
     )
+
+
+def test_training_metrics_come_before_the_attention_tags_in_tensorboard(attention_run):
+    # TensorBoard sorts tags (and the groups of its Scalars and Time Series tabs) by name.
+    tags = sorted(read_events(attention_run.fit_dir).Tags()["scalars"])
+    first_attention = min(i for i, tag in enumerate(tags) if tag.startswith("val_attention/"))
+    assert {"train/loss_epoch", "val/acc", "val/loss"} <= set(tags[:first_attention]), tags
+    assert all(tag.startswith("val_attention/") for tag in tags[first_attention:]), tags
 
 
 def test_test_time_tags_never_land_on_the_validation_charts(attention_run):
     events = read_events(attention_run.test_dir)
     tags = set(events.Tags()["images"]) | set(events.Tags()["scalars"])
-    assert not [tag for tag in tags if tag.startswith("attention/")]
-    assert {f"attention_test/{tag}" for tag in IMAGE_TAGS} <= tags
-    assert {f"attention_test/{tag}" for tag in SCALAR_TAGS} <= tags
+    assert not [tag for tag in tags if tag.startswith("val_attention/")]
+    assert {f"test_attention/{tag}" for tag in IMAGE_TAGS} <= tags
+    assert {f"test_attention/{tag}" for tag in SCALAR_TAGS} <= tags
 
 
 def test_logged_numbers_match_the_toolkit_on_the_checkpoint_probe(attention_run):
@@ -131,9 +139,9 @@ def test_logged_numbers_match_the_toolkit_on_the_checkpoint_probe(attention_run)
     prefix = cls_attention(recording.attention, recording.layout).prefix_mass.mean(dim=(1, 2))
     events = read_events(attention_run.fit_dir)
     for layer in range(2):
-        logged = events.Scalars(f"attention/head_diversity/layer_{layer:02d}")[-1].value
+        logged = events.Scalars(f"val_attention/head_diversity/layer_{layer:02d}")[-1].value
         assert logged == pytest.approx(float(diversity[layer]), abs=1e-5)
-        logged = events.Scalars(f"attention/prefix_mass/layer_{layer:02d}")[-1].value
+        logged = events.Scalars(f"val_attention/prefix_mass/layer_{layer:02d}")[-1].value
         assert logged == pytest.approx(float(prefix[layer]), abs=1e-5)
 
 
@@ -190,7 +198,7 @@ def test_report_has_a_header_and_every_section_with_the_numbers(attention_run):
     for link in (*links, *evolutions):
         assert f"](test/{link})" in report
         assert (attention_run.test_dir / "attention" / "test" / link).is_file()
-    logged = read_events(attention_run.test_dir).Scalars("attention_test/head_diversity/layer_00")[
+    logged = read_events(attention_run.test_dir).Scalars("test_attention/head_diversity/layer_00")[
         -1
     ]
     assert f"- Layer 0: {logged.value:.3f}" in report
@@ -216,7 +224,7 @@ def test_resume_uses_the_same_probe_and_one_capture_per_run(attention_run, monke
     main(["fit", *attention_run.args, f"--ckpt_path={first_epoch}"])
     resumed = run_dirs(attention_run.tmp_path / "logs")[-1]
     original, again = read_events(attention_run.fit_dir), read_events(resumed)
-    for tag in ("attention/rollout", "attention/rollout_max/rollout"):
+    for tag in ("val_attention/rollout", "val_attention/rollout_max/rollout"):
         assert [e.step for e in again.Images(tag)] == [original.Images(tag)[-1].step]
     assert captures.count(2) == 1, "a resumed run captures once per validation run"
     assert captures[0] == 2, "(then the fit-end sanity checks record with at most one target)"

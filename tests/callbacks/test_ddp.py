@@ -29,10 +29,10 @@ def test_two_process_ddp_through_the_cli(tmp_path, fake_fashion_mnist):
     assert "Last checkpoint:" in result.stderr + result.stdout
     (run_dir,) = run_dirs(tmp_path / "logs")
     events = read_events(run_dir)
-    steps = [event.step for event in events.Images("attention/rollout")]
+    steps = [event.step for event in events.Images("val_attention/rollout")]
     assert steps == [event.step for event in events.Scalars("val/acc")], "once per epoch"
     assert len(steps) == 2
-    assert "attention/head_diversity/layer_01" in events.Tags()["scalars"]
+    assert "val_attention/head_diversity/layer_01" in events.Tags()["scalars"]
     pngs = sorted(path.parent.name for path in run_dir.glob("attention/epoch_*/layer_maps.png"))
     assert pngs == ["epoch_000", "epoch_001"]
     assert (run_dir / "attention" / "fit_end" / "resolution.png").is_file()

@@ -92,9 +92,9 @@ def test_validation_scalars_match_the_toolkit_on_the_checkpoint_probe(runs):
     probe = checkpoint_probe(runs.checkpoint, runs.data_dir)
     expected = recompute(runs.model, probe.images, seed=0)
     assert tuple(expected) == VALIDATION_MAPS
-    assert_scalars_match(runs.fit_dir, "attention", expected)
+    assert_scalars_match(runs.fit_dir, "val_attention", expected)
     assert (runs.fit_dir / "attention" / "epoch_001" / "faithfulness.png").is_file()
-    assert "attention/faithfulness" in read_events(runs.fit_dir).Tags()["images"]
+    assert "val_attention/faithfulness" in read_events(runs.fit_dir).Tags()["images"]
 
 
 def test_test_scores_the_first_test_images_batch_by_batch(runs):
@@ -108,9 +108,9 @@ def test_test_scores_the_first_test_images_batch_by_batch(runs):
         method: tuple(torch.cat([part[method][i] for part in parts]) for i in range(2))
         for method in TEST_MAPS
     }
-    assert_scalars_match(runs.test_dir, "attention_test", expected)
+    assert_scalars_match(runs.test_dir, "test_attention", expected)
     assert (runs.test_dir / "attention" / "test" / "faithfulness.png").is_file()
-    assert "attention_test/faithfulness" in read_events(runs.test_dir).Tags()["images"]
+    assert "test_attention/faithfulness" in read_events(runs.test_dir).Tags()["images"]
 
     section = runs.report.split("## Faithfulness (deletion / insertion)")[1].split("\n## ")[0]
     assert f"on {TEST_IMAGES} test images" in section

@@ -82,10 +82,10 @@ def test_validation_scalars_match_the_toolkit_on_the_checkpoint_probe(runs):
     torch.testing.assert_close(probe.pixels, (probe.images * PIXEL_STD + PIXEL_MEAN).clamp(0, 1))
     expected = recompute(runs.model, probe.images, probe.pixels)
     for name in MEASURES:
-        logged = scalar(runs.fit_dir, f"attention/{name}/mean")
+        logged = scalar(runs.fit_dir, f"val_attention/{name}/mean")
         assert logged == pytest.approx(float(expected[name].nanmean()), abs=1e-5), name
     assert (runs.fit_dir / "attention" / "epoch_001" / "focus_coverage.png").is_file()
-    assert "attention/focus_coverage" in read_events(runs.fit_dir).Tags()["images"]
+    assert "val_attention/focus_coverage" in read_events(runs.fit_dir).Tags()["images"]
 
 
 def test_test_probe_table_lists_each_probe_image_with_its_class(runs):
@@ -107,7 +107,7 @@ def test_test_probe_table_lists_each_probe_image_with_its_class(runs):
                 name,
             )
     for name in MEASURES:
-        logged = scalar(runs.test_dir, f"attention_test/{name}/mean")
+        logged = scalar(runs.test_dir, f"test_attention/{name}/mean")
         assert logged == pytest.approx(float(expected[name].nanmean()), abs=1e-5), name
 
 
@@ -116,7 +116,7 @@ def test_test_set_means_per_class_and_figures(runs):
     images, pixels, labels = images[:TEST_IMAGES], pixels[:TEST_IMAGES], labels[:TEST_IMAGES]
     expected = recompute(runs.model, images, pixels)
     for name in MEASURES:
-        logged = scalar(runs.test_dir, f"attention_test/{name}/test_mean")
+        logged = scalar(runs.test_dir, f"test_attention/{name}/test_mean")
         assert logged == pytest.approx(float(expected[name].nanmean()), abs=1e-5), name
 
     section = runs.report.split("## Focus and coverage")[1].split("\n## ")[0]
@@ -137,7 +137,7 @@ def test_test_set_means_per_class_and_figures(runs):
     folder = runs.test_dir / "attention" / "test"
     assert all((folder / f"{name}.png").is_file() for name in PNG_NAMES)
     images_logged = read_events(runs.test_dir).Tags()["images"]
-    assert {f"attention_test/{name}" for name in PNG_NAMES} <= set(images_logged)
+    assert {f"test_attention/{name}" for name in PNG_NAMES} <= set(images_logged)
 
 
 def test_lift_is_left_out_when_no_image_has_foreground():
@@ -178,7 +178,7 @@ def test_lift_of_every_map_goes_to_the_table_of_explainers(runs):
         for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[1:])
     }
     column = header.index("lift")
-    logged = scalar(runs.test_dir, "attention_test/lift/test_mean")
+    logged = scalar(runs.test_dir, "test_attention/lift/test_mean")
     assert float(rows["rollout"][column]) == pytest.approx(logged, abs=6e-4)
     for name in ("flow", "input x gradient", "intensity", "edges", "centre", "random"):
         assert float(rows[name][column]) > 0, name

@@ -47,12 +47,12 @@ def test_figures_go_to_mlflow_and_wandb_with_their_steps(tmp_path, monkeypatch):
     # MLflow: time-stepped images under images/ ("/" in a key becomes "~"), with their steps.
     client = mlflow.experiment
     files = [f.path for f in client.list_artifacts(mlflow.run_id, "images")]
-    rollout = [path for path in files if path.startswith("images/attention~rollout+step+")]
+    rollout = [path for path in files if path.startswith("images/val_attention~rollout+step+")]
     logged = sorted(int(re.search(r"\+step\+(\d+)\+", path).group(1)) for path in rollout)
     assert sorted(set(logged)) == steps, files
 
     # Weights & Biases (offline): one rollout image per validation run in the run's media.
-    media_dir = "offline-run-*/files/media/images/attention"
+    media_dir = "offline-run-*/files/media/images/val_attention"
     assert len(list((tmp_path / "wandb").glob(f"{media_dir}/rollout_[0-9]*.png"))) == len(steps)
 
     # The loggers' folder is shared by their runs: each run's PNGs get a folder of their own.
@@ -60,7 +60,7 @@ def test_figures_go_to_mlflow_and_wandb_with_their_steps(tmp_path, monkeypatch):
     assert [path.parent.parent.name for path in pngs] == [mlflow.run_id] * 2
 
     metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
-    assert "attention/prefix_mass/layer_00" in metrics
+    assert "val_attention/prefix_mass/layer_00" in metrics
 
 
 def val_steps(csv: CSVLogger) -> list[int]:

@@ -63,7 +63,7 @@ def test_probe_works_in_every_precision(tmp_path, precision):
     trainer = fit(tmp_path, callbacks, precision=precision)
     folder = tmp_path / "run" / "version_0" / "attention" / "epoch_000"
     assert (folder / "rollout.png").is_file() and (folder / "layer_maps.png").is_file()
-    assert "attention/head_diversity/layer_01" in trainer.callback_metrics
+    assert "val_attention/head_diversity/layer_01" in trainer.callback_metrics
 
 
 def test_two_validation_runs_per_epoch_get_their_own_folders_and_steps(tmp_path):
@@ -72,7 +72,7 @@ def test_two_validation_runs_per_epoch_get_their_own_folders_and_steps(tmp_path)
     folders = sorted(path.name for path in (run_dir / "attention").iterdir())
     assert folders == ["epoch_000_step_0000001", "epoch_000_step_0000003"]
     events = read_events(run_dir)
-    steps = [event.step for event in events.Images("attention/layer_maps")]
+    steps = [event.step for event in events.Images("val_attention/layer_maps")]
     assert steps == [event.step for event in events.Scalars("val/acc")] == [1, 3]
 
 

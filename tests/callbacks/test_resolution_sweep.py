@@ -54,17 +54,17 @@ def test_fit_end_writes_figure_and_table_once(runs):
     # only the training batches went through the random crop.
     assert float(rows[1][3]) == pytest.approx(events.Scalars("val/acc")[-1].value, abs=5e-4)
     assert runs.augmented_batches == EPOCHS * TRAIN_BATCHES
-    assert [event.step for event in events.Images("attention/resolution")] == [
+    assert [event.step for event in events.Images("val_attention/resolution")] == [
         events.Scalars("val/acc")[-1].step
     ]
-    assert any(tag.startswith("attention/resolution/table") for tag in events.Tags()["tensors"])
-    assert not any(tag.startswith("attention/resolution/") for tag in events.Tags()["scalars"])
+    assert any(tag.startswith("val_attention/resolution/table") for tag in events.Tags()["tensors"])
+    assert not any(tag.startswith("val_attention/resolution/") for tag in events.Tags()["scalars"])
 
 
 def test_test_scalars_match_an_independent_sweep(runs, fake_fashion_mnist):
     scalars = read_events(runs.test_dir)
     logged = {
-        tag.removeprefix("attention_test/"): scalars.Scalars(tag)[0].value
+        tag.removeprefix("test_attention/"): scalars.Scalars(tag)[0].value
         for tag in scalars.Tags()["scalars"]
     }
     for metric in ("accuracy", "distance_relative", "focus", "ms_per_image"):

@@ -108,8 +108,8 @@ def test_other_vits_in_our_own_module(tmp_path, name, kwargs, prefix):
     callbacks = [AttentionProbe(size=4), AttentionMaps(), AttentionRollout(), HeadDiversity()]
     trainer = fit(Classifier(network), callbacks, tmp_path, size=size)
     events = read_events(trainer.log_dir)
-    assert {"attention/layer_maps", "attention/rollout"} <= set(events.Tags()["images"])
-    assert "attention/head_diversity/layer_01" in events.Tags()["scalars"]
+    assert {"val_attention/layer_maps", "val_attention/rollout"} <= set(events.Tags()["images"])
+    assert "val_attention/head_diversity/layer_01" in events.Tags()["scalars"]
 
 
 def test_analysis_callbacks_alone_get_a_default_probe(tmp_path, monkeypatch):
@@ -137,7 +137,7 @@ def test_module_argument_picks_one_of_several_vits(tmp_path):
         fit(module, [AttentionProbe(module="network.pupil"), AttentionMaps()], tmp_path)
     probe = AttentionProbe(size=4, module="network.teacher")
     trainer = fit(module, [probe, AttentionMaps()], tmp_path)
-    assert "attention/layer_maps" in read_events(trainer.log_dir).Tags()["images"]
+    assert "val_attention/layer_maps" in read_events(trainer.log_dir).Tags()["images"]
 
 
 def test_model_without_attention_is_refused_at_setup(tmp_path):
@@ -182,7 +182,7 @@ def test_without_tensorboard_scalars_still_logged_and_figures_saved(tmp_path):
         )
     assert not [w for w in caught if "TensorBoard" in str(w.message)], "not a warning"
     metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
-    assert "attention/head_diversity/layer_00" in metrics
+    assert "val_attention/head_diversity/layer_00" in metrics
     assert (tmp_path / "csv" / "version_0" / "attention" / "epoch_001" / "layer_maps.png").is_file()
     assert trainer.current_epoch == 2
 

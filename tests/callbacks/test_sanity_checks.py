@@ -23,24 +23,24 @@ def test_report_has_a_row_per_explainer_with_the_logged_values(attention_run):
     events = read_events(attention_run.test_dir)
     for row in rows:
         tag = row[0].replace(" ", "_")
-        logged = events.Scalars(f"attention_test/sanity/randomised_{tag}")[-1].value
+        logged = events.Scalars(f"test_attention/sanity/randomised_{tag}")[-1].value
         assert float(row[1]) == pytest.approx(logged, abs=6e-4)
         if row[0] in ("grad rollout", "input x gradient"):
-            logit = events.Scalars(f"attention_test/sanity/random_logit_{tag}")[-1].value
+            logit = events.Scalars(f"test_attention/sanity/random_logit_{tag}")[-1].value
             assert float(row[2]) == pytest.approx(logit, abs=6e-4)
         else:
             assert row[2] == "1 (class-agnostic)"
         assert row[3] in ("passes", "fails")
     assert "- Sanity checks: " in attention_run.report.split("## Summary")[1].split("\n## ")[0]
     assert (attention_run.test_dir / "attention" / "test" / "sanity_checks.png").is_file()
-    assert "attention_test/sanity_checks" in events.Tags()["images"]
+    assert "test_attention/sanity_checks" in events.Tags()["images"]
 
 
 def test_at_fit_end_the_validation_probe_is_checked_too(attention_run):
     events = read_events(attention_run.fit_dir)
     last_val_step = events.Scalars("val/acc")[-1].step
     for name in EXPLAINERS:
-        (logged,) = events.Scalars(f"attention/sanity/randomised_{name.replace(' ', '_')}")
+        (logged,) = events.Scalars(f"val_attention/sanity/randomised_{name.replace(' ', '_')}")
         assert logged.step == last_val_step and -1 <= logged.value <= 1
     folder = attention_run.fit_dir / "attention" / "fit_end"
     assert (folder / "sanity_checks.png").is_file()
