@@ -126,6 +126,14 @@ def to_pixels(trainer: Trainer, images: Tensor) -> Tensor:
 
 
 def class_names(trainer: Trainer, num_classes: int) -> list[str]:
-    """The data module's ``class_names``, else ``"0"``, ``"1"``, ..."""
+    """Names of the data's classes: the data module's ``class_names``, else ``"0"``, ``"1"``,
+    ... up to ``num_classes``."""
     names = getattr(trainer.datamodule, "class_names", None)
     return list(names) if names else [str(index) for index in range(num_classes)]
+
+
+def predicted_class_names(trainer: Trainer, num_classes: int) -> list[str]:
+    """Names of the model's ``num_classes`` outputs: the data's when the model has as many
+    classes, else ``"class 0"``, ``"class 1"``, ... (a model trained on other classes)."""
+    names = class_names(trainer, num_classes)
+    return names if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]

@@ -80,7 +80,7 @@ class AttentionMaps(AttentionCallback):
             probe.pixels[:rows],
             maps[:, :rows].mean(dim=2),
             [names[label] for label in probe.labels[:rows]],
-            [names[label] for label in analysis.predictions[:rows]],
+            self.predicted_names(trainer, analysis)[:rows],
         )
         grid_path = self.log_figure(trainer, run, "layer_maps", figure)
         head_paths = [

@@ -18,7 +18,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from lit_vit.callbacks._data import class_names
+from lit_vit.callbacks._data import class_names, predicted_class_names
 from lit_vit.callbacks.probe import AttentionProbe, ProbeAnalysis, ProbeRun
 from lit_vit.callbacks.report import ReportSection
 
@@ -137,4 +137,10 @@ class AttentionCallback(Callback):
             logger.log_metrics(scalars, step=run.step)
 
     def class_names(self, trainer: Trainer, analysis: ProbeAnalysis) -> list[str]:
+        """Names of the data's classes, for true labels."""
         return class_names(trainer, analysis.recording.logits.shape[-1])
+
+    def predicted_names(self, trainer: Trainer, analysis: ProbeAnalysis) -> list[str]:
+        """Names of the probe's predicted classes, in probe order."""
+        names = predicted_class_names(trainer, analysis.recording.logits.shape[-1])
+        return [names[label] for label in analysis.predictions]

@@ -160,7 +160,7 @@ class FocusCoverage(AttentionCallback):
         self.log_scalars(pl_module, run, _scalars(probe_values, "mean"))
         names = self.class_names(trainer, analysis)
         true_names = [names[label] for label in probe.labels]
-        predicted_names = [names[label] for label in analysis.predictions]
+        predicted_names = self.predicted_names(trainer, analysis)
         uniform = self._uniform(layout)
         figure = per_image_metrics_figure(
             probe_values, true_names, predicted_names, uniform, self.k, self.m

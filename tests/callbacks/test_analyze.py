@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,10 @@ def test_a_model_with_other_classes_than_the_data_is_analysed_without_accuracy(t
     )
     report = (run_dir / "attention" / "report.md").read_text()
     assert "- Test accuracy" not in report and "## Which explainer can I trust here?" in report
+    # True classes by their folder names; predictions of the model's own 5 classes by number.
+    probe_rows = report_rows(report, "| index | class | predicted |")
+    assert {row[1] for row in probe_rows} <= set(CLASSES)
+    assert all(re.fullmatch(r"class [0-4]", row[2]) for row in probe_rows), probe_rows
     assert "test/acc" not in read_events(run_dir).Tags()["scalars"]
 
 
