@@ -383,6 +383,7 @@ class AttentionProbe(Callback):
             self._dispatch(trainer, pl_module, self.run(trainer, "test"), due)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._explained = None  # the test images and their maps: not kept past the test
         if not trainer.is_global_zero or self._log_root is None:
             return
         sections = [c.report_section for c in self.consumers if c.report_section is not None]

@@ -153,5 +153,6 @@ def test_test_images_are_explained_once_for_every_callback_that_reads_them(tmp_p
     # The probe's own capture records without explain(); the test set is explained once,
     # for the 20 images FocusCoverage reads (Faithfulness reads the first 12 of them).
     assert explained == [8, 8, 4]
+    assert callbacks[0]._explained is None, "the test images' maps are not kept past the test"
     report = (tmp_path / "run" / "version_0" / "attention" / "report.md").read_text()
     assert "over 20 test images" in report and "12 test images" in report
