@@ -436,10 +436,24 @@ def evolution_figure(
     height = next(iter(measures.values())).shape[0] if measures else 1
     label_width = 0.06 * max((len(name) for name in rows), default=0) if rows else 0.0
     width = max(2.6, 0.22 * len(epochs) + 1.6) + label_width
-    fig = Figure(
-        figsize=(width * count + 0.3, max(2.6, 0.22 * height + 1.4)), dpi=DPI, layout="constrained"
-    )
-    axes = fig.subplots(1, max(1, count), squeeze=False)[0]
+    fig_width, fig_height = width * count + 0.3, max(2.6, 0.22 * height + 1.4)
+    fig = Figure(figsize=(fig_width, fig_height), dpi=DPI)
+    # Fixed margins in inches (constrained layout would cost more than drawing the figure):
+    # left of each panel its tick labels and axis label, right of it its colorbar's labels.
+    left, right, bottom, top = 0.45 + label_width, 0.45, 0.42, 0.55
+    panel = (fig_width - left - right - (count - 1) * (left + right)) / max(1, count)
+    axes = fig.subplots(
+        1,
+        max(1, count),
+        squeeze=False,
+        gridspec_kw={
+            "left": left / fig_width,
+            "right": 1 - right / fig_width,
+            "bottom": bottom / fig_height,
+            "top": 1 - top / fig_height,
+            "wspace": (left + right) / panel,
+        },
+    )[0]
     for ax, (name, values) in zip(axes, measures.items(), strict=False):
         values = as_cpu(values, name)
         check_dim(values, 2, name, "(R, E)")
