@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import timm
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import resolve_data_config
+from timm.models import split_model_name_tag
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -267,12 +269,10 @@ def timm_model(
 
 
 def _timm_default_size(name: str) -> int:
-    import timm
-
-    architecture = name.split(".")[0]
-    if not timm.is_model(architecture):
-        return 224  # create_vit names the close models
-    return int(timm.models.get_pretrained_cfg(name).input_size[-1])
+    """The input side of ``name``'s pretrained config (224 when timm has none)."""
+    architecture, _ = split_model_name_tag(name)
+    config = timm.models.get_pretrained_cfg(name) if timm.is_model(architecture) else None
+    return int(config.input_size[-1]) if config is not None else 224
 
 
 def hugging_face_model(source: str, pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:

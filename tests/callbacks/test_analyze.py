@@ -125,8 +125,6 @@ def test_a_hugging_face_folder_is_read_with_its_own_preprocessing(tmp_path, phot
 
 
 def test_a_lit_vit_checkpoint_is_analysed_on_fashion_mnist(tmp_path, attention_run):
-    from tests.callbacks.conftest import PROBE_SIZE
-
     run_dir = analyze(
         tmp_path,
         f"--ckpt_path={attention_run.checkpoint}",
@@ -135,7 +133,8 @@ def test_a_lit_vit_checkpoint_is_analysed_on_fashion_mnist(tmp_path, attention_r
     report = (run_dir / "attention" / "report.md").read_text()
     assert f"- Checkpoint: `{attention_run.checkpoint}` (epoch" in report
     assert "- Data: FashionMNISTDataModule (test 160 images)" in report
-    assert "Ankle boot" in report and PROBE_SIZE != 3  # the probe size is analyze's own
+    assert "Ankle boot" in report
+    assert "- Probe: 3 images (seed 0)" in report, "analyze's own probe, not the fit's"
 
 
 @pytest.mark.parametrize(
