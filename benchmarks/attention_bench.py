@@ -7,7 +7,9 @@ Four tables, CPU (float32), torch's default thread count unless ``--threads``.
 On a machine shared with other jobs, ``--threads 1`` gives steadier numbers:
 with more threads than idle cores every parallel op can wait a scheduler slice.
 
-1. ``rollout(method="row")`` against ``rollout(method="matrix")`` on random
+1. ``rollout(method="row")`` and ``ReducedAttention.rollout()`` (heads fused
+   while recording, what the callbacks keep) against
+   ``rollout(method="matrix")`` on random
    row-stochastic attention with a class token, ``L = 12``, ``B = 8``,
    ``H = 3``, ``N = 1 + gh * gw`` for square grids 7, 14, 24, 32, on a
    recording already validated where it was captured (``validate=False``, as
@@ -28,6 +30,16 @@ with more threads than idle cores every parallel op can wait a scheduler slice.
    the model's forward.
 4. Attention flow: ``attention_flow`` of 8 images of random attention in the
    default model's shape (N=50) and a ViT-B/16 shape (N=197), beside rollout.
+5. The probe's capture, full against reduced: ``AttentionRecorder.record`` of 8
+   images on ViT-B/16 at 224 px (N=197, L=12, H=12) and ViT-L/16 at 384 px
+   (N=577, L=24, H=16), random weights, ``full=True`` (the whole
+   ``(L, B, H, N, N)`` tensor, as before reduction) against ``full=False``
+   (what the callbacks record). Each case runs in a fresh subprocess: the
+   model and images are built, the high-water mark is reset, ``record`` runs
+   once; peak is the extra resident memory of the call, stored the bytes the
+   recording holds. Without gradients, and with the two targets the default
+   probe records (true and predicted class) where memory allows (``--large``
+   adds ViT-L with gradients: about 20 GiB in full).
 """
 
 from __future__ import annotations
@@ -57,6 +69,7 @@ from lit_vit.attention import (
     rollout,
 )
 from lit_vit.attention._validate import check_attention
+from lit_vit.attention.reduced import ReducedAttention, reduce_layer
 from lit_vit.model import LitViT
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist.yaml"
@@ -99,40 +112,120 @@ def _status_kib(field: str) -> int:
 def rollout_case(grid: int, method: str, repeats: int, out: str) -> None:
     """Child process: time and peak extra memory of one rollout case; save the map."""
     attention, layout = random_attention(grid)
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        before, how = _status_kib("VmRSS"), "hwm"
-    except OSError:
-        before, how = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "maxrss"
-    maps = rollout(attention, layout, method=method, validate=False)  # the measured peak
-    peak = (
-        _status_kib("VmHWM") if how == "hwm" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    )
-    seconds = median_time(
-        lambda: rollout(attention, layout, method=method, validate=False), repeats, warmup=0
-    )
-    check_s = median_time(lambda: check_attention(attention, layout), repeats, warmup=0)
-    torch.save(maps, out)
     input_mib = attention.numel() * attention.element_size() / 2**20
+    check_s = median_time(lambda: check_attention(attention, layout), repeats, warmup=0)
+    if method == "reduced":  # what the recorder keeps of it: heads fused per layer
+        reduced = ReducedAttention.from_layers([reduce_layer(a, layout) for a in attention], layout)
+        del attention
+
+        def call() -> torch.Tensor:
+            return reduced.rollout()
+    else:
+
+        def call() -> torch.Tensor:
+            return rollout(attention, layout, method=method, validate=False)
+
+    before, how = _reset_peak()
+    maps = call()  # the measured peak
+    peak = _peak_kib(how)
+    seconds = median_time(call, repeats, warmup=0)
+    torch.save(maps, out)
     result = {"s": seconds, "check_s": check_s, "peak_mib": (peak - before) / 1024}
     print(json.dumps(result | {"input_mib": input_mib}))
+
+
+def _reset_peak() -> tuple[int, str]:
+    """Reset the resident-set high-water mark; return the baseline (KiB) and the method."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        return _status_kib("VmRSS"), "hwm"
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "maxrss"
+
+
+def _peak_kib(how: str) -> int:
+    return (
+        _status_kib("VmHWM") if how == "hwm" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    )
+
+
+# ViT shapes of table 5: timm name, image size.
+CAPTURE_MODELS = {
+    "ViT-B/16 224px": ("vit_base_patch16_224", 224),
+    "ViT-L/16 384px": ("vit_large_patch16_384", 384),
+}
+
+
+def capture_case(label: str, mode: str, targets: int) -> None:
+    """Child process: peak extra memory, time and stored bytes of one ``record`` call."""
+    name, size = CAPTURE_MODELS[label]
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    images = torch.randn(BATCH, 3, size, size)
+    recorder = AttentionRecorder(model)
+    before, how = _reset_peak()
+    start = time.perf_counter()
+    recording = recorder.record(images, grad_targets=[None] * targets, full=mode == "full")
+    seconds = time.perf_counter() - start
+    peak = _peak_kib(how)
+    stored = recording.reduced.nbytes
+    if recording.attention is not None:
+        stored = recording.attention.nbytes + sum(g.nbytes for g in recording.attention_grads)
+    result = {"s": seconds, "peak_mib": (peak - before) / 1024, "stored_mib": stored / 2**20}
+    print(json.dumps(result | {"n": recording.layout.num_tokens}))
+
+
+def bench_probe_capture(large: bool, quick: bool, threads: int | None) -> None:
+    print(f"\n(5) probe capture, full vs reduced: B={BATCH}, random weights, one call per case")
+    print("    peak: extra resident memory of record(); stored: bytes the recording keeps")
+    head = (
+        f"{'model':<15} {'N':>4} {'targets':>7} | {'full s':>7} {'reduced s':>9} | "
+        f"{'full peak MiB':>13} {'reduced':>8} {'ratio':>6} | {'full stored MiB':>15} "
+        f"{'reduced':>8} {'ratio':>6}"
+    )
+    print(head)
+    print("-" * len(head))
+    cases = [("ViT-B/16 224px", 0), ("ViT-B/16 224px", 2), ("ViT-L/16 384px", 0)]
+    cases = cases[:1] if quick else cases + ([("ViT-L/16 384px", 1)] if large else [])
+    for label, targets in cases:
+        res = {}
+        for mode in ("full", "reduced"):
+            proc = subprocess.run(
+                [sys.executable, __file__, "--_capture-case", label, mode, str(targets)]
+                + (["--threads", str(threads)] if threads else []),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            res[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        full, red = res["full"], res["reduced"]
+        print(
+            f"{label:<15} {full['n']:>4} {targets:>7} | {full['s']:>7.1f} {red['s']:>9.1f} | "
+            f"{full['peak_mib']:>13.0f} {red['peak_mib']:>8.0f} "
+            f"{red['peak_mib'] / full['peak_mib']:>6.3f} | {full['stored_mib']:>15.0f} "
+            f"{red['stored_mib']:>8.1f} {red['stored_mib'] / full['stored_mib']:>6.3f}",
+            flush=True,
+        )
 
 
 def bench_rollout(grids: list[int], repeats: int, threads: int | None) -> None:
     print(f"\n(1) rollout, row vs matrix: L={LAYERS} B={BATCH} H={HEADS}, class token, float32")
     print("    time: median of the whole rollout() call; peak: extra resident memory of the call")
-    print("    over its input, measured in a fresh subprocess per case; both on a validated")
-    print("    recording (validate=False); check ms: the validation the capture does once")
+    print("    over its input, measured in a fresh subprocess per case; row and matrix on a")
+    print("    validated full recording (validate=False); reduced: ReducedAttention.rollout() of")
+    print("    the recording the callbacks keep (heads fused while recording); check ms: the")
+    print("    validation the capture does once")
     head = (
         f"{'N':>5} {'grid':>6} {'input MiB':>9} | {'row ms':>8} {'matrix ms':>9} {'speedup':>7}"
-        f" {'check ms':>8} | {'row MiB':>7} {'matrix MiB':>10} | {'max |diff|':>10}"
+        f" {'reduced ms':>10} {'speedup':>7} {'check ms':>8} | {'row MiB':>7} {'matrix MiB':>10}"
+        f" | {'max |diff|':>10}"
     )
     print(head)
     print("-" * len(head))
     with tempfile.TemporaryDirectory() as tmp:
         for grid in grids:
             res, maps = {}, {}
-            for method in ("row", "matrix"):
+            for method in ("row", "matrix", "reduced"):
                 out = os.path.join(tmp, f"{grid}_{method}.pt")
                 proc = subprocess.run(
                     [sys.executable, __file__, "--_rollout-case", str(grid), method, str(repeats)]
@@ -144,11 +237,14 @@ def bench_rollout(grids: list[int], repeats: int, threads: int | None) -> None:
                 )
                 res[method] = json.loads(proc.stdout.strip().splitlines()[-1])
                 maps[method] = torch.load(out)
-            diff = (maps["row"] - maps["matrix"]).abs().max().item()
-            row, mat = res["row"], res["matrix"]
+            diff = max(
+                (maps[method] - maps["matrix"]).abs().max().item() for method in ("row", "reduced")
+            )
+            row, mat, red = res["row"], res["matrix"], res["reduced"]
             print(
                 f"{1 + grid * grid:>5} {f'{grid}x{grid}':>6} {row['input_mib']:>9.0f} | "
                 f"{row['s'] * 1e3:>8.1f} {mat['s'] * 1e3:>9.1f} {mat['s'] / row['s']:>6.1f}x "
+                f"{red['s'] * 1e3:>10.1f} {mat['s'] / red['s']:>6.1f}x "
                 f"{row['check_s'] * 1e3:>8.1f} | "
                 f"{row['peak_mib']:>7.0f} {mat['peak_mib']:>10.0f} | {diff:>10.1e}",
                 flush=True,
@@ -268,15 +364,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
-        "--sections", default="1234", help="which tables to run, e.g. 14 (default: 1234)"
+        "--sections", default="12345", help="which tables to run, e.g. 15 (default: 12345)"
+    )
+    parser.add_argument(
+        "--large", action="store_true", help="table 5: ViT-L with gradients too (~20 GiB)"
     )
     parser.add_argument("--_rollout-case", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--_capture-case", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args._rollout_case:
         grid, method, repeats, out = args._rollout_case
         rollout_case(int(grid), method, int(repeats), out)
+        return
+    if args._capture_case:
+        label, mode, targets = args._capture_case
+        capture_case(label, mode, int(targets))
         return
 
     start = time.perf_counter()
@@ -303,6 +407,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_faithfulness(num_images=64, steps=16, max_batch=512)
     if "4" in args.sections:
         bench_flow(repeats=1 if args.quick else 3)
+    if "5" in args.sections:
+        bench_probe_capture(args.large, args.quick, args.threads)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

@@ -24,6 +24,7 @@ from lit_vit.attention.metrics import (
     object_mass,
     query_distribution,
 )
+from lit_vit.attention.reduced import ReducedAttention
 from lit_vit.attention.resolution import (
     ResolutionResult,
     check_size,
@@ -54,6 +55,7 @@ __all__ = [
     "QueryAttention",
     "RandomizationCurve",
     "RandomizationStep",
+    "ReducedAttention",
     "ResolutionResult",
     "TokenLayout",
     "attention_entropy",

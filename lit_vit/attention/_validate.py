@@ -115,48 +115,65 @@ def checked_chunks(
     num_layers, batch, heads, n, _ = attention.shape
     per_chunk = max(1, CHUNK_BYTES // (heads * n * n * 4))
     layers = range(num_layers - 1, -1, -1) if last_layer_first else range(num_layers)
-    finite, row_error, minimum = {}, {}, {}  # per layer: lists of 0-d tensors, one per chunk
+    checks = ValueChecks(rows_sum_to_one)
     for layer in layers:
         for start in range(0, batch, per_chunk):
             images = slice(start, min(start + per_chunk, batch))
             chunk = attention[layer, images].float()  # (b, H, N, N)
             row_sums = chunk.sum(dim=-1)  # (b, H, N); NaN and inf propagate into it
-            if not check_values:
-                yield CheckedChunk(layer, images, chunk, row_sums)
-                continue
-            finite.setdefault(layer, []).append(torch.isfinite(row_sums).all())
-            if rows_sum_to_one:
-                row_error.setdefault(layer, []).append((row_sums - 1).abs().amax())
-                minimum.setdefault(layer, []).append(chunk.amin())
+            if check_values:
+                checks.add(layer, chunk, row_sums)
             yield CheckedChunk(layer, images, chunk, row_sums)
     if check_values:
-        _raise_if_invalid(finite, row_error, minimum, name)
+        checks.raise_if_invalid(name)
 
 
-def _raise_if_invalid(
-    finite: dict[int, list[Tensor]],
-    row_error: dict[int, list[Tensor]],
-    minimum: dict[int, list[Tensor]],
-    name: str,
-) -> None:
-    """Raise for the per-layer statistics :func:`checked_chunks` gathered (one sync)."""
-    layers = sorted(finite)
-    layer_finite = torch.stack([torch.stack(finite[i]).all() for i in layers]).tolist()
-    bad = [layer for layer, ok in zip(layers, layer_finite, strict=True) if not ok]
-    if bad:
-        raise NonFiniteAttentionError(f"{name} has NaN or inf values in layer(s) {bad}.")
-    if not row_error:
-        return
-    errors = torch.stack([torch.stack(row_error[i]).amax() for i in layers])
-    if bool((errors > ROW_SUM_ATOL).any()):
-        worst = int(errors.argmax())
-        raise ValueError(
-            f"{name} rows must sum to 1 (post-softmax probabilities); layer {layers[worst]} is "
-            f"off by up to {float(errors[worst]):.3g} (tolerance {ROW_SUM_ATOL}). Pass the "
-            "softmax output, not the logits."
-        )
-    if float(torch.stack([torch.stack(minimum[i]).amin() for i in layers]).amin()) < 0:
-        raise ValueError(f"{name} has negative entries; pass post-softmax probabilities.")
+class ValueChecks:
+    """Per-layer value statistics of attention, gathered piece by piece and checked at once.
+
+    Args:
+        rows_sum_to_one: check post-softmax rows (off for gradients).
+    """
+
+    def __init__(self, rows_sum_to_one: bool = True) -> None:
+        self.rows_sum_to_one = rows_sum_to_one
+        # per layer: lists of 0-d tensors, one per piece (no sync until raise_if_invalid)
+        self.finite: dict[int, list[Tensor]] = {}
+        self.row_error: dict[int, list[Tensor]] = {}
+        self.minimum: dict[int, list[Tensor]] = {}
+
+    def add(self, layer: int, attention: Tensor, row_sums: Tensor) -> None:
+        """Note a ``(b, H, N, N)`` float32 piece of ``layer`` and its ``(b, H, N)`` row sums."""
+        self.finite.setdefault(layer, []).append(torch.isfinite(row_sums).all())
+        if self.rows_sum_to_one:
+            self.row_error.setdefault(layer, []).append((row_sums - 1).abs().amax())
+            self.minimum.setdefault(layer, []).append(attention.amin())
+
+    def raise_if_invalid(self, name: str = "attention") -> None:
+        """Raise for what was noted (one sync).
+
+        Raises:
+            NonFiniteAttentionError: NaN or inf, naming the layers.
+            ValueError: rows not summing to 1 within ``ROW_SUM_ATOL``, negative entries.
+        """
+        layers = sorted(self.finite)
+        layer_finite = torch.stack([torch.stack(self.finite[i]).all() for i in layers]).tolist()
+        bad = [layer for layer, ok in zip(layers, layer_finite, strict=True) if not ok]
+        if bad:
+            raise NonFiniteAttentionError(f"{name} has NaN or inf values in layer(s) {bad}.")
+        if not self.row_error:
+            return
+        errors = torch.stack([torch.stack(self.row_error[i]).amax() for i in layers])
+        if bool((errors > ROW_SUM_ATOL).any()):
+            worst = int(errors.argmax())
+            raise ValueError(
+                f"{name} rows must sum to 1 (post-softmax probabilities); layer {layers[worst]} "
+                f"is off by up to {float(errors[worst]):.3g} (tolerance {ROW_SUM_ATOL}). Pass "
+                "the softmax output, not the logits."
+            )
+        minimum = torch.stack([torch.stack(self.minimum[i]).amin() for i in layers]).amin()
+        if float(minimum) < 0:
+            raise ValueError(f"{name} has negative entries; pass post-softmax probabilities.")
 
 
 def check_attention(

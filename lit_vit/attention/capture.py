@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lit_vit.attention._validate import NonFiniteAttentionError, check_attention
+from lit_vit.attention._validate import NonFiniteAttentionError, ValueChecks
 from lit_vit.attention.backends import (
     CaptureBackend,
     eval_mode_dtype,
@@ -29,6 +30,13 @@ from lit_vit.attention.backends import (
     no_attention_message,
 )
 from lit_vit.attention.layout import TokenLayout, _unwrap
+from lit_vit.attention.reduced import (
+    HEAD_FUSIONS,
+    LayerReduction,
+    ReducedAttention,
+    reduce_layer,
+)
+from lit_vit.attention.rollout import gradient_product
 
 __all__ = ["AttentionRecorder", "AttentionRecording"]
 
@@ -40,19 +48,24 @@ class AttentionRecording:
     Attributes:
         logits: ``(B, C)`` model output, detached; ``None`` for a model that
             returns no logits (a backbone), recorded without gradients.
+        reduced: The attention reduced to what every analysis reads (query rows,
+            head-fused matrices, distances, gradient products; see
+            :class:`~lit_vit.attention.ReducedAttention`), validated when recorded.
+        layout: token layout for the input size that was recorded.
         attention: ``(L, B, H, N, N)`` float32 post-softmax attention (the output
             of ``attn_drop``, i.e. what multiplies ``v``), layers in forward order,
             validated once when recorded: pass ``validate=False`` to the
-            toolkit's functions to skip checking it again.
-        layout: token layout for the input size that was recorded.
-        attention_grads: one ``(L, B, H, N, N)`` float32 tensor per grad target:
-            ``d(sum_b logits[b, target_b]) / d attention``.
+            toolkit's functions to skip checking it again. ``None`` unless
+            recorded with ``full=True``.
+        attention_grads: with ``full=True``, one ``(L, B, H, N, N)`` float32 tensor
+            per grad target: ``d(sum_b logits[b, target_b]) / d attention``.
         targets: one ``(B,)`` long tensor per grad target: the classes used.
     """
 
     logits: Tensor | None
-    attention: Tensor
+    reduced: ReducedAttention
     layout: TokenLayout
+    attention: Tensor | None = None
     attention_grads: tuple[Tensor, ...] = ()
     targets: tuple[Tensor, ...] = ()
 
@@ -112,15 +125,29 @@ class AttentionRecorder:
         self.module_names: list[str] = backend.module_names
 
     def record(
-        self, images: Tensor, grad_targets: Sequence[Tensor | None] = ()
+        self,
+        images: Tensor,
+        grad_targets: Sequence[Tensor | None] = (),
+        *,
+        full: bool = True,
+        head_fusions: Sequence[str] = ("mean",),
     ) -> AttentionRecording:
         """Run ``model`` once in eval mode and record its attention.
+
+        Each layer's attention is validated and reduced as it is produced
+        (:class:`~lit_vit.attention.ReducedAttention`); with ``full=False`` it is
+        then dropped, so the recording holds at most ``1/H`` of the full
+        ``(L, B, H, N, N)`` tensor, and the gradients are reduced the same way
+        during the backward pass.
 
         Args:
             images: ``(B, C, H, W)`` model input (normalised as the model expects).
             grad_targets: one entry per gradient wanted: ``None`` for the
                 predicted class, or a ``(B,)`` long tensor of class indices.
                 Empty: no gradients, the pass runs under ``torch.no_grad``.
+            full: keep the full attention (and gradients) as well.
+            head_fusions: the head fusions (``"mean"``, ``"max"``, ``"min"``) of
+                the fused matrices that rollout and flow read.
 
         Returns:
             An :class:`AttentionRecording`; ``layers`` follow the forward order.
@@ -131,8 +158,8 @@ class AttentionRecorder:
 
         Raises:
             ValueError: bad images (not 4-D, empty batch, wrong channels, a size
-                the model cannot take), bad targets, or captured attention that
-                does not match the layout.
+                the model cannot take), bad targets or head fusions, or captured
+                attention that does not match the layout.
             NonFiniteAttentionError: the attention or the logits have NaN or
                 inf values (a ``ValueError``; usually a diverged model).
         """
@@ -151,13 +178,14 @@ class AttentionRecorder:
                     f"indices, got {getattr(target, 'shape', target)!r} "
                     f"{getattr(target, 'dtype', '')}."
                 )
+        head_fusions = tuple(dict.fromkeys(head_fusions))
+        unknown = [fusion for fusion in head_fusions if fusion not in HEAD_FUSIONS]
+        if unknown or not head_fusions:
+            raise ValueError(f"head_fusions must be among {HEAD_FUSIONS}, got {head_fusions!r}.")
         want_grad = len(grad_targets) > 0
-        captured: dict[int, list[Tensor]] = {i: [] for i in range(len(self.backend.modules))}
-        order: list[int] = []
-
-        def capture(index: int, attention: Tensor) -> None:
-            captured[index].append(attention)
-            order.append(index)
+        layers = _Layers(
+            self.backend.module_names, layout, batch, head_fusions, keep=full or want_grad
+        )
 
         # Gradients need a graph: leave inference mode (Lightning validates under it), clone
         # the input into a normal tensor and make it require grad, so that the attention is
@@ -168,7 +196,7 @@ class AttentionRecorder:
             grad_mode.enter_context(torch.enable_grad())
         else:
             grad_mode.enter_context(torch.no_grad())
-        with grad_mode, self._probe_mode(capture):
+        with grad_mode, self._probe_mode(layers.capture):
             x = images.detach().to(eval_mode_dtype(self.vit))
             x = x.clone().requires_grad_(True) if want_grad else x
             with _eager():
@@ -182,20 +210,21 @@ class AttentionRecorder:
                     "starting with them, or an output with .logits) for attention gradients, "
                     f"got {type(output).__name__}."
                 )
-            maps = self._collect(captured, order, layout, batch)
-            grads, targets = (), ()
+            layers.finish()
+            self.module_names = layers.names
+            products, grads, targets = (), (), ()
             if want_grad:
-                grads, targets = self._gradients(logits, maps, grad_targets)
-        attention = torch.stack([a.detach().float() for a in maps])
-        check_attention(attention, layout)
+                targets = self._targets(logits, grad_targets)
+                products, grads = layers.gradients(logits, targets, x, full)
         if logits is not None and not bool(torch.isfinite(logits).all()):
             raise NonFiniteAttentionError("the model's logits have NaN or inf values.")
         return AttentionRecording(
             logits=None if logits is None else logits.detach(),
-            attention=attention,
+            reduced=ReducedAttention.from_layers(layers.reductions, layout, products),
             layout=layout,
+            attention=torch.stack([a.detach().float() for a in layers.kept]) if full else None,
             attention_grads=grads,
-            targets=targets,
+            targets=tuple(t.detach() for t in targets),
         )
 
     # -- helpers -------------------------------------------------------------------------
@@ -229,42 +258,10 @@ class AttentionRecorder:
             for module, training in modes:
                 module.training = training
 
-    def _collect(
-        self, captured: dict[int, list[Tensor]], order: list[int], layout: TokenLayout, batch: int
-    ) -> list[Tensor]:
-        names = self.backend.module_names  # in the backend's order, which indexes ``captured``
-        counts = {names[i]: len(c) for i, c in captured.items() if len(c) != 1}
-        if counts:
-            raise ValueError(
-                "each attention module must run exactly once per forward pass; calls seen: "
-                f"{counts}. Check module_pattern or the model's forward."
-            )
-        self.module_names = [names[i] for i in order]  # in the order the layers ran
-        maps = [captured[i][0] for i in order]
-        for name, attn in zip(self.module_names, maps, strict=True):
-            n = layout.num_tokens
-            if not isinstance(attn, Tensor) or attn.dim() != 4 or attn.shape[0] != batch:
-                raise ValueError(
-                    f"{name} gave {getattr(attn, 'shape', type(attn))}, expected attention of "
-                    f"shape (B={batch}, H, N, N); module_pattern must select attention modules."
-                )
-            if attn.shape[-2:] != (n, n):
-                raise ValueError(
-                    f"{name} has attention over {attn.shape[-1]} tokens but the layout has "
-                    f"N={n} ({layout.num_prefix_tokens} prefix + {layout.grid_size[0]}x"
-                    f"{layout.grid_size[1]} patches)."
-                )
-        heads = {a.shape[1] for a in maps}
-        if len(heads) > 1:
-            raise ValueError(f"layers have different head counts {sorted(heads)}; cannot stack.")
-        return maps
-
-    def _gradients(
-        self, logits: Tensor, maps: list[Tensor], grad_targets: tuple[Tensor | None, ...]
-    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    @staticmethod
+    def _targets(logits: Tensor, grad_targets: tuple[Tensor | None, ...]) -> list[Tensor]:
+        """The ``(B,)`` class of every gradient target (``None``: the predicted one)."""
         classes = logits.shape[1]
-        if not all(a.requires_grad for a in maps):
-            raise ValueError("the recorded attention is not part of an autograd graph.")
         targets = []
         for i, target in enumerate(grad_targets):
             if target is None:
@@ -277,21 +274,151 @@ class AttentionRecorder:
                     f"{target.tolist()}."
                 )
             targets.append(target)
-        grads = []
-        for i, target in enumerate(targets):
-            score = logits.gather(1, target[:, None]).sum()
-            got = torch.autograd.grad(
-                score, maps, retain_graph=i < len(targets) - 1, allow_unused=True
+        return targets
+
+
+class _Layers:
+    """The attention of one recorded pass, layer by layer as the forward produces it.
+
+    Each layer is checked against the layout (shape now, values after the
+    pass) and reduced when it arrives; the tensor itself is kept only when
+    ``keep`` (the full attention, or gradients, are wanted).
+
+    Args:
+        names: qualified names of the backend's attention modules, indexed by
+            the ``index`` the backend's capture passes.
+        layout: the input's token layout.
+        batch: the batch size.
+        head_fusions: the fusions to reduce with.
+        keep: keep each layer's tensor (in the graph) in :attr:`kept`.
+    """
+
+    def __init__(
+        self,
+        names: list[str],
+        layout: TokenLayout,
+        batch: int,
+        head_fusions: tuple[str, ...],
+        keep: bool,
+    ) -> None:
+        self.module_names, self.layout, self.batch = names, layout, batch
+        self.head_fusions, self.keep = head_fusions, keep
+        self.calls = [0] * len(names)
+        self.names: list[str] = []  # forward order
+        self.reductions: list[LayerReduction] = []
+        self.kept: list[Tensor] = []
+        self.checks = ValueChecks()
+
+    def capture(self, index: int, attention: Tensor) -> None:
+        """The backend's callback: module ``index`` produced ``attention``."""
+        self.calls[index] += 1
+        if self.calls[index] > 1:
+            return  # reported by finish()
+        name = self.module_names[index]
+        self._check_shape(name, attention)
+        layer = len(self.names)
+        self.names.append(name)
+        values = attention.detach().float()  # (B, H, N, N)
+        self.checks.add(layer, values, values.sum(dim=-1))
+        self.reductions.append(reduce_layer(values, self.layout, self.head_fusions))
+        if self.keep:
+            self.kept.append(attention)
+
+    def finish(self) -> None:
+        """After the forward: every module ran once, head counts agree, values are valid.
+
+        Raises:
+            ValueError: a module ran more than once or not at all, head counts
+                differ, or bad values (see :class:`~lit_vit.attention._validate.ValueChecks`).
+        """
+        counts = {self.module_names[i]: count for i, count in enumerate(self.calls) if count != 1}
+        if counts:
+            raise ValueError(
+                "each attention module must run exactly once per forward pass; calls seen: "
+                f"{counts}. Check module_pattern or the model's forward."
             )
-            grads.append(
-                torch.stack(
-                    [
-                        (torch.zeros_like(a) if g is None else g).detach().float()
-                        for a, g in zip(maps, got, strict=True)
-                    ]
+        heads = {layer.query_rows.shape[1] for layer in self.reductions}
+        if len(heads) > 1:
+            raise ValueError(f"layers have different head counts {sorted(heads)}; cannot stack.")
+        self.checks.raise_if_invalid()
+
+    def gradients(
+        self, logits: Tensor, targets: list[Tensor], x: Tensor, full: bool
+    ) -> tuple[list[list[Tensor]], tuple[Tensor, ...]]:
+        """Backward once per target, reducing each layer's gradient as it arrives.
+
+        A hook on every kept attention tensor turns its ``(B, H, N, N)``
+        gradient into ``mean_h relu(dA * A)`` during the backward pass, so no
+        two layers' full gradients are alive at once (unless ``full``).
+
+        Returns:
+            Per target, the ``(B, N, N)`` products of every layer; with ``full``,
+            per target the ``(L, B, H, N, N)`` float32 gradient (else empty).
+
+        Raises:
+            ValueError: the attention is not part of an autograd graph.
+        """
+        if not all(attention.requires_grad for attention in self.kept):
+            raise ValueError("the recorded attention is not part of an autograd graph.")
+        received: dict[int, Tensor] = {}
+        products: dict[int, Tensor] = {}
+
+        def on_gradient(layer: int, grad: Tensor) -> None:
+            attention = kept[layer].detach().float()
+            products[layer] = gradient_product(grad.float(), attention)
+            if full:
+                received[layer] = grad.detach().float()
+
+        kept = self.kept
+        handles = [
+            attention.register_hook(functools.partial(on_gradient, layer))
+            for layer, attention in enumerate(kept)
+        ]
+        all_products, all_grads = [], []
+        try:
+            for i, target in enumerate(targets):
+                received.clear()
+                products.clear()
+                score = logits.gather(1, target[:, None]).sum()
+                torch.autograd.grad(score, x, retain_graph=i < len(targets) - 1, allow_unused=True)
+                # A layer the score does not depend on has no gradient: zeros.
+                all_products.append(
+                    [products.get(layer, _no_gradient(a)[:, 0]) for layer, a in enumerate(kept)]
                 )
+                if full:
+                    all_grads.append(
+                        torch.stack(
+                            [received.get(layer, _no_gradient(a)) for layer, a in enumerate(kept)]
+                        )
+                    )
+        finally:
+            for handle in handles:
+                handle.remove()
+        return all_products, tuple(all_grads)
+
+    def _check_shape(self, name: str, attention: object) -> None:
+        n = self.layout.num_tokens
+        if (
+            not isinstance(attention, Tensor)
+            or attention.dim() != 4
+            or attention.shape[0] != self.batch
+        ):
+            raise ValueError(
+                f"{name} gave {getattr(attention, 'shape', type(attention))}, expected attention "
+                f"of shape (B={self.batch}, H, N, N); module_pattern must select attention "
+                "modules."
             )
-        return tuple(grads), tuple(t.detach() for t in targets)
+        if attention.shape[-2:] != (n, n):
+            raise ValueError(
+                f"{name} has attention over {attention.shape[-1]} tokens but the layout has "
+                f"N={n} ({self.layout.num_prefix_tokens} prefix + {self.layout.grid_size[0]}x"
+                f"{self.layout.grid_size[1]} patches)."
+            )
+
+
+def _no_gradient(attention: Tensor) -> Tensor:
+    """float32 zeros shaped like one layer's ``(B, H, N, N)`` attention."""
+    return torch.zeros(attention.shape, dtype=torch.float32, device=attention.device)
 
 
 def _with_pattern(model: nn.Module, backend: CaptureBackend, pattern: str) -> CaptureBackend:

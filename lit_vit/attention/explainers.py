@@ -13,8 +13,6 @@ from torch import Tensor
 
 from lit_vit.attention.capture import AttentionRecorder
 from lit_vit.attention.controls import input_x_gradient
-from lit_vit.attention.flow import attention_flow
-from lit_vit.attention.rollout import cls_attention, gradient_rollout, rollout
 
 __all__ = ["CLASS_SPECIFIC", "EXPLAINERS", "explain"]
 
@@ -37,15 +35,15 @@ def explain(
     Returns:
         :data:`EXPLAINERS` -> ``(B, gh, gw)`` float32 maps on the CPU, each summing to 1.
     """
-    recording = recorder.record(images, grad_targets=[targets])
-    attention, layout = recording.attention, recording.layout
+    recording = recorder.record(images, grad_targets=[targets], full=False)
+    reduced = recording.reduced
     maps = {
-        "rollout": rollout(attention, layout, validate=False),
-        "flow": attention_flow(attention, layout, validate=False),
-        "class token": cls_attention(attention, layout, validate=False).maps[-1].mean(dim=1),
-        "grad rollout": gradient_rollout(
-            attention, recording.attention_grads[0], layout, validate=False
+        "rollout": reduced.rollout(),
+        "flow": reduced.attention_flow(),
+        "class token": reduced.cls_attention().maps[-1].mean(dim=1),
+        "grad rollout": reduced.gradient_rollout(),
+        "input x gradient": input_x_gradient(
+            recorder.model, images, recording.layout, recording.targets[0]
         ),
-        "input x gradient": input_x_gradient(recorder.model, images, layout, recording.targets[0]),
     }
     return {name: values.detach().float().cpu() for name, values in maps.items()}

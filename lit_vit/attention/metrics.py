@@ -85,7 +85,11 @@ def head_diversity(attention: Tensor, layout: TokenLayout, *, validate: bool = T
     Raises:
         ValueError: bad attention or layout.
     """
-    q = query_distribution(attention, layout, validate=validate)  # (L, B, H, G)
+    return diversity_of_queries(query_distribution(attention, layout, validate=validate))
+
+
+def diversity_of_queries(q: Tensor) -> Tensor:
+    """:func:`head_diversity` of the ``(L, B, H, G)`` query distributions: ``(L,)``."""
     heads = q.shape[2]
     if heads < 2:
         return q.new_zeros(q.shape[0])
@@ -131,7 +135,11 @@ def attention_entropy(
     Raises:
         ValueError: bad attention or layout.
     """
-    q = query_distribution(attention, layout, validate=validate)  # (L, B, H, G)
+    return entropy_of_queries(query_distribution(attention, layout, validate=validate))
+
+
+def entropy_of_queries(q: Tensor) -> AttentionEntropy:
+    """:func:`attention_entropy` of the ``(L, B, H, G)`` query distributions."""
     grid = q.shape[-1]
     nats = -_plogp(q).sum(dim=-1)  # (L, B, H)
     normalized = (nats / math.log(grid)).clamp(0.0, 1.0) if grid > 1 else torch.ones_like(nats)
@@ -176,15 +184,39 @@ def mean_attention_distance(
         ValueError: bad attention or layout.
     """
     attention = checked_attention(attention, layout, validate)
+    return distance_summary(patch_query_distances(attention, layout), layout)
+
+
+def patch_query_distances(attention: Tensor, layout: TokenLayout) -> Tensor:
+    """Mean attention distance in pixels of every image and head, before averaging over images.
+
+    Args:
+        attention: ``(..., H, N, N)`` float attention, e.g. ``(L, B, H, N, N)`` or one
+            layer's ``(B, H, N, N)``.
+        layout: token layout with ``N`` tokens.
+
+    Returns:
+        ``(..., H)``: ``sum_j a_ij ||c_i - c_j||`` averaged over patch queries ``i``.
+    """
     p = layout.num_prefix_tokens
-    patch_rows = renormalize(attention[..., p:, p:])  # (L, B, H, G, G)
-    centers = layout.patch_centers(device=attention.device)
-    dist = torch.cdist(centers[None].double(), centers[None].double())[0].float()  # (G, G)
-    pixels = torch.einsum("lbhij,ij->lbh", patch_rows, dist) / layout.num_patches
+    patch_rows = renormalize(attention[..., p:, p:])  # (..., H, G, G)
+    dist = _patch_distances(layout, attention.device)  # (G, G)
+    return torch.einsum("...ij,ij->...", patch_rows, dist) / layout.num_patches
+
+
+def distance_summary(pixels: Tensor, layout: TokenLayout) -> AttentionDistance:
+    """:class:`AttentionDistance` of the ``(L, B, H)`` per-image distances of
+    :func:`patch_query_distances`: averaged over images, relative to uniform attention."""
     pixels = pixels.mean(dim=1)  # (L, H)
-    uniform = dist.mean()
+    uniform = _patch_distances(layout, pixels.device).mean()
     relative = pixels / uniform if float(uniform) > 0 else torch.ones_like(pixels)
     return AttentionDistance(pixels=pixels, relative=relative)
+
+
+def _patch_distances(layout: TokenLayout, device: torch.device) -> Tensor:
+    """``(G, G)`` float32 pixel distances between patch centres."""
+    centers = layout.patch_centers(device=device).double()
+    return torch.cdist(centers[None], centers[None])[0].float()
 
 
 def _top_count(fraction: float, total: int) -> int:

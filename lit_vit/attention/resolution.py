@@ -28,13 +28,7 @@ from torch import Tensor, nn
 
 from lit_vit.attention.backends import find_backend, model_logits
 from lit_vit.attention.capture import AttentionRecorder
-from lit_vit.attention.metrics import (
-    attention_entropy,
-    coverage,
-    focus_score,
-    mean_attention_distance,
-)
-from lit_vit.attention.rollout import rollout
+from lit_vit.attention.metrics import coverage, focus_score
 
 __all__ = ["ResolutionResult", "check_size", "resize_images", "resolution_sweep"]
 
@@ -203,11 +197,12 @@ def resolution_sweep(
         accuracy = correct / x.shape[0]
 
         probe = x[:batch_size]
-        recording = AttentionRecorder(resized, vit_name=backend.vit_name or None).record(probe)
-        attention, layout = recording.attention, recording.layout
-        distance = mean_attention_distance(attention, layout)
-        entropy = attention_entropy(attention, layout)
-        maps = rollout(attention, layout)
+        recorder = AttentionRecorder(resized, vit_name=backend.vit_name or None)
+        recording = recorder.record(probe, full=False)
+        reduced, layout = recording.reduced, recording.layout
+        distance = reduced.mean_attention_distance()
+        entropy = reduced.attention_entropy()
+        maps = reduced.rollout()
 
         best = float("inf")
         with torch.no_grad():

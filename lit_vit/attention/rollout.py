@@ -40,7 +40,7 @@ class QueryAttention(NamedTuple):
     prefix_mass: Tensor
 
 
-def _query_rows(matrix: Tensor, layout: TokenLayout) -> Tensor:
+def query_rows(matrix: Tensor, layout: TokenLayout) -> Tensor:
     """``(..., N, N) -> (..., N)``: the class-token row, else the mean of patch rows."""
     if layout.has_class_token:
         return matrix[..., 0, :]
@@ -86,12 +86,16 @@ def cls_attention(
         ValueError: bad attention shape, values or layout.
     """
     attention = checked_attention(attention, layout, validate)
-    rows = _query_rows(attention, layout)  # (L, B, H, N)
+    return query_attention(query_rows(attention, layout), layout)
+
+
+def query_attention(rows: Tensor, layout: TokenLayout) -> QueryAttention:
+    """:class:`QueryAttention` of the ``(L, B, H, N)`` rows of :func:`query_rows`."""
     prefix_mass = rows[..., : layout.num_prefix_tokens].sum(dim=-1)
     return QueryAttention(maps=_to_grid(rows, layout), prefix_mass=prefix_mass)
 
 
-def _fuse_heads(attention: Tensor, head_fusion: str) -> Tensor:
+def fuse_heads(attention: Tensor, head_fusion: str) -> Tensor:
     if head_fusion == "mean":
         return attention.mean(dim=-3)
     if head_fusion == "max":
@@ -119,7 +123,7 @@ def _discard(fused: Tensor, layout: TokenLayout, ratio: float) -> Tensor:
 
 def _fused(attention: Tensor, layout: TokenLayout, head_fusion: str, ratio: float) -> Tensor:
     """One layer's ``(B, H, N, N)`` attention fused over heads, then discarded: ``(B, N, N)``."""
-    fused = _fuse_heads(attention, head_fusion)
+    fused = fuse_heads(attention, head_fusion)
     return _discard(fused, layout, ratio) if ratio > 0 else fused
 
 
@@ -161,7 +165,7 @@ def check_rollout_arguments(
         )
 
 
-def _row_times_mixed(row: Tensor, fused: Tensor) -> Tensor:
+def _row_times_mixed(row: Tensor, fused: Tensor, row_sums: Tensor | None = None) -> Tensor:
     """``row @ rownorm(0.5 * fused + 0.5 * I)`` without forming the ``(B, N, N)`` mix.
 
     With ``d_i = 0.5 * sum_j fused_ij + 0.5`` the mixed matrix is
@@ -171,11 +175,13 @@ def _row_times_mixed(row: Tensor, fused: Tensor) -> Tensor:
     Args:
         row: ``(B, N)`` row vectors.
         fused: ``(B, N, N)`` non-negative fused attention.
+        row_sums: ``(B, N)`` its row sums when known (then ``fused`` is read once).
 
     Returns:
         ``(B, N)``.
     """
-    weights = 0.5 * row / (0.5 * fused.sum(dim=-1) + 0.5)
+    row_sums = fused.sum(dim=-1) if row_sums is None else row_sums
+    weights = 0.5 * row / (0.5 * row_sums + 0.5)
     return torch.bmm(weights[:, None, :], fused)[:, 0] + weights
 
 
@@ -272,7 +278,40 @@ def rollout(
             product = product @ mixed_attention(
                 attention[layer], layout, head_fusion, discard_ratio
             )
-        row = _query_rows(product, layout)
+        row = query_rows(product, layout)
+    return _to_grid(row, layout)
+
+
+def fused_rollout(
+    fused: Tensor,
+    layout: TokenLayout,
+    discard_ratio: float = 0.0,
+    start_layer: int = 0,
+    row_sums: Tensor | None = None,
+) -> Tensor:
+    """:func:`rollout` of attention whose heads are already fused.
+
+    Args:
+        fused: ``(L, B, N, N)`` head-fused attention (validated where it was recorded).
+        layout: token layout with ``N`` tokens.
+        discard_ratio: as in :func:`rollout`.
+        start_layer: as in :func:`rollout`.
+        row_sums: ``(L, B, N)`` row sums of ``fused`` when known: without discard,
+            each matrix is then read once.
+
+    Returns:
+        ``(B, gh, gw)`` float32, non-negative, sums to 1 per image.
+
+    Raises:
+        ValueError: bad shape or layout, ``discard_ratio`` or ``start_layer``.
+    """
+    check_rollout_arguments(fused[:, :, None], layout, "mean", discard_ratio, start_layer)
+    row = _start_vector(layout, (fused.shape[1],), fused.device)  # (B, N)
+    for layer in range(fused.shape[0] - 1, start_layer - 1, -1):  # last layer first
+        if discard_ratio > 0:
+            row = _row_times_mixed(row, _discard(fused[layer], layout, discard_ratio))
+        else:
+            row = _row_times_mixed(row, fused[layer], None if row_sums is None else row_sums[layer])
     return _to_grid(row, layout)
 
 
@@ -310,8 +349,18 @@ def gradient_rollout(
             f"attention_grad has shape {tuple(attention_grad.shape)} but attention has "
             f"{tuple(attention.shape)}; pass the gradient recorded with this attention."
         )
-    weighted = torch.relu(attention_grad * attention).mean(dim=2)  # (L, B, N, N)
-    v = _start_vector(layout, (attention.shape[1],), attention.device)
+    return weighted_rollout(gradient_product(attention_grad, attention), layout)
+
+
+def gradient_product(attention_grad: Tensor, attention: Tensor) -> Tensor:
+    """``mean_h relu(dA * A)``: ``(..., H, N, N)`` -> ``(..., N, N)``."""
+    return torch.relu(attention_grad * attention).mean(dim=-3)
+
+
+def weighted_rollout(weighted: Tensor, layout: TokenLayout) -> Tensor:
+    """Gradient rollout of the ``(L, B, N, N)`` products of :func:`gradient_product`:
+    ``(B, gh, gw)``."""
+    v = _start_vector(layout, (weighted.shape[1],), weighted.device)
     for layer in reversed(range(weighted.shape[0])):
         v = v + torch.bmm(v[:, None, :], weighted[layer])[:, 0]
     return _to_grid(v, layout)

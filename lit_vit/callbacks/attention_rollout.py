@@ -8,7 +8,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
-from lit_vit.attention import resize_images, rollout
+from lit_vit.attention import resize_images
+from lit_vit.attention.reduced import HEAD_FUSIONS
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.plotting import rollout_evolution_figure, rollout_figure
@@ -52,8 +53,8 @@ class AttentionRollout(AttentionCallback):
         every_n_epochs, name: See :class:`~lit_vit.callbacks.base.AttentionCallback`.
 
     Raises:
-        ValueError: For ``discard_ratio`` outside [0, 1), or at setup for a
-            ``start_layer`` outside the model's depth.
+        ValueError: For an unknown ``head_fusion``, ``discard_ratio`` outside
+            [0, 1), or at setup for a ``start_layer`` outside the model's depth.
 
     Example::
 
@@ -86,6 +87,10 @@ class AttentionRollout(AttentionCallback):
         name: str | None = None,
     ) -> None:
         super().__init__(every_n_epochs, name)
+        if head_fusion not in HEAD_FUSIONS:
+            raise ValueError(
+                f"AttentionRollout: head_fusion={head_fusion!r} must be one of {HEAD_FUSIONS}."
+            )
         if not 0 <= discard_ratio < 1:
             raise ValueError(f"AttentionRollout: discard_ratio={discard_ratio} must be in [0, 1).")
         self.head_fusion = head_fusion
@@ -99,6 +104,10 @@ class AttentionRollout(AttentionCallback):
     @property
     def gradients(self) -> frozenset[str]:
         return frozenset({"true", "predicted"} if self.gradient else ())
+
+    @property
+    def head_fusions(self) -> frozenset[str]:
+        return frozenset({self.head_fusion})
 
     def check_model(self, num_layers: int) -> None:
         if not 0 <= self.start_layer < num_layers:
@@ -174,15 +183,8 @@ class AttentionRollout(AttentionCallback):
         """``(B, gh, gw)`` rollout with this callback's settings (the shared one by default)."""
         if (self.head_fusion, self.discard_ratio, self.start_layer) == ("mean", 0.0, 0):
             return analysis.rollout
-        recording = analysis.recording
-        return rollout(
-            recording.attention,
-            recording.layout,
-            self.head_fusion,
-            self.discard_ratio,
-            self.start_layer,
-            validate=False,
-        ).cpu()
+        reduced = analysis.recording.reduced
+        return reduced.rollout(self.head_fusion, self.discard_ratio, self.start_layer).cpu()
 
 
 def _spread(count: int, most: int) -> list[int]:

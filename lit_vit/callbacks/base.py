@@ -3,7 +3,8 @@
 An analysis callback finds the trainer's
 :class:`~lit_vit.callbacks.probe.AttentionProbe` at ``setup`` (one with
 default settings is added when there is none) and declares what it needs
-from the probe's capture (:attr:`AttentionCallback.gradients`). Per-run
+from the probe's capture (:attr:`AttentionCallback.gradients`,
+:attr:`AttentionCallback.head_fusions`). Per-run
 callbacks (:attr:`AttentionCallback.per_run`) implement
 :meth:`AttentionCallback.analyze`, which the probe calls with the shared
 :class:`~lit_vit.callbacks.probe.ProbeAnalysis` at due validation runs and
@@ -59,6 +60,12 @@ class AttentionCallback(Callback):
     @property
     def gradients(self) -> frozenset[str]:
         """Gradient targets the analysis needs: a subset of ``{"predicted", "true"}``."""
+        return frozenset()
+
+    @property
+    def head_fusions(self) -> frozenset[str]:
+        """Head fusions whose fused attention the analysis reads (``"mean"`` is always
+        recorded): a subset of ``{"mean", "max", "min"}``."""
         return frozenset()
 
     @property

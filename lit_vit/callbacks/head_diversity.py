@@ -7,7 +7,6 @@ import math
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from lit_vit.attention import attention_entropy, head_diversity, mean_attention_distance
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
@@ -96,10 +95,10 @@ class HeadDiversity(AttentionCallback):
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None:
-        attention, layout = analysis.recording.attention, analysis.recording.layout
-        diversity = head_diversity(attention, layout, validate=False).cpu()  # (L,)
-        entropy = attention_entropy(attention, layout, validate=False).normalized.cpu()  # (L, H)
-        distance = mean_attention_distance(attention, layout, validate=False)
+        reduced = analysis.recording.reduced
+        diversity = reduced.head_diversity().cpu()  # (L,)
+        entropy = reduced.attention_entropy().normalized.cpu()  # (L, H)
+        distance = reduced.mean_attention_distance()
         pixels, relative = distance.pixels.cpu(), distance.relative.cpu()  # (L, H) each
         scalars = {}
         for layer in range(len(diversity)):

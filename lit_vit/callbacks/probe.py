@@ -34,13 +34,12 @@ from lit_vit.attention import (
     AttentionRecorder,
     AttentionRecording,
     NonFiniteAttentionError,
+    QueryAttention,
     TokenLayout,
-    cls_attention,
     controls,
     explain,
-    gradient_rollout,
-    rollout,
 )
+from lit_vit.attention.reduced import HEAD_FUSIONS
 from lit_vit.callbacks._data import (
     MAX_SCAN_IMAGES,
     choose_probe,
@@ -117,8 +116,10 @@ class ProbeAnalysis:
 
     Attributes:
         probe: The probe images.
-        recording: Attention of every layer (validated when recorded) and its
-            gradients for the targets the callbacks asked for.
+        recording: Attention of every layer (validated when recorded), reduced to
+            what the analyses read (``recording.reduced``), with the gradient
+            products for the targets the callbacks asked for; the full
+            ``recording.attention`` only with ``AttentionProbe(full_attention=True)``.
         run: Where this run logs.
         figure_rows: Probe images that image grids show (the first ones);
             measures use all of them.
@@ -144,29 +145,28 @@ class ProbeAnalysis:
     @cached_property
     def rollout(self) -> Tensor:
         """``(B, gh, gw)`` attention rollout (mean fusion, no discard)."""
-        return rollout(self.recording.attention, self.recording.layout, validate=False).cpu()
+        return self.recording.reduced.rollout().cpu()
 
     @cached_property
+    def _query_attention(self) -> QueryAttention:
+        return self.recording.reduced.cls_attention()
+
+    @property
     def query_maps(self) -> Tensor:
         """``(L, B, H, gh, gw)`` class-token (query) attention per layer and head."""
-        attention, layout = self.recording.attention, self.recording.layout
-        return cls_attention(attention, layout, validate=False).maps.cpu()
+        return self._query_attention.maps.cpu()
 
-    @cached_property
+    @property
     def prefix_mass(self) -> Tensor:
         """``(L, B, H)`` attention mass the query puts on prefix tokens."""
-        attention, layout = self.recording.attention, self.recording.layout
-        return cls_attention(attention, layout, validate=False).prefix_mass.cpu()
+        return self._query_attention.prefix_mass.cpu()
 
     def gradient_rollout(self, target: str) -> Tensor:
         """``(B, gh, gw)`` gradient rollout for ``"predicted"`` or ``"true"`` classes."""
         cache = self.__dict__.setdefault("_gradient_maps", {})
         if target not in cache:
-            recording = self.recording
-            grads = recording.attention_grads[self._gradient_index[target]]
-            cache[target] = gradient_rollout(
-                recording.attention, grads, recording.layout, validate=False
-            ).cpu()
+            reduced = self.recording.reduced
+            cache[target] = reduced.gradient_rollout(self._gradient_index[target]).cpu()
         return cache[target]
 
 
@@ -227,6 +227,11 @@ class AttentionProbe(Callback):
             modules holding several; ``None`` finds the only one.
         figure_rows: Probe images shown in image grids (the first ones); the
             measures use all ``size``.
+        full_attention: Keep the full ``(L, B, H, N, N)`` attention (and its
+            gradients) in :attr:`ProbeAnalysis.recording` for callbacks of your
+            own that read it. Off: each layer is reduced while it is recorded to
+            what the analyses read, at most ``1/H`` of it
+            (:class:`~lit_vit.attention.ReducedAttention`).
 
     Raises:
         ValueError: For ``size`` or ``figure_rows`` below 1; at setup, when the
@@ -248,7 +253,12 @@ class AttentionProbe(Callback):
     """
 
     def __init__(
-        self, size: int = 8, seed: int = 0, module: str | None = None, figure_rows: int = 8
+        self,
+        size: int = 8,
+        seed: int = 0,
+        module: str | None = None,
+        figure_rows: int = 8,
+        full_attention: bool = False,
     ) -> None:
         for name, value in (("size", size), ("figure_rows", figure_rows)):
             if value < 1:
@@ -257,6 +267,7 @@ class AttentionProbe(Callback):
         self.seed = seed
         self.module = module
         self.figure_rows = figure_rows
+        self.full_attention = full_attention
         self.consumers: list[AttentionCallback] = []
         self.recorder: AttentionRecorder | None = None
         self._log_root: Path | None = None
@@ -547,14 +558,18 @@ class AttentionProbe(Callback):
         targets = [target for target in GRADIENT_TARGETS if target in wanted]
         labels = probe.labels.to(pl_module.device)
         grad_targets = [None if target == "predicted" else labels for target in targets]
+        fusions = {"mean"}.union(*(consumer.head_fusions for consumer in consumers))
         try:
             recording = self.recorder.record(
-                probe.images.to(pl_module.device), grad_targets=grad_targets
+                probe.images.to(pl_module.device),
+                grad_targets=grad_targets,
+                full=self.full_attention,
+                head_fusions=[fusion for fusion in HEAD_FUSIONS if fusion in fusions],
             )
         except NonFiniteAttentionError as error:
             self._warn_divergence(trainer, consumers, error)
             return None
-        self._heads, self._layout = recording.attention.shape[2], recording.layout
+        self._heads, self._layout = recording.reduced.query_rows.shape[2], recording.layout
         return ProbeAnalysis(
             probe=probe,
             recording=recording,

@@ -102,7 +102,7 @@ class SanityChecks(AttentionCallback):
         probe = self.probe.probe(trainer, pl_module, run.stage)
         images = probe.images.to(pl_module.device)
         recorder = self.probe.recorder
-        logits = recorder.record(images).logits
+        logits = recorder.record(images, full=False).logits
         predicted, classes = logits.argmax(dim=-1), logits.shape[-1]
         steps = randomization_steps(pl_module, self.probe.recorder.backend)
         curve = cascading_randomization(

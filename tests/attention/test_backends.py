@@ -132,6 +132,21 @@ def test_torchvision_attention_equals_its_need_weights_and_restores_forward():
     assert rollout(recording.attention, recording.layout, validate=False).shape == (3, 4, 4)
 
 
+@pytest.mark.parametrize("family", ["huggingface", "torchvision"])
+def test_reduced_capture_equals_the_full_one_on_each_family(family):
+    # The gradient products are made by hooks on each family's own attention tensor.
+    model = hf_vit() if family == "huggingface" else torchvision_vit()
+    recorder = AttentionRecorder(model)
+    full = recorder.record(images(), grad_targets=[None])
+    reduced = recorder.record(images(), grad_targets=[None], full=False).reduced
+    assert reduced.gradient_products[0].abs().sum() > 0
+    torch.testing.assert_close(
+        reduced.gradient_rollout(),
+        gradient_rollout(full.attention, full.attention_grads[0], full.layout),
+    )
+    torch.testing.assert_close(reduced.rollout(), rollout(full.attention, full.layout))
+
+
 def test_modes_are_restored_whatever_the_family():
     for model in (hf_vit(), torchvision_vit()):
         model.train()

@@ -59,7 +59,8 @@ def attention_run(tmp_path_factory, fake_fashion_mnist):
     """``fit`` for 2 epochs, then ``test`` of ``last.ckpt``, with every attention callback.
 
     Also counts, during fit, the probe captures (recordings of the probe's
-    size, with their number of gradient targets) and the augmented batches.
+    size, with their number of gradient targets and whether the full attention
+    was kept) and the augmented batches.
     """
     tmp_path = tmp_path_factory.mktemp("attention_run")
     config = tmp_path / "callbacks.yaml"
@@ -73,13 +74,14 @@ def attention_run(tmp_path_factory, fake_fashion_mnist):
         "--config",
         str(config),
     )
-    captures, augmented = [], []
+    captures, full, augmented = [], [], []
     record = capture.AttentionRecorder.record
 
-    def counting_record(self, images, grad_targets=()):
+    def counting_record(self, images, grad_targets=(), **options):
         if len(images) == PROBE_SIZE:
             captures.append(len(grad_targets))
-        return record(self, images, grad_targets)
+            full.append(options.get("full", True))
+        return record(self, images, grad_targets, **options)
 
     def counting_crop(images, padding):
         augmented.append(len(images))
@@ -103,5 +105,6 @@ def attention_run(tmp_path_factory, fake_fashion_mnist):
         model=LitViT.load_from_checkpoint(checkpoint, map_location="cpu").eval(),
         report=(test_dir / "attention" / "report.md").read_text(),
         fit_captures=captures,
+        fit_captures_full=full,
         augmented_batches=len(augmented),
     )

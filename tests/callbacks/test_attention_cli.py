@@ -96,6 +96,7 @@ def test_one_capture_per_validation_run_with_only_the_gradients_asked_for(attent
     # After the validation runs, the fit-end sanity checks record with at most one target.
     captures = attention_run.fit_captures
     assert captures[:EPOCHS] == [2] * EPOCHS and captures.count(2) == EPOCHS, captures
+    assert not any(attention_run.fit_captures_full), "the probe records reduced attention"
 
 
 def test_tensorboard_gets_a_chart_per_measure_and_the_report(attention_run):
@@ -215,10 +216,10 @@ def test_resume_uses_the_same_probe_and_one_capture_per_run(attention_run, monke
     captures = []
     record = AttentionRecorder.record
 
-    def counting(self, images, grad_targets=()):
+    def counting(self, images, grad_targets=(), **options):
         if len(images) == PROBE_SIZE:
             captures.append(len(grad_targets))
-        return record(self, images, grad_targets)
+        return record(self, images, grad_targets, **options)
 
     monkeypatch.setattr(AttentionRecorder, "record", counting)
     main(["fit", *attention_run.args, f"--ckpt_path={first_epoch}"])

@@ -116,9 +116,9 @@ def test_analysis_callbacks_alone_get_a_default_probe(tmp_path, monkeypatch):
     calls = []
     original = capture.AttentionRecorder.record
 
-    def counting(self, images, grad_targets=()):
+    def counting(self, images, grad_targets=(), **options):
         calls.append((len(images), len(grad_targets)))
-        return original(self, images, grad_targets)
+        return original(self, images, grad_targets, **options)
 
     monkeypatch.setattr(capture.AttentionRecorder, "record", counting)
     trainer = fit(
