@@ -329,7 +329,7 @@ def bench_faithfulness(num_images: int, steps: int, max_batch: int) -> None:
         "    model fwd s: forward passes x time of one plain forward of a full chunk (estimate);"
         " AUCs are means over images (random-init model)."
     )
-    assert res.forward_passes == math.ceil(evaluated / max_batch)
+    assert res.forward_passes <= math.ceil(evaluated / max_batch)  # distinct copies run once
 
 
 def bench_flow(repeats: int) -> None:

@@ -172,8 +172,10 @@ def deletion_insertion_auc(
 
     Returns:
         A :class:`FaithfulnessResult`, or for a mapping a dict of them under the
-        same names (their random-order fields are equal). ``forward_passes``
-        is ``ceil(2 * (S + 1) * B * (T + 1) / max_batch)`` for ``S`` maps.
+        same names (their random-order fields are equal). Of the
+        ``2 * (S + 1) * B * (T + 1)`` masked copies for ``S`` maps, each
+        distinct one runs once (the clean and all-baseline images end every
+        curve): ``forward_passes`` is ``ceil(distinct / max_batch)``.
 
     Raises:
         ValueError: ``images`` is not a non-empty 4-D batch, a saliency map
@@ -231,10 +233,15 @@ def deletion_insertion_auc(
     image_index = torch.arange(b, device=device).repeat_interleave(steps + 1)
     image_index = image_index.repeat(keep.shape[0] // len(image_index))
 
+    # Many copies are the same input: the clean and the all-baseline image of every curve's
+    # ends, and the first steps of orders that agree. Each distinct one runs once.
+    copies = torch.cat([image_index[:, None], keep.flatten(1).long()], dim=1)  # (M, 1 + G)
+    distinct, copy_of = torch.unique(copies, dim=0, return_inverse=True)
     logits, forward_passes = _masked_logits(
-        model, images, keep, image_index, base, (ph, pw), max_batch
-    )
-    logits = logits.view(len(orders), 2, b, steps + 1, -1)  # (S+1, 2, B, T+1, K)
+        model, images, distinct[:, 1:].bool().view(-1, *grid), distinct[:, 0], base, (ph, pw),
+        max_batch,
+    )  # fmt: skip
+    logits = logits[copy_of].view(len(orders), 2, b, steps + 1, -1)  # (S+1, 2, B, T+1, K)
     predicted = logits[0, 0, :, 0].argmax(dim=-1)  # deletion at fraction 0 = clean image
     index = predicted.view(1, 1, b, 1, 1).expand(*logits.shape[:-1], 1)
     curves = logits.softmax(dim=-1).gather(-1, index).squeeze(-1)  # (S+1, 2, B, T+1)

@@ -148,11 +148,11 @@ class ReducedAttention:
 
     def head_diversity(self) -> Tensor:
         """:func:`~lit_vit.attention.head_diversity`: ``(L,)``."""
-        return diversity_of_queries(self.cls_attention().maps.flatten(-2))
+        return diversity_of_queries(self._query_distributions())
 
     def attention_entropy(self) -> AttentionEntropy:
         """:func:`~lit_vit.attention.attention_entropy`: ``(L, H)`` each."""
-        return entropy_of_queries(self.cls_attention().maps.flatten(-2))
+        return entropy_of_queries(self._query_distributions())
 
     def mean_attention_distance(self) -> AttentionDistance:
         """:func:`~lit_vit.attention.mean_attention_distance`: ``(L, H)`` each."""
@@ -187,6 +187,10 @@ class ReducedAttention:
         """:func:`~lit_vit.attention.gradient_rollout` for the recording's gradient target
         ``target``: ``(B, gh, gw)``."""
         return weighted_rollout(self.gradient_products[target], self.layout)
+
+    def _query_distributions(self) -> Tensor:
+        """``(L, B, H, G)`` query rows over the patches, renormalised."""
+        return query_attention(self.query_rows, self.layout).maps.flatten(-2)
 
     def _fused(self, head_fusion: str) -> Tensor:
         if head_fusion not in self.fused:

@@ -49,7 +49,7 @@ from lit_vit.callbacks._data import (
 )
 from lit_vit.callbacks._loggers import IMAGE_LOGGERS, log_image
 from lit_vit.callbacks.report import explainer_table, write_report
-from lit_vit.plotting import figure_to_image, save_image
+from lit_vit.plotting import encode_png, figure_to_image, save_image
 
 if TYPE_CHECKING:
     from lit_vit.callbacks.base import AttentionCallback
@@ -479,11 +479,12 @@ class AttentionProbe(Callback):
             The PNG's path relative to the run's folder, ``<key>.png``.
         """
         image = figure_to_image(figure)  # (3, H, W) uint8: one render for the loggers and file
+        png = encode_png(image)  # one encoding for TensorBoard and the file
         for logger in trainer.loggers:
-            log_image(logger, f"{run.tag_root}/{key}", image, run.step)
+            log_image(logger, f"{run.tag_root}/{key}", image, run.step, png)
         name = f"{key}.png"
         if run.folder is not None:
-            save_image(image, run.folder / name)
+            save_image(png, run.folder / name)
         return name
 
     def explained_test_set(

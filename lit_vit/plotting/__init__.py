@@ -31,7 +31,7 @@ from lit_vit.plotting.charts import (
     per_image_metrics_figure,
     randomization_figure,
 )
-from lit_vit.plotting.export import figure_to_image, save_image
+from lit_vit.plotting.export import encode_png, figure_to_image, save_image
 from lit_vit.plotting.mosaics import (
     head_maps_figure,
     layer_maps_figure,
@@ -45,6 +45,7 @@ __all__ = [
     "distance_scatter_figure",
     "evolution_figure",
     "faithfulness_figure",
+    "encode_png",
     "figure_to_image",
     "head_maps_figure",
     "layer_bar_figure",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor
 
 MAP_CMAP = "inferno"
@@ -13,6 +14,27 @@ MAP_CMAP = "inferno"
 DPI = 100
 FONT = 8
 TITLE_FONT = 10
+
+
+def set_margins(
+    fig: Figure, left: float, right: float, bottom: float, top: float, wspace: float = 0.0
+) -> None:
+    """Place the subplots with fixed margins in inches (and ``wspace`` inches between panels).
+
+    Constrained layout measures every text artist to place the axes, which
+    costs more than drawing a small chart; the charts are drawn every epoch,
+    so they reserve known room for their labels instead.
+    """
+    width, height = fig.get_size_inches()
+    columns = max(1, fig.axes[0].get_subplotspec().get_gridspec().ncols) if fig.axes else 1
+    panel = (width - left - right - (columns - 1) * wspace) / columns
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=wspace / panel if columns > 1 else None,
+    )
 
 
 def as_cpu(x: Tensor | Sequence[float], name: str) -> Tensor:

@@ -12,7 +12,15 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from lit_vit.plotting._style import DPI, FONT, MAP_CMAP, TITLE_FONT, as_cpu, check_dim
+from lit_vit.plotting._style import (
+    DPI,
+    FONT,
+    MAP_CMAP,
+    TITLE_FONT,
+    as_cpu,
+    check_dim,
+    set_margins,
+)
 
 
 def layer_bar_figure(values: Tensor, title: str, ylabel: str) -> Figure:
@@ -26,8 +34,9 @@ def layer_bar_figure(values: Tensor, title: str, ylabel: str) -> Figure:
     values = as_cpu(values, "values")
     check_dim(values, 1, "values", "(L,)")
     layers = values.shape[0]
-    fig = Figure(figsize=(max(4.0, 0.5 * layers + 1.5), 3.0), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(max(4.0, 0.5 * layers + 1.5), 3.0), dpi=DPI)
     ax = fig.add_subplot()
+    set_margins(fig, left=0.6, right=0.15, bottom=0.45, top=0.3)
     bars = ax.bar(range(layers), values.numpy(), color="#5b3a8c", width=0.7)
     ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2, rotation=90 if layers > 12 else 0)
     finite = values[torch.isfinite(values)]
@@ -74,8 +83,10 @@ def distance_scatter_figure(
     distance = as_cpu(distance, "distance")
     check_dim(distance, 2, "distance", "(L, H)")
     layers, heads = distance.shape
-    fig = Figure(figsize=(max(4.5, 0.35 * layers + 3.0), 3.4), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(max(4.5, 0.35 * layers + 3.0), 3.4), dpi=DPI)
     ax = fig.add_subplot()
+    # right: the legend, one or two columns of "head 11" entries and "mean over heads"
+    set_margins(fig, left=0.6, right=1.15 if heads <= 12 else 2.1, bottom=0.45, top=0.3)
     x = np.arange(layers, dtype=float)
     spread = min(0.3, 0.06 * heads)
     offsets = np.linspace(-spread, spread, heads) if heads > 1 else np.zeros(1)
@@ -138,9 +149,9 @@ def layer_head_heatmap_figure(
     fig = Figure(
         figsize=(max(3.5, 0.5 * heads + 2.0), max(2.5, 0.32 * layers + 1.2)),
         dpi=DPI,
-        layout="constrained",
     )
     ax = fig.add_subplot()
+    set_margins(fig, left=0.5, right=0.7, bottom=0.45, top=0.3)  # right: the colorbar's labels
     image = ax.imshow(
         values.numpy(), cmap=MAP_CMAP, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest"
     )
@@ -213,8 +224,9 @@ def faithfulness_figure(fractions: Tensor, curves: Mapping[str, Tensor]) -> Figu
     palette = _head_colors(max(len(methods), 1))
     hint = {"deletion": "lower AUC is better", "insertion": "higher AUC is better"}
 
-    fig = Figure(figsize=(4.0 * len(panels) + 0.5, 3.3), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(4.0 * len(panels) + 0.5, 3.3), dpi=DPI)
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    set_margins(fig, left=0.6, right=0.15, bottom=0.45, top=0.55, wspace=0.25)
     x = fractions.numpy()
     for ax, (kind, entries) in zip(axes, panels.items(), strict=True):
         for name, curve in entries:
@@ -295,8 +307,11 @@ def metric_by_class_figure(
         counts.append(chosen.numel())
         means.append(float(chosen.mean()) if chosen.numel() else float("nan"))
 
-    fig = Figure(figsize=(max(4.0, 0.55 * classes + 1.5), 3.4), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(max(4.0, 0.55 * classes + 1.5), 3.4), dpi=DPI)
     ax = fig.add_subplot()
+    long_names = max((len(n) for n in names), default=0) > 6
+    bottom = 0.35 + (0.055 * max(len(n) for n in names) if long_names else 0.1)
+    set_margins(fig, left=0.6, right=0.15, bottom=bottom, top=0.3)
     present = [c for c in range(classes) if counts[c]]
     bars = ax.bar(present, [means[c] for c in present], color="#5b3a8c", width=0.7)
     ax.bar_label(
@@ -319,7 +334,6 @@ def metric_by_class_figure(
     span = (high - low) or 1.0
     ax.set_ylim(low - (0.1 * span if low < 0 else 0.0), high + 0.25 * span)
     ax.set_xticks(range(classes))
-    long_names = max((len(n) for n in names), default=0) > 6
     ax.set_xticklabels(
         names, rotation=35 if long_names else 0, ha="right" if long_names else "center"
     )
@@ -360,8 +374,10 @@ def per_image_metrics_figure(
         ("coverage", f"coverage@{m:g}", uniform["coverage"]),
         ("lift", "lift on the object", 1.0),
     )
-    fig = Figure(figsize=(9.0, max(2.2, 0.28 * count + 1.0)), dpi=100, layout="constrained")
+    fig = Figure(figsize=(9.0, max(2.2, 0.28 * count + 1.0)), dpi=100)
     axes = fig.subplots(1, len(panels), sharey=True)
+    label_width = 0.07 * max((len(label) for label in labels), default=0) + 0.15
+    set_margins(fig, left=label_width, right=0.15, bottom=0.3, top=0.55, wspace=0.2)
     rows = list(range(count))
     for ax, (name, title, reference) in zip(axes, panels, strict=True):
         data = getattr(values, name).tolist()
@@ -392,8 +408,10 @@ def randomization_figure(
         correlations: explainer -> ``(len(labels),)`` mean correlation.
         threshold: correlation above which a fully randomised explainer fails.
     """
-    fig = Figure(figsize=(max(5.0, 0.45 * len(labels) + 2.5), 3.4), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(max(5.0, 0.45 * len(labels) + 2.5), 3.6), dpi=DPI)
     ax = fig.add_subplot()
+    longest = max((len(label) for label in labels), default=0)
+    set_margins(fig, left=0.6, right=0.15, bottom=0.45 + 0.045 * longest, top=0.3)
     steps = np.arange(len(labels))
     for index, (name, values) in enumerate(correlations.items()):
         values = as_cpu(values, name)

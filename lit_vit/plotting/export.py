@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,20 @@ def figure_to_image(fig: Figure) -> Tensor:
     return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).contiguous()
 
 
-def save_image(image: Tensor, path: str | Path) -> Path:
-    """Write a ``(3, H, W)`` uint8 image (a rendered figure) to ``path`` as PNG.
+def encode_png(image: Tensor) -> bytes:
+    """A ``(3, H, W)`` uint8 image (a rendered figure) as PNG bytes.
+
+    zlib level 1: charts are flat colour, so the files are barely larger than
+    at the default level 6, and encoding takes about half the time.
+    """
+    output = io.BytesIO()
+    PILImage.fromarray(image.permute(1, 2, 0).numpy()).save(output, format="PNG", compress_level=1)
+    return output.getvalue()
+
+
+def save_image(image: Tensor | bytes, path: str | Path) -> Path:
+    """Write a ``(3, H, W)`` uint8 image (a rendered figure), or its :func:`encode_png`
+    bytes, to ``path`` as PNG.
 
     With :func:`figure_to_image` this renders a figure once for both
     TensorBoard and the file. Parent directories are created; ``.png`` is
@@ -34,5 +47,5 @@ def save_image(image: Tensor, path: str | Path) -> Path:
     if not path.suffix:
         path = path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    PILImage.fromarray(image.permute(1, 2, 0).numpy()).save(path, format="PNG")
+    path.write_bytes(image if isinstance(image, bytes) else encode_png(image))
     return path

@@ -58,6 +58,10 @@ def test_each_validation_run_logs_every_tag_at_the_step_of_its_val_metrics(atten
         folder = attention_run.fit_dir / "attention" / f"epoch_{epoch:03d}"
         assert (folder / "rollout.png").stat().st_size > 1000
         assert (folder / "rollout_max" / "rollout.png").is_file(), "named instance's own file"
+        # TensorBoard shows the very picture of the file, encoded once.
+        shown = events.Images("val_attention/rollout")[epoch]
+        assert shown.encoded_image_string == (folder / "rollout.png").read_bytes()
+        assert (shown.width, shown.height) == Image.open(folder / "rollout.png").size
 
 
 @pytest.mark.parametrize(("run", "accuracy"), [("fit_dir", "val_acc"), ("test_dir", "test_acc")])
