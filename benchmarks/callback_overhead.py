@@ -38,8 +38,8 @@ where the callbacks look them up (:data:`PIECES`): the probe capture (one
 recorded forward with the gradients for two classes), the measures (rollout,
 gradient rollout, class-token maps, head diversity, entropy, distance, focus
 and coverage, the deletion/insertion forwards of faithfulness), and the
-figures (building the matplotlib artists, their one Agg render, ``add_image``
-with its PNG encoding, the PNG file written from the same pixels). "other" is the rest
+figures (building the matplotlib artists, their one Agg render, one PNG
+encoding, sending it to the loggers, writing the same bytes to the file). "other" is the rest
 of the hooks (scalar logging, bookkeeping). The first, untimed run (two epochs
 of two batches) warms up imports and fonts and profiles the hooks of its second
 epoch with cProfile; its top entries by cumulative time are printed last.
@@ -119,10 +119,11 @@ PIECES = (
     ("figures", "render (one Agg draw per figure)", "lit_vit.callbacks.probe:figure_to_image"),
     (
         "figures",
-        "TensorBoard add_image (PNG encode)",
-        "torch.utils.tensorboard:SummaryWriter.add_image",
+        "PNG encode (once, for TensorBoard and file)",
+        "lit_vit.callbacks.probe:encode_png",
     ),
-    ("figures", "PNG file from the rendered pixels", "lit_vit.callbacks.probe:save_image"),
+    ("figures", "to the loggers (TensorBoard summary)", "lit_vit.callbacks.probe:log_image"),
+    ("figures", "PNG file written", "lit_vit.callbacks.probe:save_image"),
 )
 
 

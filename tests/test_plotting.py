@@ -46,7 +46,7 @@ def assert_renders(fig: Figure) -> torch.Tensor:
 def mosaic_of(fig: Figure) -> tuple:
     """The one Axes of an image grid figure and its ``(h, w, 3)`` uint8 mosaic."""
     (ax,) = fig.axes
-    (image,) = ax.get_images()
+    (image,) = fig.images  # pasted unresampled (figimage) under the Axes that places the text
     pixels = np.asarray(image.get_array())
     assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
     return ax, pixels
@@ -115,7 +115,12 @@ def test_layer_maps_figure(channels, height, width, grid, layers, shape):
             overlay = cell(pixels, row, 1 + layer, shape)[::factor, ::factor]
             reference = expected_overlay(images[row], maps[layer, row])
             assert np.abs(overlay - reference).max() <= 1 / 255
-    assert_renders(fig)
+    rendered = assert_renders(fig).permute(1, 2, 0).numpy()
+    # Pasted pixel for pixel where the row labels and title leave room for it.
+    top, left = mosaics._TOP_PX, mosaics._LEFT_PX
+    first_cell = (slice(1, 1 + shape[0]), slice(1, 1 + shape[1]))
+    placed = rendered[top:, left:][first_cell]
+    assert np.array_equal(placed, pixels[first_cell])
 
 
 def test_layer_maps_one_layer_no_names():

@@ -186,7 +186,11 @@ def _mosaic_figure(
     left, bottom, width, height = _LEFT_PX, _PAD_PX, mosaic.shape[2], mosaic.shape[1]
     ax = fig.add_axes((left / width_px, bottom / height_px, width / width_px, height / height_px))
     pixels = (mosaic.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    ax.imshow(pixels, interpolation="nearest", aspect="auto")
+    # Pasted as it is (figimage does not resample; imshow would, at the same size, 5x slower);
+    # the Axes only gives the text the image's pixel coordinates.
+    fig.figimage(pixels, xo=left, yo=bottom, origin="upper")
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
     ax.set_axis_off()
     # Text in the image's pixel coordinates (pixel centres at integers, y down).
     for (row, column), title in titles.items():
