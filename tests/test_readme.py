@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 import torchvision
 from torch.utils.data import DataLoader, TensorDataset
@@ -74,3 +75,22 @@ def test_the_torchvision_example(tmp_path, monkeypatch):
     assert trainer.lightning_module.model.heads.head.out_features == CLASSES
     figures = Path(trainer.log_dir) / "attention" / "epoch_002"
     assert (figures / "layer_maps.png").is_file() and (figures / "rollout.png").is_file()
+
+
+def test_the_toolkit_example(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    (block,) = [block for block in blocks if "recorder = AttentionRecorder(vit)" in block]
+    torch.manual_seed(0)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=SIZE, patch_size=PATCH,
+        embed_dim=32, depth=2, num_heads=2, num_classes=CLASSES,
+    )  # fmt: skip
+    pixels = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    namespace = {"vit": vit, "images": pixels * 2 - 1, "pixels": pixels}
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, str(README), "exec"), namespace)
+    grid = (SIZE // PATCH, SIZE // PATCH)
+    for name in ("maps", "flow", "grad_maps"):
+        assert namespace[name].shape == (4, *grid), name
+    assert set(namespace["every"]) >= {"rollout", "flow", "grad rollout"}
+    assert namespace["reduced"].query_rows.shape == (2, 4, 2, 1 + grid[0] * grid[1])
