@@ -17,8 +17,10 @@ Fashion-MNIST, batch 128), two ways, on the same data:
   validation, outside the steps timed here, and cost about a minute per
   run; ``benchmarks/callback_overhead.py`` measures them;
 * **plain**: a ``for`` loop over the same DataLoader with the same batched
-  augmentation, model, loss, AdamW parameter groups and warm-up + cosine
-  schedule, and nothing else (no metrics, no logging).
+  augmentation (crop, flip, the policy, random erasing), Mixup/CutMix with
+  the soft-target loss, model, timm's AdamW and warm-up + cosine schedule
+  (as ``LitViT`` builds them) and weight EMA update, and nothing else (no
+  metrics, no logging).
 
 Throughput is counted from the end of batch ``--warmup`` to the end of the
 last batch: data loading, augmentation, forward, backward, optimizer and
@@ -62,11 +64,21 @@ import torch
 import yaml
 from _quiet import quiet  # benchmarks/ is on sys.path when run as a script
 from lightning.pytorch import Callback, seed_everything
+from timm.data.random_erasing import RandomErasing
 from timm.layers import set_fused_attn, use_fused_attn
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
 
+from lit_vit.attention import resize_images
 from lit_vit.cli import LitViTCLI
-from lit_vit.data import FashionMNISTDataModule, random_crop, random_horizontal_flip, resize
-from lit_vit.model import LitViT, parameter_groups, warmup_cosine
+from lit_vit.data import (
+    FashionMNISTDataModule,
+    apply_policy,
+    random_crop,
+    random_horizontal_flip,
+)
+from lit_vit.model import LitViT
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist.yaml"
 VAL_BATCHES = 2
@@ -198,21 +210,46 @@ def plain_run(setting: Setting, batches: int, warmup: int, data_dir: str) -> Run
         model = LitViT(**hp, img_size=data.img_size).train()
         if setting.compile:
             model.vit.compile()
-        optimizer = torch.optim.AdamW(parameter_groups(model.vit, hp["weight_decay"]), lr=hp["lr"])
+        # timm's optimizer and scheduler, as LitViT.configure_optimizers builds them.
+        optimizer = create_optimizer_v2(
+            model.vit, opt="adamw", lr=hp["lr"], weight_decay=hp["weight_decay"]
+        )
         warmup_steps = min(batches - 1, round(hp["warmup_epochs"] * batches))
-        schedule = warmup_cosine(warmup_steps, batches, model.hparams.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = CosineLRScheduler(
+            optimizer,
+            t_initial=max(1, batches - warmup_steps),
+            lr_min=hp["lr"] * model.hparams.min_lr_ratio,
+            warmup_t=warmup_steps,
+            warmup_lr_init=hp["lr"] / max(1, warmup_steps + 1),
+            warmup_prefix=True,
+            t_in_epochs=False,
+        )
+        # The recipe's extra work, with the same timm objects LitViT uses.
+        erase = RandomErasing(data.random_erasing, mode="pixel") if data.random_erasing else None
+        ema = None
+        if hp.get("ema_decay") is not None:
+            ema = ModelEmaV3(model.vit, decay=hp["ema_decay"], use_warmup=True)
         bf16 = setting.precision == "bf16-mixed"
         ends = []
-        for images, labels in itertools.islice(data.train_dataloader(), batches):
+        for step, (images, labels) in enumerate(itertools.islice(data.train_dataloader(), batches)):
             images = random_horizontal_flip(random_crop(images, data.crop_padding))
-            images = resize(images, data.img_size)
+            if data.policy is not None:
+                images = apply_policy(images, data.policy)
+            if erase is not None:
+                images = erase(images)
+            images = resize_images(images, data.img_size)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = model.criterion(model.vit(images), labels)
+                if model.mixup is None:
+                    loss = model.criterion(model.vit(images), labels)
+                else:
+                    images, targets = model.mixup(images, labels)
+                    loss = model.mixed_criterion(model.vit(images), targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            scheduler.step()
+            scheduler.step_update(num_updates=step + 1)
+            if ema is not None:
+                ema.update(model.vit, step=step)
             ends.append(time.perf_counter())
     return Run.from_step_ends(ends, warmup, data.batch_size, time.perf_counter() - start)
 
