@@ -225,7 +225,9 @@ def plain_run(setting: Setting, batches: int, warmup: int, data_dir: str) -> Run
             t_in_epochs=False,
         )
         # The recipe's extra work, with the same timm objects LitViT uses.
-        erase = RandomErasing(data.random_erasing, mode="pixel") if data.random_erasing else None
+        erase = None
+        if data.random_erasing:
+            erase = RandomErasing(data.random_erasing, mode="pixel", device="cpu")
         ema = None
         if hp.get("ema_decay") is not None:
             ema = ModelEmaV3(model.vit, decay=hp["ema_decay"], use_warmup=True)
