@@ -157,6 +157,8 @@ def test_bad_arguments_fail_at_setup(tmp_path):
         fit(module, [AttentionProbe(size=64), AttentionMaps()], tmp_path)
     with pytest.raises(ValueError, match="discard_ratio=1.0 must be in"):
         AttentionRollout(discard_ratio=1.0)
+    with pytest.raises(ValueError, match=r"head_fusion='median' must be one of \('mean'"):
+        AttentionRollout(head_fusion="median")
     with pytest.raises(ValueError, match="two AttentionMaps callbacks have no name="):
         fit(module, [AttentionMaps(), AttentionMaps(head_layers=[0])], tmp_path)
     # Callbacks with checkpoint state (the evolution's history): Lightning refuses the twins
