@@ -383,7 +383,7 @@ class _Layers:
                 torch.autograd.grad(score, x, retain_graph=i < len(targets) - 1, allow_unused=True)
                 # A layer the score does not depend on has no gradient: zeros.
                 all_products.append(
-                    [products.get(layer, _no_gradient(a)[:, 0]) for layer, a in enumerate(kept)]
+                    [products.get(layer, _no_gradient(a[:, 0])) for layer, a in enumerate(kept)]
                 )
                 if full:
                     all_grads.append(
@@ -417,7 +417,7 @@ class _Layers:
 
 
 def _no_gradient(attention: Tensor) -> Tensor:
-    """float32 zeros shaped like one layer's ``(B, H, N, N)`` attention."""
+    """float32 zeros shaped like ``attention``: a layer's ``(B, H, N, N)`` or one head's."""
     return torch.zeros(attention.shape, dtype=torch.float32, device=attention.device)
 
 

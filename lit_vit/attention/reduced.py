@@ -37,6 +37,7 @@ from lit_vit.attention.metrics import (
     patch_query_distances,
 )
 from lit_vit.attention.rollout import (
+    HEAD_FUSIONS,
     HeadFusion,
     QueryAttention,
     fuse_heads,
@@ -47,8 +48,6 @@ from lit_vit.attention.rollout import (
 )
 
 __all__ = ["HEAD_FUSIONS", "LayerReduction", "ReducedAttention", "reduce_layer"]
-
-HEAD_FUSIONS = ("mean", "max", "min")
 
 
 class LayerReduction(NamedTuple):

@@ -24,6 +24,7 @@ from lit_vit.attention.layout import TokenLayout
 __all__ = ["QueryAttention", "cls_attention", "gradient_rollout", "rollout"]
 
 HeadFusion = Literal["mean", "max", "min"]
+HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
 
 
 class QueryAttention(NamedTuple):
@@ -145,7 +146,7 @@ def check_rollout_arguments(
     start_layer: object,
 ) -> None:
     """Raise a ValueError naming the bad value for rollout's (and flow's) arguments."""
-    if head_fusion not in ("mean", "max", "min"):
+    if head_fusion not in HEAD_FUSIONS:
         raise ValueError(f"head_fusion must be one of 'mean', 'max', 'min', got {head_fusion!r}.")
     if (
         isinstance(discard_ratio, bool)
