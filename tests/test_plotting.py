@@ -46,8 +46,8 @@ def assert_renders(fig: Figure) -> torch.Tensor:
 def mosaic_of(fig: Figure) -> tuple:
     """The one Axes of an image grid figure and its ``(h, w, 3)`` uint8 mosaic."""
     (ax,) = fig.axes
-    (image,) = fig.images  # pasted unresampled (figimage) under the Axes that places the text
-    pixels = np.asarray(image.get_array())
+    (image,) = [a for a in fig.artists if isinstance(a, mosaics._PastedPixels)]
+    pixels = image.pixels  # pasted unresampled under the Axes that places the text
     assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
     return ax, pixels
 
@@ -165,7 +165,11 @@ def test_head_maps_figure(heads, rows):
         assert (cell(pixels, rows - 1, columns - 1, (84, 120), row_gap) == 1).all()
     title = fig.get_suptitle()
     assert "layer 4" in title and "Sneaker" in title
-    assert_renders(fig)
+    rendered = assert_renders(fig).numpy()
+    if rows > 1:  # the second row's titles are drawn over the pasted grid, not hidden by it
+        band_top = mosaics._TOP_PX + 1 + 84 + mosaics._GAP_PX
+        band = rendered[:, band_top : band_top + mosaics._TITLE_PX, mosaics._LEFT_PX :]
+        assert band.min() < 100
 
 
 def test_rollout_figure():
