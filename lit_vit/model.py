@@ -18,6 +18,8 @@ from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lit_vit.distance_bias import DistanceBiasAttention, set_prefix_tokens
+
 # Checkpoint key of the raw (non-EMA) weights when EMA is on; ``state_dict`` holds the EMA ones.
 TRAINING_WEIGHTS_KEY = "lit_vit_training_weights"
 
@@ -66,6 +68,11 @@ class LitViT(LightningModule):
             from the fixed 2-D sine-cosine embedding of MAE and MoCo v3 (still
             learned, class-token position zero), so nearby patches start with
             similar positions. Only for models built from scratch.
+        distance_bias: Add a learnable 2-D distance bias to every attention
+            layer (:mod:`lit_vit.distance_bias`): a locality prior, per-head
+            slopes starting at 1, 1/2, 1/4, ... per patch of distance, that
+            training may keep or unlearn. Only for timm ``VisionTransformer``
+            models built from scratch, on square patch grids.
         lr: Peak learning rate, reached after ``warmup_epochs``.
         weight_decay: AdamW weight decay; norms, biases and the class,
             register and position embeddings are never decayed.
@@ -84,7 +91,8 @@ class LitViT(LightningModule):
             size that the patch size does not divide, non-positive rates,
             negative mixing parameters, probabilities outside [0, 1], an EMA
             decay outside (0, 1), or ``pos_embed_init="sincos"`` with
-            pretrained weights or a model without a learned position embedding.
+            pretrained weights or a model without a learned position embedding,
+            or ``distance_bias`` with pretrained weights.
         FileNotFoundError: When pretrained weights cannot be fetched.
     """
 
@@ -102,6 +110,7 @@ class LitViT(LightningModule):
         pretrained: bool = False,
         drop_path_rate: float = 0.0,
         pos_embed_init: Literal["timm", "sincos"] = "timm",
+        distance_bias: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_epochs: float = 1.0,
@@ -136,6 +145,11 @@ class LitViT(LightningModule):
                 "pos_embed_init='sincos' would overwrite the pretrained position embedding: "
                 "use it with model.pretrained: false, or keep pos_embed_init: timm."
             )
+        if distance_bias and pretrained:
+            raise ValueError(
+                "distance_bias adds parameters that pretrained weights do not have: use it with "
+                "model.pretrained: false, or set model.distance_bias: false."
+            )
         self.save_hyperparameters()
         architecture = {
             "patch_size": patch_size,
@@ -151,10 +165,13 @@ class LitViT(LightningModule):
             in_chans=in_chans,
             img_size=img_size,
             drop_path_rate=drop_path_rate,
+            **({"attn_layer": DistanceBiasAttention} if distance_bias else {}),
             **{key: value for key, value in architecture.items() if value is not None},
         )
         if pos_embed_init == "sincos":
             init_sincos_pos_embed(self.vit)
+        if distance_bias:
+            set_prefix_tokens(self.vit)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.mixup = None
         if (mixup_alpha > 0 or cutmix_alpha > 0) and mix_prob > 0:

@@ -70,6 +70,7 @@ def ema_run(tmp_path_factory, fake_fashion_mnist):
         "--model.cutmix_alpha=1.0",
         "--data.random_erasing=0.5",
         "--model.pos_embed_init=sincos",
+        "--model.distance_bias=true",
     )
     main(["fit", *args])
     (run_dir,) = run_dirs(tmp_path / "logs")
@@ -92,6 +93,8 @@ def test_ema_weights_are_validated_and_saved(ema_run, fake_fashion_mnist):
     ema = {k.removeprefix("vit."): v for k, v in checkpoint["state_dict"].items()}
     assert set(training) == {k for k in ema if k in training}
     assert any(not torch.equal(ema[name], value) for name, value in training.items())
+    slopes = training["blocks.0.attn.slope"]  # the distance bias, trained and saved
+    assert not torch.equal(slopes, torch.tensor([1.0, 0.5]))
     model = LitViT.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt").eval()
     images, labels = val_images(tmp_path, fake_fashion_mnist)
     with torch.no_grad():
@@ -120,7 +123,7 @@ def test_ema_is_restored_when_resuming(ema_run):
     tmp_path, args, run_dir = ema_run
     first = next((run_dir / "checkpoints").glob("epoch000-*.ckpt"))
     checkpoint = torch.load(first, weights_only=False)
-    model = tiny(ema_decay=0.9, cutmix_alpha=1.0)
+    model = tiny(ema_decay=0.9, cutmix_alpha=1.0, distance_bias=True)
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
     model.on_fit_start()

@@ -71,6 +71,7 @@ def attention_run(tmp_path_factory, fake_fashion_mnist):
         f"--data.batch_size={BATCH_SIZE}",
         f"--trainer.limit_train_batches={TRAIN_BATCHES}",
         "--checkpoint.save_top_k=-1",
+        "--model.distance_bias=true",  # every analysis also on timm's attention with a bias
         "--config",
         str(config),
     )
