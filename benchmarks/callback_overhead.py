@@ -44,6 +44,11 @@ of the hooks (scalar logging, bookkeeping). The first, untimed run (two epochs
 of two batches) warms up imports and fonts and profiles the hooks of its second
 epoch with cProfile; its top entries by cumulative time are printed last.
 
+The epochs timed are a run's first; three figures grow with the history
+(each probe image's rollout strip, the layer-by-epoch and the faithfulness
+heatmaps). They are timed alone at 1, 12 and 36 analysed epochs, and their
+growth is added to the callbacks' cost to give the ratio at the 36th epoch.
+
 Times are wall times at whatever priority the command runs (``nice -n 19``
 beside a training run depresses them all, and unevenly: alternation and
 repeats are there for that); compare only numbers of one invocation.
@@ -59,6 +64,7 @@ import importlib
 import inspect
 import io
 import logging
+import math
 import pkgutil
 import pstats
 import statistics
@@ -76,12 +82,15 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 import lit_vit.callbacks
 from lit_vit.callbacks import AttentionCallback, AttentionProbe, ResolutionSweep
+from lit_vit.callbacks.head_diversity import EVOLUTION
 from lit_vit.cli import LitViTCLI
 from lit_vit.data import FashionMNISTDataModule
 from lit_vit.model import LitViT
+from lit_vit.plotting import encode_png, evolution_figure, figure_to_image, rollout_evolution_figure
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist.yaml"
 TARGET = 0.015
+MAPS = ("rollout", "class token", "grad rollout")  # the maps Faithfulness scores per epoch
 PROFILE_LINES = 25
 PHASES = ("epoch", "fit_end")
 # Batches of the warm-up epochs; not 1, which the CLI reads as 1.0: the whole epoch.
@@ -471,6 +480,44 @@ def print_summary(runs: dict[str, list[Run]], batches: tuple[int, int]) -> None:
     )
 
 
+def evolution_figures_seconds(epochs: int, layers: int = 12, images: int = 8) -> float:
+    """Best of 3: build, render and encode the three figures whose width grows with the
+    history (rollout strip, layer and faithfulness evolution) at ``epochs`` analysed epochs."""
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.rand(images, 1, 28, 28, generator=generator)
+    analysed = list(range(epochs))
+    measures = {name: torch.rand(layers, epochs, generator=generator) for name in EVOLUTION}
+    aucs = {f"{kind} AUC": torch.rand(3, epochs, generator=generator) for kind in ("a", "b")}
+    figures = (
+        lambda: rollout_evolution_figure(probe, torch.rand(epochs, images, 7, 7), analysed),
+        lambda: evolution_figure(analysed, measures, EVOLUTION),
+        lambda: evolution_figure(analysed, aucs, dict.fromkeys(aucs, (0.0, 1.0)), rows=MAPS),
+    )
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        for make in figures:
+            encode_png(figure_to_image(make()))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def print_history_growth(runs: dict[str, list[Run]], lengths=(1, 12, 36)) -> None:
+    """The evolution figures at longer histories, and the ratio they make at the longest."""
+    seconds = {epochs: evolution_figures_seconds(epochs) for epochs in lengths}
+    growth = seconds[lengths[-1]] - seconds[lengths[0]]
+    callbacks = median_of(runs["with"], lambda run: run.callbacks_epoch_s)
+    epoch = median_of(runs["without"], lambda run: run.full_epoch_s)
+    timings = ", ".join(f"{epochs}: {value:.3f} s" for epochs, value in seconds.items())
+    print(f"evolution figures by analysed epochs (build, render, PNG): {timings}")
+    share = (callbacks + growth) / epoch
+    verdict = "met" if share <= TARGET else "NOT met"
+    print(
+        f"at analysed epoch {lengths[-1]}: {callbacks:.2f} + {growth:.2f} s = {share:.2%} of an "
+        f"epoch; target <= {TARGET:.1%} {verdict}"
+    )
+
+
 def print_breakdown(runs: list[Run]) -> None:
     """Median seconds of every piece per epoch and at fit end, and of each ``analyze``."""
     keys = [*dict.fromkeys((group, piece) for group, piece, _ in PIECES), OTHER]
@@ -542,6 +589,7 @@ def main() -> None:
     runs = interleaved(variants, args.repeats, batches, args.data_dir)
     print()
     print_summary(dict(runs), batches)
+    print_history_growth(runs)
     print()
     print_breakdown(runs["with"])
     print()

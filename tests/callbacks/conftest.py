@@ -24,6 +24,7 @@ TRAIN_BATCHES = 4
 BATCH_SIZE = 32
 FOCUS_K, FOCUS_M, FOCUS_TEST_IMAGES = 0.2, 0.5, 40
 FAITHFULNESS_STEPS, FAITHFULNESS_TEST_IMAGES, FAITHFULNESS_MAX_BATCH = 4, 40, 64
+FAITHFULNESS_VAL_STEPS = 2  # coarser curves at validation than at test
 SWEEP_SIZES, SWEEP_IMAGES, SWEEP_FIGURE_IMAGES = [20, 28, 36], 64, 2
 
 CONFIG = f"""\
@@ -42,6 +43,7 @@ trainer:
     - class_path: lit_vit.callbacks.Faithfulness
       init_args:
         steps: {FAITHFULNESS_STEPS}
+        val_steps: {FAITHFULNESS_VAL_STEPS}
         test_images: {FAITHFULNESS_TEST_IMAGES}
         max_batch: {FAITHFULNESS_MAX_BATCH}
     - class_path: lit_vit.callbacks.ResolutionSweep

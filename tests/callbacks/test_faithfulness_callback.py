@@ -31,6 +31,7 @@ from tests.callbacks.conftest import (
     FAITHFULNESS_MAX_BATCH,
     FAITHFULNESS_STEPS,
     FAITHFULNESS_TEST_IMAGES,
+    FAITHFULNESS_VAL_STEPS,
 )
 from tests.conftest import checkpoint_probe, read_events
 
@@ -49,7 +50,8 @@ def runs(attention_run):
 
 
 def recompute(model, images: torch.Tensor, seed: int, test: bool = False) -> dict:
-    """Map -> per-image (deletion, insertion) AUC, straight from the toolkit."""
+    """Map -> per-image (deletion, insertion) AUC, straight from the toolkit, at the test's or
+    the validation's number of steps."""
     recorder = AttentionRecorder(model)
     if test:
         maps = explain(recorder, images)
@@ -67,7 +69,13 @@ def recompute(model, images: torch.Tensor, seed: int, test: bool = False) -> dic
         }
     results = {
         method: deletion_insertion_auc(
-            model, images, saliency, layout, steps=STEPS, max_batch=MAX_BATCH, seed=seed
+            model,
+            images,
+            saliency,
+            layout,
+            steps=STEPS if test else FAITHFULNESS_VAL_STEPS,
+            max_batch=MAX_BATCH,
+            seed=seed,
         )
         for method, saliency in maps.items()
     }
@@ -155,6 +163,7 @@ def test_test_scores_the_first_test_images_batch_by_batch(runs):
     ("kwargs", "message"),
     [
         ({"steps": 0}, "steps=0 must be at least 1"),
+        ({"val_steps": 0}, "val_steps=0 must be at least 1"),
         ({"test_images": 0}, "test_images=0 must be at least 1"),
         ({"max_batch": -2}, "max_batch=-2 must be at least 1"),
         ({"every_n_epochs": 0}, "every_n_epochs=0 must be at least 1"),
