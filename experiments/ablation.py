@@ -44,6 +44,7 @@ ARMS = {
         "position embedding from timm's init, not sin-cos",
         ["--model.pos_embed_init=timm"],
     ),
+    "no_distance_bias": ("without the learnable distance bias", ["--model.distance_bias=false"]),
 }
 # Only what the table needs: the probe and the measure of distance by depth.
 ANALYSIS_CALLBACKS = """\
