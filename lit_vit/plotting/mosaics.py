@@ -1,8 +1,8 @@
 """Image grids: probe images, attention maps and overlays composed as one mosaic.
 
 Each grid's cells are composed as pixels (the map through the colormap, alpha-blended
-over the gray image) and drawn with a single ``imshow`` on one Axes; titles and row
-labels are text around it.
+over the gray image), all cells of a column in one batched pass, and the mosaic is
+copied into the canvas pixel for pixel; titles and row labels are text around it.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _upsample(grids: Tensor, size: tuple[int, int]) -> Tensor:
 # --------------------------------------------------------------------------- image grids
 #
 # An image grid (layer maps, rollout, head maps, resolution) is one RGB mosaic
-# drawn by a single ``imshow`` on a single Axes, with the titles and row labels
+# pasted into the canvas (``_PastedPixels``), with the titles and row labels
 # as text around it: the cells are composed here as pixels (the map through
 # the colormap, alpha-blended over the gray image) instead of one Axes per
 # cell, which for a 100-cell grid cost seconds in Axes creation, tick set-up
