@@ -82,6 +82,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 import lit_vit.callbacks
 from lit_vit.callbacks import AttentionCallback, AttentionProbe, ResolutionSweep
+from lit_vit.callbacks.attention_rollout import MAX_EPOCH_COLUMNS
 from lit_vit.callbacks.head_diversity import EVOLUTION
 from lit_vit.cli import LitViTCLI
 from lit_vit.data import FashionMNISTDataModule
@@ -481,15 +482,18 @@ def print_summary(runs: dict[str, list[Run]], batches: tuple[int, int]) -> None:
 
 
 def evolution_figures_seconds(epochs: int, layers: int = 12, images: int = 8) -> float:
-    """Best of 3: build, render and encode the three figures whose width grows with the
-    history (rollout strip, layer and faithfulness evolution) at ``epochs`` analysed epochs."""
+    """Best of 3: build, render and encode the three figures that grow with the history
+    (rollout strip, layer and faithfulness evolution) at ``epochs`` analysed epochs, as the
+    callbacks draw them (the strip shows at most ``MAX_EPOCH_COLUMNS`` epochs)."""
     generator = torch.Generator().manual_seed(0)
     probe = torch.rand(images, 1, 28, 28, generator=generator)
     analysed = list(range(epochs))
+    columns = min(epochs, MAX_EPOCH_COLUMNS)
+    shown = analysed[:columns]
     measures = {name: torch.rand(layers, epochs, generator=generator) for name in EVOLUTION}
     aucs = {f"{kind} AUC": torch.rand(3, epochs, generator=generator) for kind in ("a", "b")}
     figures = (
-        lambda: rollout_evolution_figure(probe, torch.rand(epochs, images, 7, 7), analysed),
+        lambda: rollout_evolution_figure(probe, torch.rand(columns, images, 7, 7), shown),
         lambda: evolution_figure(analysed, measures, EVOLUTION),
         lambda: evolution_figure(analysed, aucs, dict.fromkeys(aucs, (0.0, 1.0)), rows=MAPS),
     )
@@ -555,6 +559,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, help="runs of each variant (3; --quick: 1)")
     parser.add_argument("--quick", action="store_true", help="a short smoke test")
+    parser.add_argument(
+        "--history-only", action="store_true", help="only time the figures that grow with epochs"
+    )
     parser.add_argument("--data-dir", default="/tmp/bench_data", help="FashionMNIST data folder")
     args = parser.parse_args()
     defaults = {"train_batches": (20, 3), "val_batches": (5, 2), "repeats": (3, 1)}
@@ -571,6 +578,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.history_only:
+        timings = {epochs: evolution_figures_seconds(epochs) for epochs in (1, 12, 36)}
+        print("evolution figures by analysed epochs (build, render, PNG):", timings)
+        return
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     batches = (args.train_batches, args.val_batches)
