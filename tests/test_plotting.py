@@ -338,20 +338,6 @@ def test_rollout_evolution_figure():
         plotting.rollout_evolution_figure(images, maps, [0, 5])
 
 
-def test_rollout_evolution_figure_keeps_a_long_history_within_the_strip_width():
-    images = make_images(2, 1, 28, 28)
-    epochs = list(range(36))
-    maps = torch.rand(36, 2, 7, 7)
-    ax, pixels = mosaic_of(plotting.rollout_evolution_figure(images, maps, epochs))
-    assert pixels.shape[1] <= mosaics.MAX_STRIP_PX
-    shape = (56, 56)  # 28x28 images enlarged 2x instead of 4x: 37 columns fit
-    assert pixels.shape[1] == 37 * (56 + mosaics._GAP_PX) - mosaics._GAP_PX + 2
-    overlay = cell(pixels, 1, 36, shape)[::2, ::2]  # image 1 at the last epoch
-    assert np.abs(overlay - expected_overlay(images[1], maps[35, 1])).max() <= 1 / 255
-    titles = column_titles(ax)  # every epoch that has room for its title, and the last
-    assert titles[:3] == ["image", "epoch 0", "epoch 1"] and titles[-1] == "epoch 35"
-
-
 def test_metric_by_class_figure():
     values = torch.tensor([1.0, 3.0, 2.0, float("nan"), 5.0])
     labels = torch.tensor([0, 0, 1, 1, 3])

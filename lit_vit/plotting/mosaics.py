@@ -25,8 +25,6 @@ from lit_vit.plotting._style import DPI, FONT, MAP_CMAP, TITLE_FONT, as_cpu, che
 OVERLAY_ALPHA = 0.5
 CELL = 1.25  # inches an image grid's cell is wide, roughly (whole-pixel enlargement)
 MAX_COLUMNS = 8  # head_maps_figure wraps after this many cells
-MAX_STRIP_PX = 2400  # widest rollout_evolution_figure grid before its cells shrink
-_TITLE_WIDTH_PX = 50  # room a column title such as "epoch 35" needs
 _LEFT_PX = 45  # pixels left of an image grid: two-line row labels
 _TOP_PX = 60  # pixels above it: the title and two-line column titles
 _PAD_PX = 8  # pixels right of and below it
@@ -91,13 +89,13 @@ def _upsample(grids: Tensor, size: tuple[int, int]) -> Tensor:
 # and drawing (``benchmarks/callback_overhead.py``).
 
 
-def _cell_shape(height: int, width: int, side_px: float = CELL * DPI) -> tuple[int, int]:
-    """Pixel size of a cell showing an ``height x width`` image, about ``side_px`` wide.
+def _cell_shape(height: int, width: int) -> tuple[int, int]:
+    """Pixel size of a cell showing an ``height x width`` image, about ``CELL * DPI`` wide.
 
     Small images are enlarged by a whole factor (sharp, even pixels); large
     ones are shrunk to fit.
     """
-    scale = side_px / max(height, width)
+    scale = CELL * DPI / max(height, width)
     if scale >= 1:
         scale = math.floor(scale)
     return max(1, round(height * scale)), max(1, round(width * scale))
@@ -308,31 +306,19 @@ def rollout_evolution_figure(
             f"B = {images.shape[0]} images, got {tuple(maps.shape)}"
         )
     class_names = _names(class_names, images.shape[0], "class_names")
-    # Within MAX_STRIP_PX while the cells can still shrink; titles as often as they fit.
-    columns = 1 + len(epochs)
-    side = max(1.0, min(CELL * DPI, MAX_STRIP_PX / columns - _GAP_PX))
-    shape = _cell_shape(*images.shape[-2:], side_px=side)
-    every = math.ceil(_TITLE_WIDTH_PX / (shape[1] + _GAP_PX))
-    titles = {(0, 0): "image"} | {
-        (0, 1 + i): f"epoch {e}"
-        for i, e in enumerate(epochs)
-        if i % every == 0 or i == len(epochs) - 1
-    }
+    titles = {(0, 0): "image"} | {(0, 1 + i): f"epoch {e}" for i, e in enumerate(epochs)}
     labels = [_row_label(name, None) for name in class_names] if class_names else []
     return _mosaic_figure(
-        _overlay_rows(images, maps, shape),
+        _overlay_rows(images, maps),
         "Rollout of each probe image over the epochs (each map scaled to its range)",
         titles,
         labels,
     )
 
 
-def _overlay_rows(
-    images: Tensor, maps: Tensor, shape: tuple[int, int] | None = None
-) -> list[list[Tensor]]:
-    """Per image, its cell and the overlay of each of the ``(K, B, gh, gw)`` maps, in cells of
-    ``shape`` pixels (``None``: the usual size)."""
-    shape = shape or _cell_shape(*images.shape[-2:])
+def _overlay_rows(images: Tensor, maps: Tensor) -> list[list[Tensor]]:
+    """Per image, its cell and the overlay of each of the ``(K, B, gh, gw)`` maps."""
+    shape = _cell_shape(*images.shape[-2:])
     originals, overlays = _image_cells(images, shape), _overlay_cells(images, maps, shape)
     return [[originals[row], *overlays[:, row]] for row in range(images.shape[0])]
 
