@@ -7,10 +7,22 @@ then compute rollout and the measures defined in ``docs/attention.md``.
 from lit_vit.attention._validate import NonFiniteAttentionError
 from lit_vit.attention.capture import AttentionRecorder, AttentionRecording
 from lit_vit.attention.controls import CONTROLS, controls, input_x_gradient
-from lit_vit.attention.explainers import CLASS_SPECIFIC, EXPLAINERS, explain
-from lit_vit.attention.faithfulness import FaithfulnessResult, deletion_insertion_auc
+from lit_vit.attention.explainers import (
+    CLASS_SPECIFIC,
+    EXPLAINERS,
+    cp_lrp_map,
+    explain,
+    positive_patch_map,
+)
+from lit_vit.attention.faithfulness import (
+    FaithfulnessResult,
+    classifier_logits,
+    deletion_insertion_auc,
+    gaussian_blur,
+)
 from lit_vit.attention.flow import attention_flow
 from lit_vit.attention.layout import TokenLayout, find_vit
+from lit_vit.attention.lrp import conservative_backward, cp_lrp, patch_relevance
 from lit_vit.attention.metrics import (
     AttentionDistance,
     AttentionEntropy,
@@ -31,7 +43,9 @@ from lit_vit.attention.resolution import (
     resize_images,
     resolution_sweep,
 )
+from lit_vit.attention.road import ROAD_FRACTIONS, RoadResult, noisy_linear_imputation, road
 from lit_vit.attention.rollout import QueryAttention, cls_attention, gradient_rollout, rollout
+from lit_vit.attention.saco import saco, saco_coefficient
 from lit_vit.attention.sanity import (
     RandomizationCurve,
     RandomizationStep,
@@ -40,8 +54,35 @@ from lit_vit.attention.sanity import (
     randomization_steps,
     spearman,
 )
+from lit_vit.attention.verdicts import (
+    FAITHFULNESS_METRICS,
+    INDISTINGUISHABLE,
+    Interval,
+    bootstrap_interval,
+    compare,
+    threshold_verdict,
+)
 
 __all__ = [
+    "FAITHFULNESS_METRICS",
+    "INDISTINGUISHABLE",
+    "ROAD_FRACTIONS",
+    "Interval",
+    "RoadResult",
+    "bootstrap_interval",
+    "classifier_logits",
+    "compare",
+    "conservative_backward",
+    "cp_lrp",
+    "cp_lrp_map",
+    "gaussian_blur",
+    "noisy_linear_imputation",
+    "patch_relevance",
+    "positive_patch_map",
+    "road",
+    "saco",
+    "saco_coefficient",
+    "threshold_verdict",
     "CLASS_SPECIFIC",
     "CONTROLS",
     "EXPLAINERS",

@@ -1,23 +1,29 @@
 """Every explainer lit-vit compares, from one recorded pass.
 
 Rollout, attention flow and class-token attention (last layer, heads
-averaged) are class-agnostic; gradient rollout and input x gradient explain
-one class (default: the predicted one). :data:`EXPLAINERS` is their order in
+averaged) are class-agnostic; gradient rollout, input x gradient and CP-LRP
+explain one class (default: the predicted one). CP-LRP's signed patch
+relevance is compared like the others through its positive part (the
+evidence for the class), renormalised to sum 1. :data:`EXPLAINERS` is their order in
 figures and tables; :data:`~lit_vit.attention.controls.CONTROLS` the maps
 that know nothing about the model, to beat.
 """
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
+from lit_vit.attention._validate import renormalize
+from lit_vit.attention.backends import CaptureBackend
 from lit_vit.attention.capture import AttentionRecorder
 from lit_vit.attention.controls import input_x_gradient
+from lit_vit.attention.layout import TokenLayout
+from lit_vit.attention.lrp import cp_lrp, patch_relevance
 
-__all__ = ["CLASS_SPECIFIC", "EXPLAINERS", "explain"]
+__all__ = ["CLASS_SPECIFIC", "EXPLAINERS", "cp_lrp_map", "explain", "positive_patch_map"]
 
-EXPLAINERS = ("rollout", "flow", "class token", "grad rollout", "input x gradient")
-CLASS_SPECIFIC = ("grad rollout", "input x gradient")
+EXPLAINERS = ("rollout", "flow", "class token", "grad rollout", "input x gradient", "cp-lrp")
+CLASS_SPECIFIC = ("grad rollout", "input x gradient", "cp-lrp")
 
 
 def explain(
@@ -37,13 +43,32 @@ def explain(
     """
     recording = recorder.record(images, grad_targets=[targets], full=False)
     reduced = recording.reduced
+    target = recording.targets[0]
     maps = {
         "rollout": reduced.rollout(),
         "flow": reduced.attention_flow(),
         "class token": reduced.cls_attention().maps[-1].mean(dim=1),
         "grad rollout": reduced.gradient_rollout(),
-        "input x gradient": input_x_gradient(
-            recorder.model, images, recording.layout, recording.targets[0]
-        ),
+        "input x gradient": input_x_gradient(recorder.model, images, recording.layout, target),
+        "cp-lrp": cp_lrp_map(recorder.model, images, target, recorder.backend, recording.layout),
     }
     return {name: values.detach().float().cpu() for name, values in maps.items()}
+
+
+def cp_lrp_map(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    backend: CaptureBackend,
+    layout: TokenLayout,
+) -> Tensor:
+    """CP-LRP as a map to compare: ``(B, gh, gw)`` positive patch relevance, sum 1 (uniform
+    where no patch has positive relevance)."""
+    return positive_patch_map(cp_lrp(model, images, targets, backend=backend), layout.patch_size)
+
+
+def positive_patch_map(relevance: Tensor, patch_size: tuple[int, int]) -> Tensor:
+    """``(B, H, W)`` signed pixel relevance to the ``(B, gh, gw)`` map compared with the others:
+    the positive part of each patch's summed relevance, renormalised to sum 1."""
+    patches = patch_relevance(relevance, patch_size)
+    return renormalize(patches.clamp_min(0).flatten(1)).reshape(patches.shape)

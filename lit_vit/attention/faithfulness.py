@@ -23,9 +23,10 @@ forward pass. The predicted class comes from the fraction-0 deletion copies
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +36,7 @@ from lit_vit.attention.backends import model_logits
 if TYPE_CHECKING:
     from lit_vit.attention.layout import TokenLayout
 
-__all__ = ["FaithfulnessResult", "deletion_insertion_auc"]
+__all__ = ["FaithfulnessResult", "classifier_logits", "deletion_insertion_auc", "gaussian_blur"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class FaithfulnessResult:
         random_insertion_curve: ``(B, T + 1)`` insertion curve of the random order.
         predicted: ``(B,)`` class predicted on the clean images (the class whose
             probability the curves follow).
-        baseline: ``(B,)`` baseline value used for each image.
+        baseline: ``(B,)`` baseline value used for each image (NaN for the blurred one).
         forward_passes: number of model forward calls of the call that made it
             (shared by all the maps scored together).
     """
@@ -110,7 +111,7 @@ def deletion_insertion_auc(
     patch_size: int | tuple[int, int] | TokenLayout,
     *,
     steps: int = ...,
-    baseline: float | None = ...,
+    baseline: float | Literal["blur"] | None = ...,
     max_batch: int = ...,
     seed: int = ...,
 ) -> FaithfulnessResult: ...
@@ -124,7 +125,7 @@ def deletion_insertion_auc(
     patch_size: int | tuple[int, int] | TokenLayout,
     *,
     steps: int = ...,
-    baseline: float | None = ...,
+    baseline: float | Literal["blur"] | None = ...,
     max_batch: int = ...,
     seed: int = ...,
 ) -> dict[str, FaithfulnessResult]: ...
@@ -137,7 +138,7 @@ def deletion_insertion_auc(
     patch_size: int | tuple[int, int] | TokenLayout,
     *,
     steps: int = 16,
-    baseline: float | None = None,
+    baseline: float | Literal["blur"] | None = None,
     max_batch: int = 512,
     seed: int = 0,
 ) -> FaithfulnessResult | dict[str, FaithfulnessResult]:
@@ -164,8 +165,11 @@ def deletion_insertion_auc(
             order (cheaper than one call per map, same numbers).
         patch_size: ``(ph, pw)``, an int, or a ``TokenLayout`` (its ``patch_size``).
         steps: number ``T`` of intervals on the fraction axis; ``T + 1`` points.
-        baseline: value of removed pixels. ``None`` (default): per image, the
-            minimum of the normalised image (its background value).
+        baseline: what removed pixels become. ``None`` (default): per image, the
+            minimum of the normalised image (its background value); a number: that
+            value; ``"blur"``: the image blurred with a Gaussian of ``sigma`` = the
+            patch size (:func:`gaussian_blur`), so a removed patch keeps the
+            image's coarse shape and brightness instead of becoming a hole.
         max_batch: largest number of images in one forward pass.
         seed: seed of the random patch order (a CPU ``torch.Generator``; the
             global RNG is not touched).
@@ -185,6 +189,8 @@ def deletion_insertion_auc(
             return ``(n, num_classes)`` logits.
     """
     ph, pw = _patch_size(patch_size)
+    if not (baseline is None or baseline == "blur" or isinstance(baseline, int | float)):
+        raise ValueError(f"baseline must be None, a number or 'blur', got {baseline!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
@@ -205,11 +211,16 @@ def deletion_insertion_auc(
     num_patches = grid[0] * grid[1]
     device = images.device
 
-    # Per-image baseline value, (B,), in the images' dtype.
-    if baseline is None:
-        base = images.detach().amin(dim=(1, 2, 3))
+    # The pixels a removed patch takes: (B, C, H, W), or (B, 1, 1, 1) for a constant.
+    if baseline == "blur":
+        base = torch.full((b,), math.nan, device=device)
+        fill = gaussian_blur(images.detach(), sigma=float(max(ph, pw)))
     else:
-        base = torch.full((b,), float(baseline), dtype=images.dtype, device=device)
+        if baseline is None:
+            base = images.detach().amin(dim=(1, 2, 3))
+        else:
+            base = torch.full((b,), float(baseline), dtype=images.dtype, device=device)
+        fill = base.view(-1, 1, 1, 1)
 
     # Orders: one per map, then the random one. order[o, b, k] = patch at position k.
     saliency_orders = [
@@ -238,7 +249,7 @@ def deletion_insertion_auc(
     copies = torch.cat([image_index[:, None], keep.flatten(1).long()], dim=1)  # (M, 1 + G)
     distinct, copy_of = torch.unique(copies, dim=0, return_inverse=True)
     logits, forward_passes = _masked_logits(
-        model, images, distinct[:, 1:].bool().view(-1, *grid), distinct[:, 0], base, (ph, pw),
+        model, images, distinct[:, 1:].bool().view(-1, *grid), distinct[:, 0], fill, (ph, pw),
         max_batch,
     )  # fmt: skip
     logits = logits[copy_of].view(len(orders), 2, b, steps + 1, -1)  # (S+1, 2, B, T+1, K)
@@ -268,6 +279,17 @@ def deletion_insertion_auc(
     return results if isinstance(saliency, Mapping) else results["saliency"]
 
 
+def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """``(B, C, H, W)`` images blurred with a Gaussian of ``sigma`` pixels (torchvision's
+    ``gaussian_blur``: kernel ``2 * ceil(3 sigma) + 1``, at most what the image size allows,
+    reflected borders)."""
+    from torchvision.transforms.v2.functional import gaussian_blur as blur
+
+    largest = 2 * (min(images.shape[-2:]) - 1) - 1  # reflect padding needs radius < size
+    kernel = min(2 * math.ceil(3 * sigma) + 1, max(largest, 1))
+    return blur(images, kernel_size=[kernel, kernel], sigma=[sigma, sigma])
+
+
 def _check_saliency(
     saliency: object,
     name: str,
@@ -291,7 +313,7 @@ def _masked_logits(
     images: Tensor,
     keep: Tensor,
     image_index: Tensor,
-    base: Tensor,
+    fill: Tensor,
     patch: tuple[int, int],
     max_batch: int,
 ) -> tuple[Tensor, int]:
@@ -302,7 +324,7 @@ def _masked_logits(
         images: ``(B, C, H, W)`` clean images.
         keep: ``(M, gh, gw)`` bool, patch shows the image (True) or the baseline.
         image_index: ``(M,)`` which image each copy is made of.
-        base: ``(B,)`` baseline value per image.
+        fill: ``(B, C, H, W)`` (or broadcastable) baseline pixels of each image.
         patch: ``(ph, pw)``.
         max_batch: most copies per pass.
 
@@ -310,26 +332,46 @@ def _masked_logits(
         ``(M, K)`` float32 logits and the number of forward passes.
     """
     ph, pw = patch
+
+    def copies() -> Iterator[Tensor]:
+        for start in range(0, keep.shape[0], max_batch):
+            idx = image_index[start : start + max_batch]
+            mask = keep[start : start + max_batch]
+            mask = mask.repeat_interleave(ph, dim=1).repeat_interleave(pw, dim=2)
+            yield torch.where(mask[:, None], images[idx], fill[idx].to(images.dtype))
+
+    return classifier_logits(model, copies())
+
+
+def classifier_logits(model: nn.Module, batches: Iterable[Tensor]) -> tuple[Tensor, int]:
+    """Logits of every image of ``batches``, one forward pass per batch, without gradients.
+
+    The model runs in eval mode; the training flag of every submodule is restored.
+
+    Args:
+        model: maps ``(n, C, H, W)`` images to ``(n, K)`` logits (or an output carrying them).
+        batches: ``(n, C, H, W)`` batches of images as the model takes them.
+
+    Returns:
+        ``(M, K)`` float32 logits of all ``M`` images, in order, and the number of passes.
+
+    Raises:
+        ValueError: The model does not return ``(n, K)`` logits.
+    """
     chunks: list[Tensor] = []
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, keep.shape[0], max_batch):
-                idx = image_index[start : start + max_batch]
-                mask = keep[start : start + max_batch]
-                mask = mask.repeat_interleave(ph, dim=1).repeat_interleave(pw, dim=2)
-                batch = torch.where(
-                    mask[:, None], images[idx], base[idx].view(-1, 1, 1, 1).to(images.dtype)
-                )
+            for batch in batches:
                 output = model(batch)
                 out = model_logits(output)
                 if out is None:
                     out = output
-                if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != len(idx):
+                if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != len(batch):
                     got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                     raise ValueError(
-                        f"model must return (n, num_classes) logits for n = {len(idx)} "
+                        f"model must return (n, num_classes) logits for n = {len(batch)} "
                         f"images, got {got}"
                     )
                 chunks.append(out.detach().float())

@@ -62,11 +62,14 @@ class RandomizationCurve:
         labels: ``"trained"`` then the steps' labels, in cascade order.
         correlations: explainer -> ``(steps + 1,)`` mean over images; 1 at ``"trained"``.
         trained: explainer -> ``(B, gh, gw)`` its maps of the trained model, on the CPU.
+        randomised: explainer -> ``(B,)`` per-image correlation after the last step (the
+            whole model random), for intervals over the images.
     """
 
     labels: tuple[str, ...]
     correlations: dict[str, Tensor]
     trained: dict[str, Tensor]
+    randomised: dict[str, Tensor]
 
     def after_full_randomisation(self) -> dict[str, float]:
         """Each explainer's correlation once the whole model is random."""
@@ -125,19 +128,22 @@ def cascading_randomization(
     try:
         trained = {name: maps.detach().cpu() for name, maps in explain().items()}
         curves = {name: [1.0] for name in trained}
+        last = {name: torch.ones(len(maps)) for name, maps in trained.items()}
         for index, step in enumerate(steps):
             generator = torch.Generator().manual_seed(seed + index)
             with torch.no_grad():
                 for name in step.parameters:
                     _reinitialise(parameters[name], name in norms, name, generator)
             for name, maps in explain().items():
-                curves[name].append(float(spearman(maps.detach().cpu(), trained[name]).mean()))
+                last[name] = spearman(maps.detach().cpu(), trained[name])
+                curves[name].append(float(last[name].mean()))
     finally:
         model.load_state_dict(saved)
     return RandomizationCurve(
         labels=("trained", *(step.label for step in steps)),
         correlations={name: torch.tensor(values) for name, values in curves.items()},
         trained=trained,
+        randomised=last,
     )
 
 

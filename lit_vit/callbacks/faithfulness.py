@@ -12,16 +12,21 @@ from torch import Tensor
 
 from lit_vit.attention import (
     EXPLAINERS,
+    FAITHFULNESS_METRICS,
     FaithfulnessResult,
     TokenLayout,
+    cp_lrp,
     deletion_insertion_auc,
+    positive_patch_map,
+    road,
+    saco,
 )
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
-from lit_vit.plotting import evolution_figure, faithfulness_figure
+from lit_vit.plotting import evolution_figure, faithfulness_figure, signed_relevance_figure
 
-# Controls scored as maps; the random one is the shared random order of every call.
+# Controls scored as maps by deletion / insertion; the random one is the shared random order.
 MAP_CONTROLS = ("intensity", "edges", "centre")
 
 
@@ -145,16 +150,10 @@ class Faithfulness(AttentionCallback):
     ) -> None:
         if analysis.stage == "test":
             limit = len(analysis.probe.labels) if analysis.reduced else self.test_images
-            results = self._score_test_set(trainer, pl_module, limit)
+            classes = analysis.recording.logits.shape[-1]
+            results, per_image = self._score_test_set(trainer, pl_module, limit, classes)
         else:
-            maps = {
-                "rollout": analysis.rollout,
-                "class token": analysis.query_maps[-1].mean(dim=1),
-                "grad rollout": analysis.gradient_rollout("predicted"),
-            }
-            images = analysis.probe.images.to(pl_module.device)
-            layout = analysis.recording.layout
-            results = self.score(pl_module, images, maps, layout, 0, self.val_steps)
+            results = self._score_probe(trainer, pl_module, analysis)
         means = {
             method: (float(deletion.mean()), float(insertion.mean()))
             for method, (deletion, insertion) in _aucs(results).items()
@@ -178,10 +177,38 @@ class Faithfulness(AttentionCallback):
             figure = self._evolution_figure()
             evolution = self.log_figure(trainer, analysis.run, "faithfulness_evolution", figure)
         if analysis.stage == "test":
-            self.probe.add_scores("deletion AUC", {m: pair[0] for m, pair in means.items()})
-            self.probe.add_scores("insertion AUC", {m: pair[1] for m, pair in means.items()})
+            for metric, values in per_image.items():
+                self.probe.add_scores(metric, values)
+            self.log_scalars(pl_module, analysis.run, _metric_means(per_image))
             count = len(results["rollout"].deletion)
-            self.report_section = self._section(means, count, path, evolution)
+            self.report_section = self._section(per_image, count, path, evolution)
+
+    def _score_probe(
+        self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
+    ) -> dict[str, FaithfulnessResult]:
+        """Deletion / insertion of the probe's maps at a validation run; logs CP-LRP's figure."""
+        images = analysis.probe.images.to(pl_module.device)
+        layout = analysis.recording.layout
+        predicted = analysis.predictions.to(pl_module.device)
+        relevance = cp_lrp(pl_module, images, predicted, backend=self.probe.recorder.backend)
+        maps = {
+            "rollout": analysis.rollout,
+            "class token": analysis.query_maps[-1].mean(dim=1),
+            "grad rollout": analysis.gradient_rollout("predicted"),
+            "cp-lrp": positive_patch_map(relevance.cpu(), layout.patch_size),
+        }
+        rows = analysis.figure_rows
+        titles = [
+            f"{true}\npred {pred}"
+            for true, pred in zip(
+                [self.class_names(trainer, analysis)[i] for i in analysis.probe.labels[:rows]],
+                self.predicted_names(trainer, analysis)[:rows],
+                strict=True,
+            )
+        ]
+        figure = signed_relevance_figure(analysis.probe.pixels[:rows], relevance[:rows], titles)
+        self.log_figure(trainer, analysis.run, "cp_lrp", figure)
+        return self.score(pl_module, images, maps, layout, 0, self.val_steps)
 
     def score(
         self,
@@ -191,28 +218,70 @@ class Faithfulness(AttentionCallback):
         layout: TokenLayout,
         batch_index: int,
         steps: int,
+        baseline: str | None = None,
     ) -> dict[str, FaithfulnessResult]:
         """:func:`~lit_vit.attention.deletion_insertion_auc` of the ``(B, gh, gw)`` maps at
-        ``steps`` intervals."""
+        ``steps`` intervals, with the background (``None``) or the blurred baseline."""
         return deletion_insertion_auc(
             model,
             images,
             {method: saliency.to(images.device) for method, saliency in maps.items()},
             layout,
             steps=steps,
+            baseline=baseline,
             max_batch=self.max_batch,
             seed=self.seed + batch_index,
         )
 
     def _score_test_set(
-        self, trainer: Trainer, pl_module: LightningModule, limit: int
-    ) -> dict[str, FaithfulnessResult]:
+        self, trainer: Trainer, pl_module: LightningModule, limit: int, classes: int
+    ) -> tuple[dict[str, FaithfulnessResult], dict[str, dict[str, Tensor]]]:
+        """Every metric of every explainer and control on the first ``limit`` test images.
+
+        Returns:
+            The background deletion / insertion results (for the curves and the
+            history), and :data:`FAITHFULNESS_METRICS` -> map -> ``(n,)`` per-image scores.
+        """
         parts: list[dict[str, FaithfulnessResult]] = []
+        per_image: dict[str, dict[str, list[Tensor]]] = {m: {} for m in FAITHFULNESS_METRICS}
         for batch in self.probe.explained_test_set(trainer, pl_module, limit):
             maps = {name: batch.maps[name] for name in (*EXPLAINERS, *MAP_CONTROLS)}
-            score = self.score(pl_module, batch.images, maps, batch.layout, batch.index, self.steps)
-            parts.append(score)
-        return {method: _cat([part[method] for part in parts]) for method in parts[0]}
+            background = self.score(
+                pl_module, batch.images, maps, batch.layout, batch.index, self.steps
+            )
+            blurred = self.score(
+                pl_module, batch.images, maps, batch.layout, batch.index, self.steps, "blur"
+            )
+            scored = {**maps, "random": batch.maps["random"]}
+            on_device = {name: values.to(batch.images.device) for name, values in scored.items()}
+            removed = road(
+                pl_module, batch.images, on_device, batch.layout,
+                seed=self.seed + batch.index, max_batch=self.max_batch,
+            )  # fmt: skip
+            coefficients = saco(
+                pl_module, batch.images, on_device, batch.layout, max_batch=self.max_batch
+            )
+            parts.append(background)
+            for name in scored:
+                batch_scores = {
+                    "deletion AUC (background)": _aucs(background)[name][0],
+                    "insertion AUC (background)": _aucs(background)[name][1],
+                    "deletion AUC (blurred)": _aucs(blurred)[name][0],
+                    "ROAD MoRF": removed[name].morf,
+                    "ROAD LeRF": removed[name].lerf,
+                    "ROAD LeRF - MoRF": removed[name].lerf - removed[name].morf,
+                    "SaCo": coefficients[name],
+                }
+                for metric, values in batch_scores.items():
+                    per_image[metric].setdefault(name, []).append(values.float().cpu())
+            predicted = background["rollout"].predicted.cpu()
+            self.probe.note_predictions(predicted, batch.labels, classes)
+        results = {method: _cat([part[method] for part in parts]) for method in parts[0]}
+        scores = {
+            metric: {name: torch.cat(values) for name, values in by_map.items()}
+            for metric, by_map in per_image.items()
+        }
+        return results, scores
 
     def _remember(self, epoch: int, means: dict[str, tuple[float, float]]) -> None:
         """Add one validation run's mean AUCs to the history (a map new to it starts here)."""
@@ -241,24 +310,41 @@ class Faithfulness(AttentionCallback):
 
     def _section(
         self,
-        means: dict[str, tuple[float, float]],
+        per_image: dict[str, dict[str, Tensor]],
         count: int,
         figure: str,
         evolution: str | None,
     ) -> ReportSection:
-        rows = [(method, deletion, insertion) for method, (deletion, insertion) in means.items()]
+        maps = list(next(iter(per_image.values())))
+        rows = [
+            (name, *(float(per_image[metric][name].mean()) for metric in per_image))
+            for name in maps
+        ]
         body = "\n\n".join(
             [
-                f"Deletion and insertion AUC (Petsiuk et al. 2018) on {count} test images, "
-                f"{self.steps} steps, patch level. Removed patches are set to the baseline: "
-                "each image's minimum value (its background in the normalised image). The "
-                "curves follow the probability of the class predicted on the clean image; "
-                "lower deletion and higher insertion AUC are better. Beside the explainers "
-                "(gradient rollout and input x gradient for the predicted class) stand maps "
-                "that know nothing about the model: the image's intensity, its edges, a centred "
-                "Gaussian, and a random order; an explainer means something where it beats them.",
-                markdown_table(["method", "deletion AUC", "insertion AUC"], rows),
-                f"![deletion and insertion curves]({figure})",
+                f"Seven faithfulness metrics on {count} test images, each for every explainer "
+                "and every control (maps that know nothing about the model: a random map, the "
+                "image's intensity, its edges, a centred Gaussian). Each follows the probability "
+                "of the class predicted on the clean image while patches are removed:",
+                "- **deletion / insertion AUC (background)** (Petsiuk et al. 2018): patches in "
+                f"map order set to each image's minimum value (its background), {self.steps} "
+                "steps; lower deletion, higher insertion is better. On dark-background images "
+                "a hole of background colour is out of distribution, which favours maps of the "
+                "image's brightness whatever the model does;",
+                "- **deletion AUC (blurred)**: removed patches take the values of the image "
+                "blurred with a Gaussian of sigma = the patch size;",
+                "- **ROAD** (Rong et al. 2022): 10%, ..., 90% of the patches removed, most "
+                "relevant first (MoRF, lower is better) or least relevant first (LeRF, higher is "
+                "better), every removed pixel filled by noisy linear imputation from its "
+                "neighbours (noise sigma 0.01), so the hole carries no shape; AUCs over the "
+                "fractions divided by their span; LeRF - MoRF higher is better;",
+                "- **SaCo** (Wu et al. 2024): 10 patch groups by saliency, each removed alone "
+                "(set to the image's mean); 1 when every more salient group costs more "
+                "confidence, about 0 for a random map.",
+                "Means over the images (intervals and verdicts: *Which explainer can I trust "
+                "here?*):",
+                markdown_table(["map", *per_image], rows),
+                f"![deletion and insertion curves (background)]({figure})",
                 *(
                     [
                         "The probe's AUCs at each analysed epoch of training "
@@ -270,14 +356,20 @@ class Faithfulness(AttentionCallback):
                 ),
             ]
         )
-        summary = (
-            f"- Deleting patches in rollout order drops the predicted class's probability with "
-            f"AUC {means['rollout'][0]:.3f} against {means['random'][0]:.3f} for a random order "
-            f"(lower is more faithful; {count} test images)."
-        )
-        return ReportSection(
-            self.title("Faithfulness (deletion / insertion)"), self.report_order, body, [summary]
-        )
+        return ReportSection(self.title("Faithfulness"), self.report_order, body)
+
+
+def _metric_means(per_image: dict[str, dict[str, Tensor]]) -> dict[str, float]:
+    """Scalars ``faithfulness/<metric>/<map>`` of the test's per-image scores."""
+    return {
+        f"faithfulness/{_tag(metric)}/{_tag(name)}": float(values.mean())
+        for metric, by_map in per_image.items()
+        for name, values in by_map.items()
+    }
+
+
+def _tag(name: str) -> str:
+    return name.replace(" - ", "_minus_").replace("(", "").replace(")", "").replace(" ", "_")
 
 
 def _aucs(results: Mapping[str, FaithfulnessResult]) -> dict[str, tuple[Tensor, Tensor]]:

@@ -276,7 +276,9 @@ class AttentionProbe(Callback):
         self._restored: dict[str, Any] | None = None
         self._checkpoint: dict[str, Any] = {}
         self._test_images = 0
-        self._scores: dict[str, dict[str, float | str]] = {}
+        self._scores: dict[str, dict[str, Tensor | float | str]] = {}
+        self._correct: list[Tensor] = []  # per explained test batch, (B,) 1.0 where right
+        self._classes: int | None = None
         self._heads = 0
         self._layout: TokenLayout | None = None
         self._last_val_step: int | None = None
@@ -386,6 +388,8 @@ class AttentionProbe(Callback):
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._test_images = 0
         self._scores = {}
+        self._correct = []
+        self._classes = None
         self._explained = None
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -399,7 +403,10 @@ class AttentionProbe(Callback):
             return
         sections = [c.report_section for c in self.consumers if c.report_section is not None]
         if self._scores:
-            sections.append(explainer_table(self._scores))
+            correct = torch.cat(self._correct) if self._correct else None
+            trust = explainer_table(self._scores, correct, self._classes)
+            self.log_text(trainer, self.run(trainer, "test"), "trust_table", trust.body)
+            sections.append(trust)
         path = write_report(
             self._log_root / "report.md", self._report_header(trainer, pl_module), sections
         )
@@ -517,9 +524,17 @@ class AttentionProbe(Callback):
         """Remember the latest value of each attention scalar (by full tag)."""
         self._latest_scalars.update(scalars)
 
-    def add_scores(self, column: str, values: dict[str, float | str]) -> None:
-        """Add a column to the test report's table of explainers and controls (one row each)."""
+    def add_scores(self, column: str, values: dict[str, Tensor | float | str]) -> None:
+        """Add a column to the test report's table of explainers and controls (one row each):
+        ``(n,)`` per-image scores (shown with their bootstrap interval), a number or a verdict."""
         self._scores.setdefault(column, {}).update(values)
+
+    def note_predictions(self, predicted: Tensor, labels: Tensor, num_classes: int) -> None:
+        """Record the model's ``(B,)`` predictions on explained test images against their
+        ``(B,)`` labels (of ``num_classes``): the trust table withholds verdicts from a model
+        near chance."""
+        self._correct.append((predicted.cpu() == labels.cpu()).float())
+        self._classes = num_classes
 
     def log_text(self, trainer: Trainer, run: ProbeRun, key: str, text: str) -> None:
         """Log Markdown ``text`` as text ``<tag_root>/<key>``; save it as ``<key>.md``."""

@@ -7,17 +7,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lit_vit.attention import CONTROLS, EXPLAINERS
+from torch import Tensor
+
+from lit_vit.attention import (
+    CONTROLS,
+    EXPLAINERS,
+    FAITHFULNESS_METRICS,
+    INDISTINGUISHABLE,
+    bootstrap_interval,
+    compare,
+)
 
 # A Markdown image link whose target is a relative path: ![text](target)
 # The columns of the table of explainers, in this order (others after them).
+# The sanity callback's verdict columns: "passes", "fails", "not distinguishable" or "n/a".
+SANITY_VERDICTS = ("randomisation check", "random-logit check")
 TRUST_COLUMNS = (
-    "deletion AUC",
-    "insertion AUC",
+    *FAITHFULNESS_METRICS,
     "lift",
     "Spearman after full randomisation",
     "random-logit Spearman",
-    "sanity checks",
+    *SANITY_VERDICTS,
 )
 IMAGE_LINK = re.compile(r"(!\[[^\]]*\])\((?![a-z]+://|/)([^)]+)\)")
 
@@ -69,54 +79,158 @@ def write_report(path: Path, header: Sequence[str], sections: Sequence) -> Path:
     return path
 
 
-def explainer_table(scores: dict[str, dict[str, float | str]]) -> ReportSection:
+def explainer_table(
+    scores: dict[str, dict[str, Tensor | float | str]],
+    correct: Tensor | None = None,
+    num_classes: int | None = None,
+) -> ReportSection:
     """The report's answer to "which explainer can I trust here?".
 
+    Per-image scores show as their mean and bootstrap 95% interval over the
+    images. An explainer *beats* a control on a metric only when the interval
+    of their paired difference excludes 0; it is **worth reading here** only
+    when it beats every control on every faithfulness metric and passes the
+    sanity checks that apply to it (the random-logit check is "n/a" for
+    class-agnostic maps). A model near chance gets a banner instead of verdicts.
+
     Args:
-        scores: column -> row -> value, as the callbacks added them (rows are
-            explainers and controls; a column a callback did not fill shows "-").
+        scores: column -> row -> per-image ``(n,)`` scores, a number or a verdict,
+            as the callbacks added them (rows are explainers and controls; a column
+            a callback did not fill shows "-").
+        correct: ``(n,)`` bool, whether the model got each explained test image right.
+        num_classes: Number of classes (chance is ``1 / num_classes``).
     """
     order = {column: index for index, column in enumerate(TRUST_COLUMNS)}
     scores = dict(sorted(scores.items(), key=lambda item: order.get(item[0], len(order))))
     rows = [name for name in (*EXPLAINERS, *CONTROLS) if any(name in c for c in scores.values())]
+    banner = _chance_banner(correct, num_classes)
+    verdicts = {} if banner else _verdicts(scores)
+    header = ["map", *scores, *(["verdict"] if verdicts else [])]
     table = markdown_table(
-        ["map", *scores], [(row, *(c.get(row, "-") for c in scores.values())) for row in rows]
+        header,
+        [
+            (
+                row,
+                *(_cell(c.get(row, "-")) for c in scores.values()),
+                *([verdicts.get(row, "control")] if verdicts else []),
+            )
+            for row in rows
+        ],
     )
     body = "\n\n".join(
         [
-            "Every explainer beside the controls, maps that know nothing about the model. An "
-            "explainer is worth reading where it beats every control on faithfulness (lower "
-            "deletion, higher insertion AUC) and falls towards 0 once the model is randomised.",
+            *([banner] if banner else []),
+            "Every explainer beside the controls, maps that know nothing about the model. Each "
+            "cell is the mean over the images with its bootstrap 95% interval (2,000 seeded "
+            "resamples of the images). An explainer beats a control on a metric only where the "
+            "interval of their paired difference excludes 0; it is worth reading here only "
+            "where it beats every control on every faithfulness metric and passes the sanity "
+            "checks that apply to it.",
             table,
         ]
     )
-    return ReportSection("Which explainer can I trust here?", 5, body, _trust_summary(scores))
+    summary = [f"- {banner}"] if banner else _trust_summary(scores, verdicts)
+    return ReportSection("Which explainer can I trust here?", 5, body, summary)
 
 
-def _trust_summary(scores: dict[str, dict[str, float | str]]) -> list[str]:
-    deletion, insertion = scores.get("deletion AUC", {}), scores.get("insertion AUC", {})
-    controls = [name for name in CONTROLS if name in deletion and name in insertion]
+def _cell(value: object) -> object:
+    if isinstance(value, Tensor):
+        return str(bootstrap_interval(value))
+    return value
+
+
+def _chance_banner(correct: Tensor | None, num_classes: int | None) -> str | None:
+    """A banner when the model is at or near chance: at most twice the chance accuracy."""
+    if correct is None or not num_classes or len(correct) == 0:
+        return None
+    accuracy = bootstrap_interval(correct.float())
+    if accuracy.mean > 2 / num_classes:
+        return None
+    return (
+        f"**The model is at or near chance** (accuracy {accuracy} on {accuracy.n} test images, "
+        f"chance {1 / num_classes:.3f}): its maps explain a model that has learned nothing "
+        "yet, so no explainer gets a verdict."
+    )
+
+
+def _verdicts(scores: dict[str, dict]) -> dict[str, str]:
+    """explainer -> its verdict, from the per-image faithfulness scores and the sanity checks."""
+    metrics = [m for m in FAITHFULNESS_METRICS if isinstance(_first(scores.get(m)), Tensor)]
+    if not metrics:
+        return {}
+    controls = [c for c in CONTROLS if all(c in scores[m] for m in metrics)]
+    verdicts = {}
+    for name in EXPLAINERS:
+        if not all(name in scores[m] for m in metrics):
+            continue
+        won = [m for m in metrics if _beats_all(scores[m], name, controls, FAITHFULNESS_METRICS[m])]
+        checks = [scores.get(c, {}).get(name) for c in SANITY_VERDICTS]
+        passes = all(check in ("passes", "n/a") for check in checks)
+        worth = len(won) == len(metrics) and passes
+        verdicts[name] = f"beats every control on {len(won)}/{len(metrics)} metrics; " + (
+            "**worth reading here**" if worth else "not worth reading here"
+        )
+    return verdicts
+
+
+def _beats_all(by_map: dict[str, Tensor], name: str, controls: list[str], higher: bool) -> bool:
+    return all(
+        compare(by_map[name], by_map[control], higher_is_better=higher)[0] == "better"
+        for control in controls
+    )
+
+
+def _first(column: dict | None) -> object:
+    return next(iter(column.values()), None) if column else None
+
+
+def _trust_summary(scores: dict[str, dict], verdicts: dict[str, str]) -> list[str]:
     lines = []
-    if controls:
-        beating = [
-            name
-            for name in EXPLAINERS
-            if name in deletion
-            and deletion[name] < min(deletion[c] for c in controls)
-            and insertion[name] > max(insertion[c] for c in controls)
-        ]
-        lines.append(
-            "- Beat every control on faithfulness: "
-            + (", ".join(beating) if beating else "none")
-            + f" (controls: {', '.join(controls)})."
-        )
-    verdicts = scores.get("sanity checks", {})
     if verdicts:
-        passing = [name for name in EXPLAINERS if verdicts.get(name) == "passes"]
+        worth = [name for name, verdict in verdicts.items() if "**worth" in verdict]
         lines.append(
-            "- Pass the sanity checks: " + (", ".join(passing) if passing else "none") + "."
+            "- Worth reading here (beat every control on every faithfulness metric, with 95% "
+            "intervals over the images, and pass the sanity checks): "
+            + (", ".join(worth) if worth else "none")
+            + "."
         )
+        leaders = _leaders(scores)
+        if len(set(leaders.values())) > 1:
+            by_leader: dict[str, list[str]] = {}
+            for metric, leader in leaders.items():
+                by_leader.setdefault(leader, []).append(metric)
+            lines.append(
+                "- The ranking depends on the metric: the best mean is "
+                + "; ".join(f"{leader} under {', '.join(ms)}" for leader, ms in by_leader.items())
+                + "."
+            )
+    for column in SANITY_VERDICTS:
+        results = scores.get(column, {})
+        failing = [name for name in EXPLAINERS if results.get(name) == "fails"]
+        unsure = [name for name in EXPLAINERS if results.get(name) == INDISTINGUISHABLE]
+        if results:
+            lines.append(
+                f"- {column.capitalize()}: "
+                + (f"fail: {', '.join(failing)}" if failing else "none fails")
+                + (
+                    f"; not distinguishable from the threshold: {', '.join(unsure)}"
+                    if unsure
+                    else ""
+                )
+                + "."
+            )
     return lines
+
+
+def _leaders(scores: dict[str, dict]) -> dict[str, str]:
+    """faithfulness metric -> the map (explainer or control) with the best mean."""
+    leaders = {}
+    for metric, higher in FAITHFULNESS_METRICS.items():
+        by_map = {n: v for n, v in scores.get(metric, {}).items() if isinstance(v, Tensor)}
+        if by_map:
+            means = {name: float(values.mean()) for name, values in by_map.items()}
+            leaders[metric] = (max if higher else min)(means, key=means.get)
+    return leaders
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

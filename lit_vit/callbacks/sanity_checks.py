@@ -2,39 +2,52 @@
 
 from __future__ import annotations
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
 
 from lit_vit.attention import (
     CLASS_SPECIFIC,
     CONTROLS,
+    INDISTINGUISHABLE,
+    bootstrap_interval,
     cascading_randomization,
     explain,
     random_logit_targets,
     randomization_steps,
     spearman,
+    threshold_verdict,
 )
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeRun
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import randomization_figure
 
+# Fewest test images a verdict rests on.
+MIN_IMAGES = 32
+
 
 class SanityChecks(AttentionCallback):
-    """Sanity checks of every explainer on the test probe (Adebayo et al. 2018).
+    """Sanity checks of every explainer (Adebayo et al. 2018), with intervals over images.
 
-    At test, on the probe images, for rollout, attention flow, class-token
-    attention (last layer, heads averaged), gradient rollout and input x
-    gradient (both for the class the trained model predicts):
+    At test, on the first ``images`` test images (at least 32, so that a verdict
+    rests on an interval rather than on a few images), for rollout, attention
+    flow, class-token attention (last layer, heads averaged), gradient rollout,
+    input x gradient and CP-LRP (the class-specific ones for the class the
+    trained model predicts):
 
     - **cascading randomisation**: the model's parameters are re-initialised
       from the top (head, blocks from the last, then the patch and position
       embeddings with the prefix tokens), cumulatively; after each step each
       map is compared with the trained model's by Spearman correlation. The
-      model is restored bit for bit afterwards. An explainer still above
-      ``threshold`` once everything is random explains the input, not the model.
+      model is restored bit for bit afterwards. An explainer passes when the
+      bootstrap 95% interval of its mean correlation once everything is random
+      lies below ``threshold``, fails when it lies above, and is "not
+      distinguishable" otherwise: it explains the input, not the model, where it
+      stays high.
     - **random logit**: for the class-specific explainers, Spearman between the
-      map for the predicted class and for a random other class; the
-      class-agnostic ones score 1 by construction.
+      map for the predicted class and for a random other class, judged the same
+      way; "n/a" for the class-agnostic ones (they are the same for every class).
 
     Definitions in ``docs/attention.md``. Skipped under ``fast_dev_run``.
     With ``at_fit_end``, the same checks also run at the end of fit on the
@@ -43,33 +56,34 @@ class SanityChecks(AttentionCallback):
     Logs:
 
     - image ``test_attention/sanity_checks``: a curve per explainer.
-    - scalars ``test_attention/sanity/randomised_<explainer>`` (after full
+    - scalars ``test_attention/sanity/randomised_<explainer>`` (mean after full
       randomisation) and ``test_attention/sanity/random_logit_<explainer>``
       (class-specific explainers), explainer names with ``_`` for spaces.
     - with ``at_fit_end``: the same under ``val_attention/`` at the step of the
       last validation run, and text ``val_attention/sanity_checks/table``.
 
     Args:
-        threshold: Correlation after full randomisation above which an
-            explainer fails, in (0, 1].
-        seed: Seed of the re-initialisation (step ``i`` uses ``seed + i``) and
-            of the random classes.
+        threshold: Correlation after full randomisation (and for a random
+            class) above which an explainer fails, in (0, 1].
+        images: Test images checked at test (at least 32; at most the test set).
+        seed: Seed of the re-initialisation (step ``i`` uses ``seed + i``), of the
+            random classes and of the bootstrap.
         at_fit_end: Also check the trained model at the end of fit.
         name: See :class:`~lit_vit.callbacks.base.AttentionCallback`.
 
     Raises:
-        ValueError: For ``threshold`` outside (0, 1].
+        ValueError: For ``threshold`` outside (0, 1] or ``images`` below 32.
 
     Example::
 
-        Trainer(callbacks=[AttentionProbe(), SanityChecks(threshold=0.5)])
+        Trainer(callbacks=[AttentionProbe(), SanityChecks(threshold=0.5, images=32)])
 
     .. code-block:: yaml
 
         trainer:
           callbacks:
             - class_path: lit_vit.callbacks.SanityChecks
-              init_args: {threshold: 0.5}
+              init_args: {threshold: 0.5, images: 32}
     """
 
     report_order = 70
@@ -78,6 +92,7 @@ class SanityChecks(AttentionCallback):
     def __init__(
         self,
         threshold: float = 0.5,
+        images: int = 32,
         seed: int = 0,
         at_fit_end: bool = False,
         name: str | None = None,
@@ -85,9 +100,19 @@ class SanityChecks(AttentionCallback):
         super().__init__(name=name)
         if not 0 < threshold <= 1:
             raise ValueError(f"SanityChecks: threshold={threshold} must be in (0, 1].")
+        if images < MIN_IMAGES:
+            raise ValueError(
+                f"SanityChecks: images={images} must be at least {MIN_IMAGES}: fewer give "
+                "intervals too wide for a verdict."
+            )
         self.threshold = threshold
+        self.images = images
         self.seed = seed
         self.at_fit_end = at_fit_end
+
+    @property
+    def explained_test_images(self) -> int:
+        return self.images
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.at_fit_end and trainer.is_global_zero and not self.probe.reduced:
@@ -98,9 +123,9 @@ class SanityChecks(AttentionCallback):
             self.check(trainer, pl_module, self.probe.run(trainer, "test"))
 
     def check(self, trainer: Trainer, pl_module: LightningModule, run: ProbeRun) -> None:
-        """Both checks on the probe of ``run``'s stage; at test, the report's section too."""
-        probe = self.probe.probe(trainer, pl_module, run.stage)
-        images = probe.images.to(pl_module.device)
+        """Both checks on ``run``'s images (test: the first ``images`` test images; fit end:
+        the validation probe); at test, the report's section and trust-table columns too."""
+        images = self._images(trainer, pl_module, run.stage)
         recorder = self.probe.recorder
         logits = recorder.record(images, full=False).logits
         predicted, classes = logits.argmax(dim=-1), logits.shape[-1]
@@ -109,74 +134,102 @@ class SanityChecks(AttentionCallback):
             pl_module, steps, lambda: explain(recorder, images, predicted), self.seed
         )
         other = random_logit_targets(predicted, classes, self.seed)
-        trained = curve.trained  # the maps of the trained model, computed once
         swapped = explain(recorder, images, other.to(predicted.device))
         random_logit = {
-            name: float(spearman(swapped[name], trained[name]).mean()) for name in CLASS_SPECIFIC
+            name: spearman(swapped[name], curve.trained[name]) for name in CLASS_SPECIFIC
         }
-        randomised = curve.after_full_randomisation()
-        verdicts = {
-            name: "passes"
-            if value < self.threshold and random_logit.get(name, 0.0) < self.threshold
-            else "fails"
-            for name, value in randomised.items()
+        checks = {
+            name: (
+                threshold_verdict(values, self.threshold, seed=self.seed)[0],
+                threshold_verdict(random_logit[name], self.threshold, seed=self.seed)[0]
+                if name in random_logit
+                else "n/a",
+            )
+            for name, values in curve.randomised.items()
         }
-        scalars = {f"sanity/randomised_{_tag(n)}": value for n, value in randomised.items()}
-        scalars |= {f"sanity/random_logit_{_tag(n)}": value for n, value in random_logit.items()}
+        scalars = {f"sanity/randomised_{_tag(n)}": v.mean() for n, v in curve.randomised.items()}
+        scalars |= {f"sanity/random_logit_{_tag(n)}": v.mean() for n, v in random_logit.items()}
         self.log_scalars(pl_module, run, scalars)
         figure = randomization_figure(curve.labels, curve.correlations, self.threshold)
         path = self.log_figure(trainer, run, "sanity_checks", figure)
-        section = self._section(randomised, random_logit, verdicts, len(images), path)
+        section = self._section(curve.randomised, random_logit, checks, len(images), path)
         if run.stage != "test":
             self.probe.log_text(trainer, run, self.key("sanity_checks/table"), section.body)
             return
-        model_free = dict.fromkeys(CONTROLS, 1.0)  # the controls ignore the model and the class
-        self.probe.add_scores("Spearman after full randomisation", randomised | model_free)
-        self.probe.add_scores(
-            "random-logit Spearman", {n: random_logit.get(n, 1.0) for n in randomised} | model_free
-        )
-        self.probe.add_scores("sanity checks", verdicts)
+        model_free = dict.fromkeys(CONTROLS, "1 (model-free)")
+        not_applicable = dict.fromkeys(CONTROLS, "n/a")
+        agnostic = {n: "n/a (class-agnostic)" for n in curve.randomised if n not in random_logit}
+        self.probe.add_scores("Spearman after full randomisation", curve.randomised | model_free)
+        self.probe.add_scores("random-logit Spearman", random_logit | agnostic | model_free)
+        self.probe.add_scores("randomisation check", {n: c[0] for n, c in checks.items()})
+        self.probe.add_scores("random-logit check", {n: c[1] for n, c in checks.items()})
+        self.probe.add_scores("randomisation check", not_applicable)
+        self.probe.add_scores("random-logit check", not_applicable)
         self.report_section = section
 
+    def _images(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> Tensor:
+        """``(n, C, H, W)`` images checked: the first ``images`` test images at test, else the
+        validation probe."""
+        if stage != "test":
+            return self.probe.probe(trainer, pl_module, stage).images.to(pl_module.device)
+        batches = self.probe.explained_test_set(trainer, pl_module, self.images)
+        return torch.cat([batch.images for batch in batches])
+
     def _section(
-        self, randomised: dict, random_logit: dict, verdicts: dict, count: int, figure: str
+        self,
+        randomised: dict[str, Tensor],
+        random_logit: dict[str, Tensor],
+        checks: dict[str, tuple[str, str]],
+        count: int,
+        figure: str,
     ) -> ReportSection:
         rows = [
             (
                 name,
-                value,
-                random_logit.get(name, "1 (class-agnostic)"),
-                verdicts[name],
+                str(bootstrap_interval(values, seed=self.seed)),
+                checks[name][0],
+                str(bootstrap_interval(random_logit[name], seed=self.seed))
+                if name in random_logit
+                else "n/a (class-agnostic)",
+                checks[name][1],
             )
-            for name, value in randomised.items()
+            for name, values in randomised.items()
         ]
-        failing = [row[0] for row in rows if row[3] == "fails"]
         body = "\n\n".join(
             [
-                f"On {count} probe images. Spearman correlation of each explainer's map "
-                "with its map of the trained model, after re-initialising the head, then each "
-                "block from the last, then the patch and position embeddings with the prefix "
-                f"tokens; an explainer still above {self.threshold} once the whole model is "
-                "random explains the input rather than the model. Random logit: the map for "
-                "the predicted class against the map for a random other class.",
+                f"On {count} images. Spearman correlation of each explainer's map with its map "
+                "of the trained model, after re-initialising the head, then each block from the "
+                "last, then the patch and position embeddings with the prefix tokens; an "
+                f"explainer whose correlation stays above {self.threshold} once the whole model "
+                "is random explains the input rather than the model. Random logit: the map for "
+                "the predicted class against the map for a random other class (class-specific "
+                "explainers only). Each cell is the mean with its bootstrap 95% interval over "
+                "the images; a check passes (or fails) only where the interval lies below (or "
+                f"above) {self.threshold}, else it is not distinguishable on {count} images.",
                 markdown_table(
                     [
                         "explainer",
                         "Spearman after full randomisation",
+                        "randomisation check",
                         "random-logit Spearman",
-                        "verdict",
+                        "random-logit check",
                     ],
                     rows,
                 ),
                 f"![cascading randomisation]({figure})",
             ]
         )
+        failing = [name for name, pair in checks.items() if "fails" in pair]
+        unsure = [
+            name
+            for name, pair in checks.items()
+            if name not in failing and INDISTINGUISHABLE in pair
+        ]
         verb = "fails" if len(failing) == 1 else "fail"
-        summary = (
-            f"- Sanity checks: {', '.join(failing)} {verb} (above {self.threshold} after full "
-            "randomisation, or for a random class); the others pass."
-            if failing
-            else f"- Sanity checks: every explainer passes (below {self.threshold})."
+        summary = "- Sanity checks on {} images: {}{}.".format(
+            count,
+            f"{', '.join(failing)} {verb}" if failing else "no explainer fails",
+            f"; not distinguishable from {self.threshold}: {', '.join(unsure)}" if unsure else "",
         )
         return ReportSection(self.title("Sanity checks"), self.report_order, body, [summary])
 

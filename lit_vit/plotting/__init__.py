@@ -39,9 +39,11 @@ from lit_vit.plotting.mosaics import (
     rollout_evolution_figure,
     rollout_figure,
 )
+from lit_vit.plotting.relevance import RELEVANCE_CMAP, signed_relevance_figure
 
 __all__ = [
     "MAP_CMAP",
+    "RELEVANCE_CMAP",
     "distance_scatter_figure",
     "evolution_figure",
     "faithfulness_figure",
@@ -58,4 +60,5 @@ __all__ = [
     "rollout_evolution_figure",
     "rollout_figure",
     "save_image",
+    "signed_relevance_figure",
 ]

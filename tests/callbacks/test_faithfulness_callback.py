@@ -16,13 +16,17 @@ from torchvision.datasets import FashionMNIST
 
 from lit_vit.attention import (
     EXPLAINERS,
+    FAITHFULNESS_METRICS,
     AttentionRecorder,
     cls_attention,
     controls,
+    cp_lrp_map,
     deletion_insertion_auc,
     explain,
     gradient_rollout,
+    road,
     rollout,
+    saco,
 )
 from lit_vit.callbacks.faithfulness import Faithfulness
 from lit_vit.data import PIXEL_MEAN, PIXEL_STD
@@ -40,7 +44,7 @@ STEPS, TEST_IMAGES, MAX_BATCH = (
     FAITHFULNESS_TEST_IMAGES,
     FAITHFULNESS_MAX_BATCH,
 )
-VALIDATION_MAPS = ("rollout", "class token", "grad rollout", "random")
+VALIDATION_MAPS = ("rollout", "class token", "grad rollout", "cp-lrp", "random")
 TEST_MAPS = (*EXPLAINERS, "intensity", "edges", "centre", "random")
 
 
@@ -62,10 +66,12 @@ def recompute(model, images: torch.Tensor, seed: int, test: bool = False) -> dic
     else:
         recording = recorder.record(images, grad_targets=[None])
         attention, layout = recording.attention, recording.layout
+        predicted = recording.logits.argmax(dim=-1)
         maps = {
             "rollout": rollout(attention, layout),
             "class token": cls_attention(attention, layout).maps[-1].mean(dim=1),
             "grad rollout": gradient_rollout(attention, recording.attention_grads[0], layout),
+            "cp-lrp": cp_lrp_map(model, images, predicted, recorder.backend, layout),
         }
     results = {
         method: deletion_insertion_auc(
@@ -105,58 +111,100 @@ def test_validation_scalars_match_the_toolkit_on_the_checkpoint_probe(runs):
     assert "val_attention/faithfulness" in read_events(runs.fit_dir).Tags()["images"]
 
 
-def test_test_scores_the_first_test_images_batch_by_batch(runs):
+def all_metrics(model, images: torch.Tensor, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Metric -> map -> per-image score of every explainer and control, from the toolkit."""
+    recorder = AttentionRecorder(model)
+    layout = recorder.backend.layout((28, 28))
+    pixels = (images * PIXEL_STD + PIXEL_MEAN).clamp(0, 1)
+    maps = explain(recorder, images) | controls(pixels, layout, seed)
+    scored = {name: maps[name] for name in TEST_MAPS}
+    removed = road(model, images, scored, layout, seed=seed, max_batch=MAX_BATCH)
+    coefficients = saco(model, images, scored, layout, max_batch=MAX_BATCH)
+    blurred = {
+        name: deletion_insertion_auc(
+            model, images, maps[name], layout, steps=STEPS, baseline="blur", seed=seed
+        )
+        for name in TEST_MAPS
+        if name != "random"
+    }
+    aucs = recompute(model, images, seed, test=True)
+    blurred_random = blurred["rollout"].random_deletion
+    return {
+        "deletion AUC (background)": {name: aucs[name][0] for name in TEST_MAPS},
+        "insertion AUC (background)": {name: aucs[name][1] for name in TEST_MAPS},
+        "deletion AUC (blurred)": {
+            name: blurred[name].deletion if name != "random" else blurred_random
+            for name in TEST_MAPS
+        },
+        "ROAD MoRF": {name: removed[name].morf for name in TEST_MAPS},
+        "ROAD LeRF": {name: removed[name].lerf for name in TEST_MAPS},
+        "ROAD LeRF - MoRF": {name: removed[name].lerf - removed[name].morf for name in TEST_MAPS},
+        "SaCo": coefficients,
+    }
+
+
+def table(section: str) -> list[list[str]]:
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_test_scores_every_metric_on_the_first_test_images_batch_by_batch(runs):
     split = FashionMNIST(str(runs.data_dir), train=False, download=False)
     images = (split.data[:TEST_IMAGES, None].float() / 255 - PIXEL_MEAN) / PIXEL_STD
     parts = [
-        recompute(runs.model, batch, seed=index, test=True)
+        all_metrics(runs.model, batch, seed=index)
         for index, batch in enumerate(images.split(BATCH_SIZE))
     ]
     expected = {
-        method: tuple(torch.cat([part[method][i] for part in parts]) for i in range(2))
-        for method in TEST_MAPS
+        metric: {name: torch.cat([part[metric][name] for part in parts]) for name in TEST_MAPS}
+        for metric in FAITHFULNESS_METRICS
     }
-    assert_scalars_match(runs.test_dir, "test_attention", expected)
+    aucs = {
+        name: (
+            expected["deletion AUC (background)"][name],
+            expected["insertion AUC (background)"][name],
+        )
+        for name in TEST_MAPS
+    }
+    assert_scalars_match(runs.test_dir, "test_attention", aucs)
     assert (runs.test_dir / "attention" / "test" / "faithfulness.png").is_file()
-    assert "test_attention/faithfulness" in read_events(runs.test_dir).Tags()["images"]
+    events = read_events(runs.test_dir)
+    assert "test_attention/faithfulness" in events.Tags()["images"]
+    saco_rollout = events.Scalars("test_attention/faithfulness/SaCo/rollout")[-1].value
+    assert saco_rollout == pytest.approx(float(expected["SaCo"]["rollout"].mean()), abs=1e-5)
 
-    section = runs.report.split("## Faithfulness (deletion / insertion)")[1].split("\n## ")[0]
+    section = runs.report.split("## Faithfulness\n")[1].split("\n## ")[0]
     assert f"on {TEST_IMAGES} test images" in section
-    assert "each image's minimum value" in section
-    lines = [line for line in section.splitlines() if line.startswith("| ")]
-    assert lines[0] == "| method | deletion AUC | insertion AUC |"
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
-    assert [row[0] for row in rows] == list(TEST_MAPS)
-    for row, method in zip(rows, TEST_MAPS, strict=True):
-        for column in (1, 2):
-            mean = float(expected[method][column - 1].mean())
-            assert float(row[column]) == pytest.approx(mean, abs=6e-4), (row, method)
-    deletion = float(expected["rollout"][0].mean())
-    random = float(expected["random"][0].mean())
-    assert f"AUC {deletion:.3f} against {random:.3f} for a random order" in runs.report
+    assert "noisy linear imputation" in section and "sigma = the patch size" in section
+    rows = table(section)
+    assert rows[0] == ["map", *FAITHFULNESS_METRICS]
+    assert [row[0] for row in rows[1:]] == list(TEST_MAPS)
+    for row in rows[1:]:
+        for column, metric in enumerate(FAITHFULNESS_METRICS, start=1):
+            mean = float(expected[metric][row[0]].mean())
+            assert float(row[column]) == pytest.approx(mean, abs=6e-4), (row[0], metric)
+
+    # The trust table: the same numbers with intervals; the tiny model is at chance, so a
+    # banner stands where verdicts would.
     trust = runs.report.split("## Which explainer can I trust here?\n")[1].split("\n## ")[0]
-    rows = [
-        [cell.strip() for cell in line.strip("|").split("|")]
-        for line in trust.splitlines()
-        if line.startswith("| ")
-    ]
-    assert rows[0] == [
-        "map",
-        "deletion AUC",
-        "insertion AUC",
-        "lift",
-        "Spearman after full randomisation",
-        "random-logit Spearman",
-        "sanity checks",
-    ]
+    assert "**The model is at or near chance**" in trust
+    rows = table(trust)
+    assert rows[0][: len(FAITHFULNESS_METRICS) + 1] == ["map", *FAITHFULNESS_METRICS]
+    assert "verdict" not in rows[0]
     assert [row[0] for row in rows[1:]] == [*EXPLAINERS, "random", "intensity", "edges", "centre"]
     by_map = {row[0]: row for row in rows[1:]}
-    for method in TEST_MAPS:
-        assert float(by_map[method][1]) == pytest.approx(
-            float(expected[method][0].mean()), abs=6e-4
+    for name in TEST_MAPS:
+        cell = by_map[name][FAITHFULNESS_METRICS_INDEX["SaCo"]]
+        mean, low, high = (
+            float(v) for v in cell.replace("[", "").replace("]", "").replace(",", "").split()
         )
-    assert "- Beat every control on faithfulness: " in runs.report
-    assert "- Pass the sanity checks: " in runs.report
+        assert mean == pytest.approx(float(expected["SaCo"][name].mean()), abs=6e-4)
+        assert low <= mean <= high
+    text = read_events(runs.test_dir).Tensors("test_attention/trust_table")
+    assert "**The model is at or near chance**" in text[-1].tensor_proto.string_val[0].decode()
+
+
+FAITHFULNESS_METRICS_INDEX = {metric: i for i, metric in enumerate(FAITHFULNESS_METRICS, start=1)}
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lit_vit.attention import CLASS_SPECIFIC, EXPLAINERS
 from lit_vit.callbacks import SanityChecks
 from tests.conftest import read_events
 
-EXPLAINERS = ("rollout", "flow", "class token", "grad rollout", "input x gradient")
+VERDICTS = ("passes", "fails", "not distinguishable")
+
+
+def interval(cell: str) -> tuple[float, float, float]:
+    """``"0.123 [0.1, 0.2]"`` -> (mean, low, high)."""
+    mean, low, high = cell.replace("[", "").replace("]", "").replace(",", "").split()
+    return float(mean), float(low), float(high)
 
 
 def table_rows(section: str) -> list[list[str]]:
@@ -24,14 +31,19 @@ def test_report_has_a_row_per_explainer_with_the_logged_values(attention_run):
     for row in rows:
         tag = row[0].replace(" ", "_")
         logged = events.Scalars(f"test_attention/sanity/randomised_{tag}")[-1].value
-        assert float(row[1]) == pytest.approx(logged, abs=6e-4)
-        if row[0] in ("grad rollout", "input x gradient"):
+        mean, low, high = interval(row[1])
+        assert mean == pytest.approx(logged, abs=6e-4) and low <= mean <= high
+        assert row[2] == ("passes" if high < 0.5 else "fails" if low > 0.5 else VERDICTS[2])
+        if row[0] in CLASS_SPECIFIC:
             logit = events.Scalars(f"test_attention/sanity/random_logit_{tag}")[-1].value
-            assert float(row[2]) == pytest.approx(logit, abs=6e-4)
+            mean, low, high = interval(row[3])
+            assert mean == pytest.approx(logit, abs=6e-4)
+            assert row[4] == ("passes" if high < 0.5 else "fails" if low > 0.5 else VERDICTS[2])
         else:
-            assert row[2] == "1 (class-agnostic)"
-        assert row[3] in ("passes", "fails")
-    assert "- Sanity checks: " in attention_run.report.split("## Summary")[1].split("\n## ")[0]
+            assert row[3:] == ["n/a (class-agnostic)", "n/a"]
+    # At least 32 test images (the shared run's test set has more), not the 6 probe images.
+    assert "On 32 images." in section
+    assert "- Sanity checks on 32 images: " in attention_run.report.split("## Summary")[1]
     assert (attention_run.test_dir / "attention" / "test" / "sanity_checks.png").is_file()
     assert "test_attention/sanity_checks" in events.Tags()["images"]
 
@@ -59,3 +71,5 @@ def test_the_tested_checkpoint_is_unchanged_by_the_checks(attention_run):
 def test_bad_threshold_is_refused():
     with pytest.raises(ValueError, match=r"SanityChecks: threshold=0 must be in \(0, 1\]"):
         SanityChecks(threshold=0)
+    with pytest.raises(ValueError, match=r"SanityChecks: images=8 must be at least 32"):
+        SanityChecks(images=8)
