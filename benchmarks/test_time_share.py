@@ -6,8 +6,9 @@
 Runs ``lit-vit test --config configs/fashion_mnist.yaml --ckpt_path <ckpt>`` in this
 process with timers around each attention callback's test-time work (its ``analyze``,
 ``SanityChecks.check``, ``ResolutionSweep.sweep``) and around the probe's one explanation
-of the test images shared by Faithfulness and FocusCoverage (attention flow, gradients,
-input x gradient, controls), and prints each as a share of the whole run's wall time. The
+of the test images shared by Faithfulness, FocusCoverage and SanityChecks (attention flow,
+gradients, input x gradient, CP-LRP, controls), and inside Faithfulness around ROAD and SaCo,
+and prints each as a share of the whole run's wall time. The
 rest is the test loop itself (the model over the test set), loading and writing.
 """
 
@@ -20,6 +21,8 @@ import time
 from collections import defaultdict
 from unittest import mock
 
+import lit_vit.attention.explainers as explainers
+import lit_vit.callbacks.faithfulness as faithfulness
 from lit_vit.callbacks import (
     AttentionMaps,
     AttentionRollout,
@@ -42,7 +45,10 @@ TIMED = {
     "AttentionRollout": (AttentionRollout, "analyze"),
     "HeadDiversity": (HeadDiversity, "analyze"),
     "FocusCoverage (without the shared explanation)": (FocusCoverage, "analyze"),
-    "Faithfulness (without the shared explanation)": (Faithfulness, "analyze"),
+    "CP-LRP, wherever maps are explained (probe, sanity checks)": (explainers, "cp_lrp_map"),
+    "Faithfulness (deletion / insertion, background and blurred)": (Faithfulness, "analyze"),
+    "Faithfulness: ROAD (imputation and forwards)": (faithfulness, "road"),
+    "Faithfulness: SaCo": (faithfulness, "saco"),
     "ResolutionSweep": (ResolutionSweep, "sweep"),
     "SanityChecks (cascading randomisation, random logit)": (SanityChecks, "check"),
 }

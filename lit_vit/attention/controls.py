@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_vit.attention._validate import renormalize
-from lit_vit.attention.backends import model_logits
+from lit_vit.attention.backends import eval_mode_dtype, model_logits
 from lit_vit.attention.layout import TokenLayout
 
 __all__ = ["CONTROLS", "centre_control", "controls", "input_x_gradient"]
@@ -95,7 +95,7 @@ def input_x_gradient(
     try:
         model.eval()
         with torch.inference_mode(False), torch.enable_grad():
-            x = images.detach().clone().requires_grad_(True)
+            x = images.detach().to(eval_mode_dtype(model)).clone().requires_grad_(True)
             logits = model_logits(model(x))
             if logits is None:
                 raise ValueError("input_x_gradient needs a model that returns (B, K) logits.")

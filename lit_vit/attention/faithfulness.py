@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal, overload
 import torch
 from torch import Tensor, nn
 
-from lit_vit.attention.backends import model_logits
+from lit_vit.attention.backends import eval_mode_dtype, model_logits
 
 if TYPE_CHECKING:
     from lit_vit.attention.layout import TokenLayout
@@ -350,7 +350,8 @@ def classifier_logits(model: nn.Module, batches: Iterable[Tensor]) -> tuple[Tens
 
     Args:
         model: maps ``(n, C, H, W)`` images to ``(n, K)`` logits (or an output carrying them).
-        batches: ``(n, C, H, W)`` batches of images as the model takes them.
+        batches: ``(n, C, H, W)`` batches of images as the model takes them (cast to the
+            dtype of the model's parameters: a bf16 or float64 model gets its own).
 
     Returns:
         ``(M, K)`` float32 logits of all ``M`` images, in order, and the number of passes.
@@ -360,11 +361,12 @@ def classifier_logits(model: nn.Module, batches: Iterable[Tensor]) -> tuple[Tens
     """
     chunks: list[Tensor] = []
     modes = [(m, m.training) for m in model.modules()]
+    dtype = eval_mode_dtype(model)  # masked copies are built in the images' dtype
     model.eval()
     try:
         with torch.no_grad():
             for batch in batches:
-                output = model(batch)
+                output = model(batch.to(dtype))
                 out = model_logits(output)
                 if out is None:
                     out = output

@@ -35,7 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_vit.attention.backends import CaptureBackend, find_backend, model_logits
+from lit_vit.attention.backends import (
+    CaptureBackend,
+    eval_mode_dtype,
+    find_backend,
+    model_logits,
+)
 
 __all__ = ["conservative_backward", "cp_lrp", "patch_relevance"]
 
@@ -106,7 +111,7 @@ def cp_lrp(
     try:
         model.eval()
         with torch.inference_mode(False), torch.enable_grad():
-            x = images.detach().clone().requires_grad_(True)
+            x = images.detach().to(eval_mode_dtype(model)).clone().requires_grad_(True)
             with conservative_backward(model, backend):
                 logits = model_logits(model(x))
             if logits is None or logits.dim() != 2:
@@ -122,7 +127,7 @@ def cp_lrp(
     finally:
         for module, training in modes:
             module.training = training
-    return (x.detach() * gradient).float().sum(dim=1)
+    return (x.detach().float() * gradient.float()).sum(dim=1)
 
 
 def patch_relevance(relevance: Tensor, patch_size: tuple[int, int]) -> Tensor:

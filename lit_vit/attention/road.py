@@ -166,7 +166,8 @@ def road(
     """ROAD MoRF and LeRF curves and AUCs of saliency maps.
 
     At fraction ``p`` the ``round(p * G)`` most (MoRF) or least (LeRF) salient
-    patches (ties by patch index) are removed and imputed with
+    patches (ties by patch index; at most ``G - 1``, so one patch is left to impute
+    from on tiny grids) are removed and imputed with
     :func:`noisy_linear_imputation`; the model follows the probability of the
     class it predicts on the clean image.
 
@@ -178,7 +179,7 @@ def road(
         patch_size: ``(ph, pw)``, an int, or a ``TokenLayout``.
         fractions: Fractions of the patches removed, each in (0, 1), increasing.
         sigma: Noise of the imputation (0: deterministic).
-        seed: Seed of the noise: image ``b`` uses ``seed + b`` for all its copies.
+        seed: Seed of the noise: image ``b`` uses ``seed + b``, the same noise for every map.
         max_batch: Largest number of imputed images in one forward pass.
 
     Returns:
@@ -204,7 +205,8 @@ def road(
     for name, values in maps.items():
         _check_saliency(values, name, (b, *grid), images.shape, (ph, pw))
     num_patches = grid[0] * grid[1]
-    counts = torch.tensor([int(p * num_patches + 0.5) for p in fractions])  # (P,)
+    # round(p G), at most G - 1: a patch always stays to impute from (tiny grids).
+    counts = torch.tensor([min(int(p * num_patches + 0.5), num_patches - 1) for p in fractions])
 
     # removed[s, k, b, p]: (G,) patches removed for map s, order k (MoRF, LeRF), fraction p.
     removed = []
@@ -223,12 +225,18 @@ def road(
     predicted = clean.argmax(dim=-1)  # (B,)
 
     def imputed_copies():
-        # Image by image (image b's noise from seed + b), so memory stays at one image's copies.
+        # Image by image, so memory stays at one image's copies. Image b's noise comes from
+        # seed + b and is the same for every map at each fraction and order: maps are compared
+        # on the same noise (a paired design), and a map scores alike alone or with others.
+        per_map = 2 * len(fractions)
         for index, image in enumerate(images.detach()):
-            copies = image[None].expand(holes.shape[1], -1, -1, -1)
-            yield from noisy_linear_imputation(copies, holes[index], sigma, seed + index).split(
-                max_batch
-            )
+            removed = holes[index]  # (S 2 P, H, W)
+            copies = image[None].expand(len(removed), -1, -1, -1)
+            filled = noisy_linear_imputation(copies, removed, sigma=0)
+            generator = torch.Generator().manual_seed(seed + index)
+            noise = torch.randn((per_map, *image.shape), generator=generator).to(filled)
+            noise = noise.repeat(len(maps), 1, 1, 1) * removed[:, None].to(filled.dtype)
+            yield from (filled + sigma * noise).split(max_batch)
 
     logits, _ = classifier_logits(model, imputed_copies())
     probability = logits.softmax(dim=-1).view(b, len(maps), 2, len(fractions), -1)

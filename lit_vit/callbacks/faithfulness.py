@@ -1,4 +1,5 @@
-"""Deletion / insertion AUC of the explainers and the controls, beside a random patch order."""
+"""Faithfulness of the explainers and the controls: deletion / insertion (background and
+blurred baselines), ROAD and SaCo, beside a random patch order."""
 
 from __future__ import annotations
 
@@ -28,41 +29,48 @@ from lit_vit.plotting import evolution_figure, faithfulness_figure, signed_relev
 
 # Controls scored as maps by deletion / insertion; the random one is the shared random order.
 MAP_CONTROLS = ("intensity", "edges", "centre")
+# SaCo's number of patch groups (Wu et al. 2024).
+SACO_GROUPS = 10
 
 
 class Faithfulness(AttentionCallback):
-    """Do the attention maps point at the evidence? Deletion and insertion AUC.
+    """Do the maps point at the evidence? Seven faithfulness metrics, beside the controls.
 
     Patches are ordered by decreasing saliency; growing fractions
     ``0, 1/T, ..., 1`` of them are replaced by a baseline (deletion) or revealed
     on an all-baseline image (insertion), and the probability of the class
     predicted on the clean image is followed (Petsiuk et al. 2018; see
-    ``docs/attention.md``). The baseline is the default of
-    :func:`~lit_vit.attention.deletion_insertion_auc`: per image, the minimum of
-    the normalised image (its background). Low deletion and high insertion AUC
-    mean the map found the evidence.
+    ``docs/attention.md``). The baseline is each image's minimum (its
+    background). Low deletion and high insertion AUC mean the map found the
+    evidence; beside every map, a random patch order (``random``; batch ``i``
+    uses seed ``seed + i``).
 
-    At due validation runs, on the probe images, three maps: ``rollout``
-    (mean head fusion, no discard), ``class token`` (last layer, heads
-    averaged) and ``grad rollout`` (predicted class). At test, on the first
-    ``test_images`` images of the test set, batch by batch (one batch's
-    attention and gradients in memory at a time), every explainer (those
-    three, ``flow`` and ``input x gradient``) and the controls that know
-    nothing about the model (``intensity``, ``edges``, ``centre``). Beside
-    them all, a random patch order (``random``): all maps of a batch are scored
-    in one call, against the one random order they share (batch ``i`` uses
-    seed ``seed + i``). At test the scores also go to the report's table of
-    explainers.
+    At due validation runs, on the probe images, four maps: ``rollout`` (mean
+    head fusion, no discard), ``class token`` (last layer, heads averaged),
+    ``grad rollout`` and ``cp-lrp`` (predicted class), and CP-LRP's signed
+    relevance as a figure. At test, on the first ``test_images`` images of the
+    test set, batch by batch, every explainer and every control that knows
+    nothing about the model (``random``, ``intensity``, ``edges``, ``centre``)
+    is scored on seven metrics, so no verdict hangs on one baseline: deletion
+    and insertion with the background baseline, deletion with a blurred one
+    (Gaussian, sigma = the patch size), ROAD MoRF, LeRF and LeRF - MoRF (noisy
+    linear imputation, seed ``seed + i`` for batch ``i``) and SaCo (10 groups).
+    The per-image scores go to the report's trust table, which puts bootstrap
+    intervals on them and gives the verdicts.
 
     Logs (means over the images; ``<method>`` with ``_`` for spaces):
 
     - scalars ``val_attention/faithfulness/deletion_<method>`` and
       ``val_attention/faithfulness/insertion_<method>``.
     - image ``val_attention/faithfulness``: mean deletion and insertion curves.
+    - image ``val_attention/cp_lrp``: CP-LRP's signed relevance of the probe
+      images for their predicted classes (diverging colours centred on 0).
     - image ``val_attention/faithfulness_evolution``: the probe's deletion and
       insertion AUC of each map at every analysed epoch so far (maps x
       epochs); the history is kept in the checkpoint, so a resumed run
       continues it, and the test report shows it.
+    - at test also: scalars ``test_attention/faithfulness/<metric>/<method>``
+      for the seven metrics (e.g. ``ROAD_LeRF_minus_MoRF``, ``SaCo``).
 
     At test the same tags under ``test_attention/``; with ``name=...`` every
     tag gets ``<name>/`` after the root.
@@ -181,34 +189,45 @@ class Faithfulness(AttentionCallback):
                 self.probe.add_scores(metric, values)
             self.log_scalars(pl_module, analysis.run, _metric_means(per_image))
             count = len(results["rollout"].deletion)
-            self.report_section = self._section(per_image, count, path, evolution)
+            _, relevance = self._probe_relevance(trainer, pl_module, analysis)
+            self.report_section = self._section(per_image, count, path, evolution, relevance)
 
     def _score_probe(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> dict[str, FaithfulnessResult]:
-        """Deletion / insertion of the probe's maps at a validation run; logs CP-LRP's figure."""
+        """Deletion / insertion of the probe's maps at a validation run."""
         images = analysis.probe.images.to(pl_module.device)
         layout = analysis.recording.layout
-        predicted = analysis.predictions.to(pl_module.device)
-        relevance = cp_lrp(pl_module, images, predicted, backend=self.probe.recorder.backend)
+        relevance, _ = self._probe_relevance(trainer, pl_module, analysis)
         maps = {
             "rollout": analysis.rollout,
             "class token": analysis.query_maps[-1].mean(dim=1),
             "grad rollout": analysis.gradient_rollout("predicted"),
-            "cp-lrp": positive_patch_map(relevance.cpu(), layout.patch_size),
+            "cp-lrp": positive_patch_map(relevance, layout.patch_size),
         }
+        return self.score(pl_module, images, maps, layout, 0, self.val_steps)
+
+    def _probe_relevance(
+        self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
+    ) -> tuple[Tensor, str]:
+        """``(B, H, W)`` CP-LRP relevance of the probe for its predicted classes, on the CPU;
+        logs its signed figure and returns the figure's path too."""
+        images = analysis.probe.images.to(pl_module.device)
+        predicted = analysis.predictions.to(pl_module.device)
+        backend = self.probe.recorder.backend
+        relevance = cp_lrp(pl_module, images, predicted, backend=backend).cpu()
         rows = analysis.figure_rows
+        names = self.class_names(trainer, analysis)
         titles = [
-            f"{true}\npred {pred}"
-            for true, pred in zip(
-                [self.class_names(trainer, analysis)[i] for i in analysis.probe.labels[:rows]],
+            f"{names[label]}\npred {pred}"
+            for label, pred in zip(
+                analysis.probe.labels[:rows],
                 self.predicted_names(trainer, analysis)[:rows],
                 strict=True,
             )
         ]
         figure = signed_relevance_figure(analysis.probe.pixels[:rows], relevance[:rows], titles)
-        self.log_figure(trainer, analysis.run, "cp_lrp", figure)
-        return self.score(pl_module, images, maps, layout, 0, self.val_steps)
+        return relevance, self.log_figure(trainer, analysis.run, "cp_lrp", figure)
 
     def score(
         self,
@@ -258,9 +277,11 @@ class Faithfulness(AttentionCallback):
                 pl_module, batch.images, on_device, batch.layout,
                 seed=self.seed + batch.index, max_batch=self.max_batch,
             )  # fmt: skip
+            groups = min(SACO_GROUPS, batch.layout.num_patches)  # tiny grids: one patch each
             coefficients = saco(
-                pl_module, batch.images, on_device, batch.layout, max_batch=self.max_batch
-            )
+                pl_module, batch.images, on_device, batch.layout, groups=groups,
+                max_batch=self.max_batch,
+            )  # fmt: skip
             parts.append(background)
             for name in scored:
                 batch_scores = {
@@ -314,6 +335,7 @@ class Faithfulness(AttentionCallback):
         count: int,
         figure: str,
         evolution: str | None,
+        relevance: str,
     ) -> ReportSection:
         maps = list(next(iter(per_image.values())))
         rows = [
@@ -345,6 +367,9 @@ class Faithfulness(AttentionCallback):
                 "here?*):",
                 markdown_table(["map", *per_image], rows),
                 f"![deletion and insertion curves (background)]({figure})",
+                "CP-LRP's signed relevance on the probe images, for the predicted class (red: "
+                "evidence for it, blue: against; each panel on its own symmetric scale):",
+                f"![CP-LRP relevance]({relevance})",
                 *(
                     [
                         "The probe's AUCs at each analysed epoch of training "

@@ -272,3 +272,30 @@ def test_tuple_output_is_accepted_and_bad_output_rejected() -> None:
 
     with pytest.raises(ValueError, match=r"\(n, num_classes\) logits"):
         deletion_insertion_auc(FlatModel(), images, saliency, 4, steps=4)
+
+
+def test_blurred_baseline_curves_follow_the_definition():
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    class TopLeft(torch.nn.Module):
+        def forward(self, x):
+            score = 10 * x[:, 0, :4, :4].mean(dim=(1, 2))
+            return torch.stack([torch.zeros_like(score), score], dim=1)
+
+    model = TopLeft()
+    image = torch.zeros(1, 1, 8, 8)
+    image[0, 0, :4, :4] = 1.0
+    saliency = torch.arange(16.0).flip(0).view(1, 4, 4)  # patch 0 most salient
+    result = deletion_insertion_auc(model, image, saliency, 2, steps=4, baseline="blur")
+    blurred = gaussian_blur(image, kernel_size=[13, 13], sigma=[2.0, 2.0])  # sigma = patch size
+    expected = []
+    for count in (0, 4, 8, 12, 16):
+        keep = torch.ones(16, dtype=torch.bool)
+        keep[:count] = False
+        mask = keep.view(4, 4).repeat_interleave(2, 0).repeat_interleave(2, 1)
+        copy = torch.where(mask, image, blurred)
+        expected.append(float(model(copy).softmax(dim=1)[0, 1]))
+    torch.testing.assert_close(result.deletion_curve[0], torch.tensor(expected))
+    assert torch.isnan(result.baseline).all()
+    with pytest.raises(ValueError, match="baseline must be None, a number or 'blur'"):
+        deletion_insertion_auc(model, image, saliency, 2, baseline="gaussian")

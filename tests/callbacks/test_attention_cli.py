@@ -194,7 +194,7 @@ def test_report_has_a_header_and_every_section_with_the_numbers(attention_run):
         "## Attention rollout",
         "## Attention rollout (rollout_max)",
         "## Focus and coverage",
-        "## Faithfulness (deletion / insertion)",
+        "## Faithfulness",
     ):
         assert f"{heading}\n" in report, f"report lacks {heading!r}"
     assert "- Layer 0: " in report and "- Layer 1: " in report

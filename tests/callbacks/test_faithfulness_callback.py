@@ -200,7 +200,7 @@ def test_test_scores_every_metric_on_the_first_test_images_batch_by_batch(runs):
         )
         assert mean == pytest.approx(float(expected["SaCo"][name].mean()), abs=6e-4)
         assert low <= mean <= high
-    text = read_events(runs.test_dir).Tensors("test_attention/trust_table")
+    text = read_events(runs.test_dir).Tensors("test_attention/trust_table/text_summary")
     assert "**The model is at or near chance**" in text[-1].tensor_proto.string_val[0].decode()
 
 

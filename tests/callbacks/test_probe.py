@@ -156,3 +156,24 @@ def test_test_images_are_explained_once_for_every_callback_that_reads_them(tmp_p
     assert callbacks[0]._explained is None, "the test images' maps are not kept past the test"
     report = (tmp_path / "run" / "version_0" / "attention" / "report.md").read_text()
     assert "over 20 test images" in report and "12 test images" in report
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed", "16-mixed"])
+def test_every_callback_fits_and_tests_in_reduced_precision_through_the_cli(
+    tmp_path, fake_fashion_mnist, precision
+):
+    # configs/smoke.yaml holds every attention callback; Faithfulness feeds masked, imputed
+    # and perturbed copies, CP-LRP and input x gradient their inputs, in the model's dtype.
+    args = tiny_run_args(
+        tmp_path,
+        fake_fashion_mnist,
+        f"--trainer.precision={precision}",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+    )
+    main(["fit", *args])
+    (checkpoint,) = (tmp_path / "logs").glob("*/version_0/checkpoints/last.ckpt")
+    main(["test", *args, f"--ckpt_path={checkpoint}"])
+    report = next((tmp_path / "logs").glob("*/version_1/attention/report.md")).read_text()
+    assert "## Faithfulness" in report and "## Sanity checks" in report
+    assert (checkpoint.parents[1] / "attention" / "epoch_000" / "cp_lrp.png").is_file()

@@ -270,10 +270,17 @@ def test_callbacks_on_other_families_write_figures_and_the_report(tmp_path, make
     assert callbacks[0].recorder.backend.family == family
     trainer.test(module, dataloaders=loaders()[1])
     run_dir = Path(trainer.log_dir)
-    for name in ("layer_maps", "rollout", "head_diversity", "focus_coverage", "faithfulness"):
+    for name in (
+        "layer_maps",
+        "rollout",
+        "head_diversity",
+        "focus_coverage",
+        "faithfulness",
+        "cp_lrp",
+    ):
         assert (run_dir / "attention" / "epoch_001" / f"{name}.png").is_file(), name
     report = (run_dir / "attention" / "report.md").read_text()
-    assert "## Attention rollout" in report and "## Faithfulness (deletion / insertion)" in report
+    assert "## Attention rollout" in report and "## Faithfulness\n" in report
     assert "2 layers, width 32, 2 heads, patch 8x8, images 32x32" in report
     # The sweep resized the family's own way: a row per size, the training size marked.
     assert (run_dir / "attention" / "test" / "resolution.png").is_file()
