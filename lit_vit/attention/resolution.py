@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_vit.attention.backends import find_backend, model_logits
+from lit_vit.attention.backends import eval_mode_dtype, find_backend, model_logits
 from lit_vit.attention.capture import AttentionRecorder
 from lit_vit.attention.metrics import coverage, focus_score
 
@@ -185,7 +185,8 @@ def resolution_sweep(
         resized = backend.resized_copy(model, size)
         resized.eval()
         device = next(resized.parameters()).device
-        x = resize_images(images.detach().to(device), size)
+        # Resized in float32, then in the model's own dtype (bf16, float64, ...).
+        x = resize_images(images.detach().to(device), size).to(eval_mode_dtype(resized))
 
         correct = 0
         with torch.no_grad():
