@@ -10,9 +10,11 @@ checkpoints, figures or logs.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -315,6 +317,7 @@ def main(args: ArgsType = None) -> None:
     the traceback.
     """
     argv = list(sys.argv[1:] if args is None else args)
+    _quiet_lightning()
     try:
         if argv[:1] == ["analyze"]:
             analyze_main(argv[1:])
@@ -330,7 +333,8 @@ def main(args: ArgsType = None) -> None:
                     "init_args": {"save_dir": "logs", "name": "lit_vit"},
                 },
             },
-            args=argv,
+            # None: LightningCLI reads sys.argv itself (given both, it warns on every command).
+            args=args,
         )
     except (ValueError, OSError, MisconfigurationException) as error:
         if os.environ.get("LIT_VIT_DEBUG"):
@@ -345,6 +349,22 @@ def main(args: ArgsType = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2) from None
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertising lines ("💡 Tip: ...") from its console output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip:")
+
+
+def _quiet_lightning() -> None:
+    """The CLI's console shows lit-vit's lines and Lightning's own, not its tips or the
+    deprecation noise of its internals under this torch (tested with Lightning 2.6)."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in logger.filters):
+        logger.addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def analyze_main(args: list[str]) -> None:

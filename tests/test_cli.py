@@ -351,3 +351,21 @@ def test_long_schedule_config_composes_with_the_default(capsys):
     printed = capsys.readouterr().out
     assert "max_epochs: 200" in printed and "precision: bf16-mixed" in printed
     assert "cutmix_alpha: 1.0" in printed, "the default recipe underneath"
+
+
+def test_the_console_shows_no_args_warning_and_no_tips(caplog):
+    import logging
+
+    from lightning.pytorch import Trainer
+
+    from lit_vit.cli import _quiet_lightning
+
+    result = subprocess.run(
+        [sys.executable, "-m", "lit_vit", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and result.stdout.strip() == f"lit-vit {__version__}"
+    assert result.stderr == ""  # no "LightningCLI's args parameter ..." warning
+    _quiet_lightning()
+    with caplog.at_level(logging.INFO):
+        Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    assert "GPU available" in caplog.text and "Tip" not in caplog.text

@@ -94,3 +94,12 @@ def test_the_toolkit_example(tmp_path, monkeypatch):
         assert namespace[name].shape == (4, *grid), name
     assert set(namespace["every"]) >= {"rollout", "flow", "grad rollout"}
     assert namespace["reduced"].query_rows.shape == (2, 4, 2, 1 + grid[0] * grid[1])
+    # The second block goes on from the first.
+    (trust,) = [block for block in blocks if "relevance = cp_lrp(" in block]
+    exec(compile(trust, str(README), "exec"), namespace)
+    assert namespace["relevance"].shape == (4, SIZE, SIZE)
+    assert namespace["patches"].shape == (4, *grid)
+    assert namespace["coefficients"]["cp-lrp"].shape == (4,)
+    assert namespace["removed"]["intensity"].lerf.shape == (4,)
+    assert namespace["verdict"] in ("better", "worse", "not distinguishable")
+    assert namespace["filled"].shape == namespace["images"].shape
