@@ -195,19 +195,8 @@ def deletion_insertion_auc(
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
-    if images.ndim != 4:
-        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-    b, c, h, w = images.shape
-    if b == 0:
-        raise ValueError("images is an empty batch (B = 0)")
-    if h % ph or w % pw:
-        raise ValueError(f"image size {(h, w)} is not a multiple of the patch size {(ph, pw)}")
-    grid = (h // ph, w // pw)
-    maps = dict(saliency) if isinstance(saliency, Mapping) else {"saliency": saliency}
-    if not maps:
-        raise ValueError("saliency is an empty mapping; pass at least one (B, gh, gw) map")
-    for name, values in maps.items():
-        _check_saliency(values, name, (b, *grid), images.shape, (ph, pw))
+    maps, grid = checked_maps(images, saliency, (ph, pw))
+    b = len(images)
     num_patches = grid[0] * grid[1]
     device = images.device
 
@@ -288,6 +277,40 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     largest = 2 * (min(images.shape[-2:]) - 1) - 1  # reflect padding needs radius < size
     kernel = min(2 * math.ceil(3 * sigma) + 1, max(largest, 1))
     return blur(images, kernel_size=[kernel, kernel], sigma=[sigma, sigma])
+
+
+def checked_maps(
+    images: Tensor, saliency: Tensor | Mapping[str, Tensor], patch: tuple[int, int]
+) -> tuple[dict[str, Tensor], tuple[int, int]]:
+    """Check a batch of images and its saliency maps once, for every perturbation metric.
+
+    Args:
+        images: ``(B, C, H, W)`` images, ``B >= 1``, ``H`` and ``W`` multiples of the patch.
+        saliency: A ``(B, gh, gw)`` map, or names -> such maps.
+        patch: ``(ph, pw)``.
+
+    Returns:
+        The maps by name (a single map is named ``"saliency"``) and the grid ``(gh, gw)``.
+
+    Raises:
+        ValueError: Any of the above not so, an empty mapping, or a map with NaN or inf.
+    """
+    ph, pw = patch
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be (B, C, H, W), got shape {shape}")
+    b, _, h, w = images.shape
+    if b == 0:
+        raise ValueError("images is an empty batch (B = 0)")
+    if h % ph or w % pw:
+        raise ValueError(f"image size {(h, w)} is not a multiple of the patch size {(ph, pw)}")
+    grid = (h // ph, w // pw)
+    maps = dict(saliency) if isinstance(saliency, Mapping) else {"saliency": saliency}
+    if not maps:
+        raise ValueError("saliency is an empty mapping; pass at least one (B, gh, gw) map")
+    for name, values in maps.items():
+        _check_saliency(values, name, (b, *grid), images.shape, (ph, pw))
+    return maps, grid
 
 
 def _check_saliency(

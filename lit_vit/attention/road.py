@@ -31,7 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import spsolve
 from torch import Tensor, nn
 
-from lit_vit.attention.faithfulness import _check_saliency, _patch_size, classifier_logits
+from lit_vit.attention.faithfulness import _patch_size, checked_maps, classifier_logits
 
 __all__ = ["ROAD_FRACTIONS", "RoadResult", "noisy_linear_imputation", "road"]
 
@@ -190,20 +190,11 @@ def road(
             or a model that returns no ``(n, K)`` logits.
     """
     ph, pw = _patch_size(patch_size)
-    if images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"images must be a non-empty (B, C, H, W) batch, got {_shape(images)}")
+    maps, grid = checked_maps(images, saliency, (ph, pw))
     fractions = [float(p) for p in fractions]
     if not fractions or any(not 0 < p < 1 for p in fractions) or fractions != sorted(fractions):
         raise ValueError(f"fractions must be increasing values in (0, 1), got {fractions}")
     b, _, h, w = images.shape
-    if h % ph or w % pw:
-        raise ValueError(f"image size {(h, w)} is not a multiple of the patch size {(ph, pw)}")
-    grid = (h // ph, w // pw)
-    maps = dict(saliency) if isinstance(saliency, Mapping) else {"saliency": saliency}
-    if not maps:
-        raise ValueError("saliency is an empty mapping; pass at least one (B, gh, gw) map")
-    for name, values in maps.items():
-        _check_saliency(values, name, (b, *grid), images.shape, (ph, pw))
     num_patches = grid[0] * grid[1]
     # round(p G), at most G - 1: a patch always stays to impute from (tiny grids).
     counts = torch.tensor([min(int(p * num_patches + 0.5), num_patches - 1) for p in fractions])

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from lit_vit.attention.faithfulness import _check_saliency, _patch_size, classifier_logits
+from lit_vit.attention.faithfulness import _patch_size, checked_maps, classifier_logits
 
 __all__ = ["group_of_patches", "saco", "saco_coefficient"]
 
@@ -55,20 +55,11 @@ def saco(
             values, or a model that returns no ``(n, K)`` logits.
     """
     ph, pw = _patch_size(patch_size)
-    if images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"images must be a non-empty (B, C, H, W) batch, got {images.shape}")
-    b, _, h, w = images.shape
-    if h % ph or w % pw:
-        raise ValueError(f"image size {(h, w)} is not a multiple of the patch size {(ph, pw)}")
-    grid = (h // ph, w // pw)
+    maps, grid = checked_maps(images, saliency, (ph, pw))
+    b = len(images)
     num_patches = grid[0] * grid[1]
     if isinstance(groups, bool) or not isinstance(groups, int) or not 2 <= groups <= num_patches:
         raise ValueError(f"groups must be an int in [2, {num_patches}], got {groups!r}")
-    maps = dict(saliency) if isinstance(saliency, Mapping) else {"saliency": saliency}
-    if not maps:
-        raise ValueError("saliency is an empty mapping; pass at least one (B, gh, gw) map")
-    for name, values in maps.items():
-        _check_saliency(values, name, (b, *grid), images.shape, (ph, pw))
 
     flat = torch.stack([v.detach().float().cpu().reshape(b, num_patches) for v in maps.values()])
     member = group_of_patches(flat, groups)  # (S, B, G) group index of every patch
