@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import pickle
 import re
 import sys
 import warnings
@@ -165,11 +166,20 @@ class LitViTCLI(LightningCLI):
             )
         try:
             super()._parse_ckpt_path()
-        except (RuntimeError, EOFError, OSError, ValueError) as error:
+        except pickle.UnpicklingError as error:
             raise ValueError(
-                f"--ckpt_path '{config.ckpt_path}' cannot be read: it is truncated or not a "
-                f"checkpoint ({str(error).splitlines()[0]}). Use another checkpoint of the run "
-                "(e.g. --ckpt_path last), or train again."
+                f"--ckpt_path '{config.ckpt_path}' carries code: its pickle holds objects other "
+                "than tensors and plain containers, and lit-vit loads checkpoints with "
+                "weights_only=True, so nothing in it was run. Use a checkpoint lit-vit or "
+                "Lightning wrote, from a source you trust."
+            ) from error
+        # What torch's unpickler raises for bytes that are no pickle at all, besides I/O errors.
+        except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as error:
+            first_line = (str(error).splitlines() or [type(error).__name__])[0]
+            raise ValueError(
+                f"--ckpt_path '{config.ckpt_path}' cannot be read: it is empty, truncated or not "
+                f"a checkpoint ({first_line}). Use another checkpoint of the run (e.g. "
+                "--ckpt_path last), or train again."
             ) from error
 
     def before_instantiate_classes(self) -> None:
@@ -290,7 +300,8 @@ def check_checkpoint_matches(ckpt_path: str, model: torch.nn.Module) -> None:
         ValueError: Listing up to five tensors whose shapes differ or that
             are missing, and the fix.
     """
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("state_dict", {})
+    # Tensors and plain containers only: a checkpoint that carries code is refused, not run.
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("state_dict", {})
     expected = model.state_dict()
     problems = [
         f"{name}: checkpoint {tuple(state[name].shape)}, model {tuple(tensor.shape)}"

@@ -232,8 +232,36 @@ def test_truncated_checkpoint_is_named(fitted, fake_fashion_mnist, capsys):
     broken.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes()[:5000])
     args = tiny_run_args(tmp_path, fake_fashion_mnist, f"--ckpt_path={broken}")
     message = expect_cli_error(["test", *args], capsys)
-    assert f"--ckpt_path '{broken}' cannot be read: it is truncated" in message
+    assert f"--ckpt_path '{broken}' cannot be read: it is empty, truncated" in message
     assert "Traceback" not in message and len(message.splitlines()) == 2
+
+
+class Payload:
+    """A pickled object with code behind it: loading it would run ``__reduce__``'s call."""
+
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize("kind", ["empty", "not a checkpoint", "carries code"])
+def test_bad_checkpoint_files_are_refused_with_one_line_and_nothing_runs(
+    tmp_path, fake_fashion_mnist, capsys, kind
+):
+    path = tmp_path / "given.ckpt"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "not a checkpoint":
+        path.write_text("epoch,loss\n1,0.5\n")
+    else:
+        torch.save({"state_dict": {}, "payload": Payload()}, path)
+    args = tiny_run_args(tmp_path, fake_fashion_mnist, f"--ckpt_path={path}")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", *args])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and "code ran" not in captured.out
+    reason = "carries code" if kind == "carries code" else "cannot be read: it is empty, truncated"
+    assert f"--ckpt_path '{path}' {reason}" in captured.err
+    assert "Traceback" not in captured.err and len(captured.err.splitlines()) == 2
 
 
 def test_truncated_data_file_is_named_with_how_to_get_it_again(
