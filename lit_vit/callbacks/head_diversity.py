@@ -6,7 +6,9 @@ import math
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
 
+from lit_vit.attention import bootstrap_interval, compare
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
@@ -135,7 +137,10 @@ class HeadDiversity(AttentionCallback):
             for key, figure in figures.items()
         }
         if analysis.stage == "test":
+            # (L, B, H) per image: pixels over the uniform distance of each layer and head.
+            per_image = reduced.distances.cpu() / (pixels / relative)[:, None, :]
             self.report_section = self._section(diversity, entropy, pixels, relative, paths)
+            self.report_section.summary[0:0] = [_distance_statement(per_image)]
 
     def _evolution_figure(self):
         """Layers x epochs heatmaps of the history."""
@@ -183,32 +188,34 @@ class HeadDiversity(AttentionCallback):
                 ),
             ]
         )
-        summary = [
-            _distance_statement([float(value) for value in relative.mean(dim=1)]),
-            _diversity_statement([float(value) for value in diversity]),
-        ]
         return ReportSection(
             self.title("Head diversity, entropy and distance per layer"),
             self.report_order,
             body,
-            [line for line in summary if line],
+            [_diversity_statement([float(value) for value in diversity])],
         )
 
 
-def _distance_statement(distance: list[float]) -> str:
-    """Early against late layers' relative distance (1.00 = as global as uniform)."""
-    if len(distance) < 2:
+def _distance_statement(relative: Tensor) -> str:
+    """Early against late layers' relative distance, ``(L, B, H)`` per image and head, with
+    bootstrap intervals over the images; "more global" only where the interval of the
+    paired difference excludes 0. Empty for fewer than 2 layers."""
+    layers, images = relative.shape[:2]
+    if layers < 2:
         return ""
-    third = max(1, len(distance) // 3)
-    early, late = sum(distance[:third]) / third, sum(distance[-third:]) / third
-    if abs(late - early) < 0.02:
-        trend = "about as global as"
-    else:
-        trend = "more global than" if late > early else "more local than"
+    third = max(1, layers // 3)
+    early = relative[:third].mean(dim=(0, 2))  # (B,)
+    late = relative[-third:].mean(dim=(0, 2))
+    verdict, difference = compare(late, early, higher_is_better=True)
+    trend = {
+        "better": "more global than early ones",
+        "worse": "more local than early ones",
+    }.get(verdict, f"not distinguishable from early ones on {images} images")
     return (
-        f"- Mean attention distance, relative to uniform attention: {early:.2f} in the first "
-        f"{third} layer(s), {late:.2f} in the last {third}; late layers are {trend} "
-        "early ones (1.00 = as global as uniform)."
+        f"- Mean attention distance, relative to uniform attention (1.00 = as global as "
+        f"uniform): {bootstrap_interval(early)} in the first {third} layer(s), "
+        f"{bootstrap_interval(late)} in the last {third} (means over the {images} probe "
+        f"images, 95% intervals); late layers are {trend} (difference {difference})."
     )
 
 

@@ -202,7 +202,7 @@ def _trust_summary(scores: dict[str, dict], verdicts: dict[str, str]) -> list[st
             lines.append(
                 "- The ranking depends on the metric: the best mean is "
                 + "; ".join(f"{leader} under {', '.join(ms)}" for leader, ms in by_leader.items())
-                + "."
+                + " (each with its interval in the table below)."
             )
     for column in SANITY_VERDICTS:
         results = scores.get(column, {})

@@ -73,3 +73,17 @@ def test_the_summary_says_where_the_ranking_depends_on_the_metric():
     line = next(line for line in section.summary if "depends on the metric" in line)
     assert "intensity under deletion AUC (background)" in line
     assert "rollout under insertion AUC (background)" in line
+
+
+def test_more_global_is_said_only_where_the_interval_allows_it():
+    from lit_vit.callbacks.head_diversity import _distance_statement
+
+    generator = torch.Generator().manual_seed(0)
+    rising = torch.rand(12, 8, 4, generator=generator) * 0.1
+    rising += torch.linspace(0.5, 1.0, 12)[:, None, None]  # late layers clearly more global
+    assert "late layers are more global than early ones (difference 0.3" in _distance_statement(
+        rising
+    )
+    noise = torch.rand(12, 8, 4, generator=generator)
+    assert "not distinguishable from early ones on 8 images" in _distance_statement(noise)
+    assert _distance_statement(noise[:1]) == ""
