@@ -224,12 +224,41 @@ class LitViTCLI(LightningCLI):
 
     def after_fit(self) -> None:
         log_dir = self.trainer.log_dir  # on every rank: under DDP a collective
+        self._refuse_a_fit_that_trained_nothing()
         checkpoint = self.trainer.checkpoint_callback
         if checkpoint is None or not self.trainer.is_global_zero:
             return
         rank_zero_info(f"Best checkpoint ({checkpoint.monitor}): {checkpoint.best_model_path}")
         rank_zero_info(f"Last checkpoint: {checkpoint.last_model_path}")
         rank_zero_info(f"Logs: {log_dir}")
+
+    def _refuse_a_fit_that_trained_nothing(self) -> None:
+        """A fit whose global step did not move trained nothing: say why, exit non-zero, and
+        print no checkpoint as this run's."""
+        ckpt_path = self._ckpt_path()
+        start = 0
+        if ckpt_path and Path(ckpt_path).is_file():
+            start = torch.load(ckpt_path, map_location="cpu", weights_only=True).get(
+                "global_step", 0
+            )
+        if self.trainer.global_step > start or self.trainer.fast_dev_run:
+            return
+        if start:
+            raise ValueError(
+                f"fit trained nothing: --ckpt_path '{ckpt_path}' already reached "
+                f"--trainer.max_epochs={self.trainer.max_epochs} (global step {start}). Raise "
+                "--trainer.max_epochs to train on, or test that checkpoint with lit-vit test."
+            )
+        batch_size = getattr(self.datamodule, "batch_size", None)
+        raise ValueError(
+            "fit trained nothing: no training batch ran"
+            + (
+                f" (--data.batch_size={batch_size} leaves no full batch of the training set; "
+                "incomplete batches are dropped). Use a smaller --data.batch_size."
+                if batch_size
+                else "."
+            )
+        )
 
     def after_test(self) -> None:
         log_dir = self.trainer.log_dir  # on every rank: under DDP a collective

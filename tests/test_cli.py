@@ -397,3 +397,15 @@ def test_the_console_shows_no_args_warning_and_no_tips(caplog):
     with caplog.at_level(logging.INFO):
         Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     assert "GPU available" in caplog.text and "Tip" not in caplog.text
+
+
+def test_a_fit_that_trains_nothing_says_why_and_exits_2(fitted, fake_fashion_mnist, capsys):
+    tmp_path, run_dir = fitted
+    finished = run_dir / "checkpoints" / "last.ckpt"  # already at max_epochs
+    args = tiny_run_args(tmp_path, fake_fashion_mnist, f"--ckpt_path={finished}")
+    message = expect_cli_error(["fit", *args], capsys)
+    assert f"fit trained nothing: --ckpt_path '{finished}' already reached" in message
+    assert "--trainer.max_epochs=2" in message and "Best checkpoint" not in message
+    args = tiny_run_args(tmp_path, fake_fashion_mnist, "--data.batch_size=100000")
+    message = expect_cli_error(["fit", *args], capsys)
+    assert "fit trained nothing: no training batch ran (--data.batch_size=100000" in message
