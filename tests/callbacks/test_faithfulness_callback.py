@@ -221,3 +221,13 @@ def test_bad_arguments_are_refused_with_a_clear_message(kwargs, message):
     with pytest.raises(ValueError) as error:
         Faithfulness(**kwargs)
     assert message in str(error.value)
+
+
+def test_the_evolution_figure_spans_the_data_not_zero_to_one():
+    callback = Faithfulness()
+    for epoch, shift in enumerate((0.0, 0.05, 0.1)):
+        means = {"rollout": (0.30 + shift, 0.40), "cp-lrp": (0.25, 0.45 - shift)}
+        callback._remember(epoch, means)
+    figure = callback._evolution_figure()
+    limits = [image.get_clim() for ax in figure.axes for image in ax.get_images()]
+    assert limits[0] == pytest.approx((0.25, 0.40)) and limits[1] == pytest.approx((0.35, 0.45))
