@@ -204,21 +204,6 @@ def _trust_summary(scores: dict[str, dict], verdicts: dict[str, str]) -> list[st
                 + "; ".join(f"{leader} under {', '.join(ms)}" for leader, ms in by_leader.items())
                 + " (each with its interval in the table below)."
             )
-    for column in SANITY_VERDICTS:
-        results = scores.get(column, {})
-        failing = [name for name in EXPLAINERS if results.get(name) == "fails"]
-        unsure = [name for name in EXPLAINERS if results.get(name) == INDISTINGUISHABLE]
-        if results:
-            lines.append(
-                f"- {column.capitalize()}: "
-                + (f"fail: {', '.join(failing)}" if failing else "none fails")
-                + (
-                    f"; not distinguishable from the threshold: {', '.join(unsure)}"
-                    if unsure
-                    else ""
-                )
-                + "."
-            )
     return lines
 
 
