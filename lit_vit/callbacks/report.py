@@ -13,7 +13,6 @@ from lit_vit.attention import (
     CONTROLS,
     EXPLAINERS,
     FAITHFULNESS_METRICS,
-    INDISTINGUISHABLE,
     bootstrap_interval,
     compare,
 )
