@@ -421,3 +421,22 @@ def test_pyplot_is_never_imported(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "fig.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_signed_relevance_is_centred_on_zero_per_panel_with_titles_clear_of_the_title():
+    from lit_vit.plotting import signed_relevance_figure
+
+    relevance = torch.randn(3, 28, 28, generator=torch.Generator().manual_seed(0))
+    relevance[1] *= 5
+    figure = signed_relevance_figure(torch.rand(3, 1, 28, 28), relevance, ["a\nb"] * 3)
+    panels = [ax for ax in figure.axes if ax.get_images()][3:6]  # the relevance row
+    for panel, values in zip(panels, relevance, strict=True):
+        low, high = panel.get_images()[0].get_clim()
+        assert low == -high == pytest.approx(-float(values.abs().max()))
+    assert panels[0].get_images()[0].get_cmap().name == "RdBu_r"
+    figure.canvas.draw()
+    title = figure._suptitle.get_window_extent()
+    top_titles = [ax.title.get_window_extent() for ax in figure.axes[:3]]
+    assert all(box.y1 < title.y0 for box in top_titles)  # nothing under the figure's title
+    with pytest.raises(ValueError, match="titles must name each of the 3 images"):
+        signed_relevance_figure(torch.rand(3, 1, 28, 28), relevance, ["a"])

@@ -47,8 +47,9 @@ def signed_relevance_figure(
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"titles must name each of the {len(images)} images, got {len(titles)}")
     batch = len(images)
-    fig = Figure(figsize=(1.5 * batch + 0.6, 3.4), dpi=DPI)
+    fig = Figure(figsize=(1.5 * batch + 0.6, 3.8), dpi=DPI)
     axes = fig.subplots(2, batch, squeeze=False)
+    fig.subplots_adjust(top=0.80, bottom=0.03, hspace=0.35)  # room for the title over the titles
     shown = images.permute(0, 2, 3, 1) if images.shape[1] == 3 else images[:, 0]
     for column in range(batch):
         top, bottom = axes[0, column], axes[1, column]
