@@ -222,6 +222,23 @@ class LitViTCLI(LightningCLI):
                 "--samples_per_plugin images=500"
             )
 
+    def before_test(self) -> None:
+        self._say_where_logs_go()
+
+    def before_validate(self) -> None:
+        self._say_where_logs_go()
+
+    def before_predict(self) -> None:
+        self._say_where_logs_go()
+
+    def _say_where_logs_go(self) -> None:
+        """At the start of an evaluating command: its own new run folder, said before it runs."""
+        log_dir = self.trainer.log_dir  # on every rank: under DDP a collective
+        if log_dir and not self.trainer.fast_dev_run:
+            rank_zero_info(
+                f"Logs: {log_dir} (a new run folder; the checkpoint's is left as it was)"
+            )
+
     def after_fit(self) -> None:
         log_dir = self.trainer.log_dir  # on every rank: under DDP a collective
         self._refuse_a_fit_that_trained_nothing()

@@ -195,6 +195,9 @@ def test_best_and_last_resolve_to_the_latest_run_with_them(
     assert f"--ckpt_path best: {best}" in caplog.text
     report = run_dirs(tmp_path / "logs")[-1] / "attention" / "report.md"
     assert f"Attention report: {report}" in caplog.text
+    # The new run folder is said at the start, before the test runs.
+    said = caplog.text.index(f"Logs: {report.parents[1]} (a new run folder")
+    assert said < caplog.text.index("Attention report: ")
     assert re.search(r"test/acc \d\.\d{4}, test/loss \d+\.\d{4} on 64 test images", caplog.text)
 
 
