@@ -157,7 +157,7 @@ def conservative_backward(model: nn.Module, backend: CaptureBackend) -> Iterator
 def _rule_of(module: nn.Module):
     """The forward hook of ``module``'s CP-LRP rule, or ``None`` (gradient kept)."""
     name = type(module).__name__
-    if isinstance(module, nn.LayerNorm | nn.RMSNorm) or name in NORMS:
+    if isinstance(module, nn.LayerNorm) or name in NORMS:  # RMSNorm by name: torch >= 2.4
         return _constant_normaliser
     if name in IDENTITY_RULE_ACTIVATIONS:
         return _identity_rule

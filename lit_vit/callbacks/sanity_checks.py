@@ -161,10 +161,9 @@ class SanityChecks(AttentionCallback):
         agnostic = {n: "n/a (class-agnostic)" for n in curve.randomised if n not in random_logit}
         self.probe.add_scores("Spearman after full randomisation", curve.randomised | model_free)
         self.probe.add_scores("random-logit Spearman", random_logit | agnostic | model_free)
-        self.probe.add_scores("randomisation check", {n: c[0] for n, c in checks.items()})
-        self.probe.add_scores("random-logit check", {n: c[1] for n, c in checks.items()})
-        self.probe.add_scores("randomisation check", not_applicable)
-        self.probe.add_scores("random-logit check", not_applicable)
+        for index, column in enumerate(("randomisation check", "random-logit check")):
+            verdicts = {name: pair[index] for name, pair in checks.items()}
+            self.probe.add_scores(column, verdicts | not_applicable)
         self.report_section = section
 
     def _images(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> Tensor:
