@@ -112,6 +112,7 @@ def deletion_insertion_auc(
     *,
     steps: int = ...,
     baseline: float | Literal["blur"] | None = ...,
+    insertion: bool = ...,
     max_batch: int = ...,
     seed: int = ...,
 ) -> FaithfulnessResult: ...
@@ -126,6 +127,7 @@ def deletion_insertion_auc(
     *,
     steps: int = ...,
     baseline: float | Literal["blur"] | None = ...,
+    insertion: bool = ...,
     max_batch: int = ...,
     seed: int = ...,
 ) -> dict[str, FaithfulnessResult]: ...
@@ -139,6 +141,7 @@ def deletion_insertion_auc(
     *,
     steps: int = 16,
     baseline: float | Literal["blur"] | None = None,
+    insertion: bool = True,
     max_batch: int = 512,
     seed: int = 0,
 ) -> FaithfulnessResult | dict[str, FaithfulnessResult]:
@@ -152,7 +155,7 @@ def deletion_insertion_auc(
     fraction 0 are both the all-baseline image; deletion at 0 and insertion at 1
     are the clean image.
 
-    The model runs in eval mode under ``torch.no_grad()``; the training flag of
+    The model runs in eval mode under ``torch.inference_mode()``; the training flag of
     every submodule is restored afterwards. Inputs are not modified.
 
     Args:
@@ -170,6 +173,8 @@ def deletion_insertion_auc(
             value; ``"blur"``: the image blurred with a Gaussian of ``sigma`` = the
             patch size (:func:`gaussian_blur`), so a removed patch keeps the
             image's coarse shape and brightness instead of becoming a hole.
+        insertion: ``False`` runs the deletion curves only (half the forward
+            passes); the insertion fields are then NaN.
         max_batch: largest number of images in one forward pass.
         seed: seed of the random patch order (a CPU ``torch.Generator``; the
             global RNG is not touched).
@@ -177,7 +182,8 @@ def deletion_insertion_auc(
     Returns:
         A :class:`FaithfulnessResult`, or for a mapping a dict of them under the
         same names (their random-order fields are equal). Of the
-        ``2 * (S + 1) * B * (T + 1)`` masked copies for ``S`` maps, each
+        ``2 * (S + 1) * B * (T + 1)`` masked copies for ``S`` maps (half without
+        insertion), each
         distinct one runs once (the clean and all-baseline images end every
         curve): ``forward_passes`` is ``ceil(distinct / max_batch)``.
 
@@ -229,7 +235,9 @@ def deletion_insertion_auc(
     moved = ranks[:, :, None, :] < counts[None, None, :, None]  # (S+1, B, T+1, G)
     # keep[o, k, b, t, j]: patch j shows the image (True) or the baseline (False);
     # k = 0 deletion keeps the non-moved patches, k = 1 insertion the moved ones.
-    keep = torch.stack([~moved, moved], dim=1).reshape(-1, *grid)  # (2 (S+1) B (T+1), gh, gw)
+    directions = 2 if insertion else 1
+    keep = torch.stack([~moved, moved], dim=1)[:, :directions]  # (S+1, D, B, T+1, G)
+    keep = keep.reshape(-1, *grid)  # (D (S+1) B (T+1), gh, gw)
     image_index = torch.arange(b, device=device).repeat_interleave(steps + 1)
     image_index = image_index.repeat(keep.shape[0] // len(image_index))
 
@@ -241,10 +249,12 @@ def deletion_insertion_auc(
         model, images, distinct[:, 1:].bool().view(-1, *grid), distinct[:, 0], fill, (ph, pw),
         max_batch,
     )  # fmt: skip
-    logits = logits[copy_of].view(len(orders), 2, b, steps + 1, -1)  # (S+1, 2, B, T+1, K)
+    logits = logits[copy_of].view(len(orders), directions, b, steps + 1, -1)  # (S+1, D, B, T+1, K)
     predicted = logits[0, 0, :, 0].argmax(dim=-1)  # deletion at fraction 0 = clean image
     index = predicted.view(1, 1, b, 1, 1).expand(*logits.shape[:-1], 1)
-    curves = logits.softmax(dim=-1).gather(-1, index).squeeze(-1)  # (S+1, 2, B, T+1)
+    curves = logits.softmax(dim=-1).gather(-1, index).squeeze(-1)  # (S+1, D, B, T+1)
+    if not insertion:
+        curves = torch.cat([curves, torch.full_like(curves, math.nan)], dim=1)  # (S+1, 2, B, T+1)
     fractions = torch.arange(steps + 1, dtype=torch.float32, device=curves.device) / steps
     aucs = torch.trapezoid(curves, x=fractions, dim=-1)  # (S+1, 2, B)
 
@@ -387,7 +397,7 @@ def classifier_logits(model: nn.Module, batches: Iterable[Tensor]) -> tuple[Tens
     dtype = eval_mode_dtype(model)  # masked copies are built in the images' dtype
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             for batch in batches:
                 output = model(batch.to(dtype))
                 out = model_logits(output)

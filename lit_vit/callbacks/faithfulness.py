@@ -240,7 +240,8 @@ class Faithfulness(AttentionCallback):
         baseline: str | None = None,
     ) -> dict[str, FaithfulnessResult]:
         """:func:`~lit_vit.attention.deletion_insertion_auc` of the ``(B, gh, gw)`` maps at
-        ``steps`` intervals, with the background (``None``) or the blurred baseline."""
+        ``steps`` intervals, with the background (``None``: deletion and insertion) or the
+        blurred baseline (deletion only, the trust table's column)."""
         return deletion_insertion_auc(
             model,
             images,
@@ -248,6 +249,7 @@ class Faithfulness(AttentionCallback):
             layout,
             steps=steps,
             baseline=baseline,
+            insertion=baseline is None,
             max_batch=self.max_batch,
             seed=self.seed + batch_index,
         )

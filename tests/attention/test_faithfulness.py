@@ -299,3 +299,21 @@ def test_blurred_baseline_curves_follow_the_definition():
     assert torch.isnan(result.baseline).all()
     with pytest.raises(ValueError, match="baseline must be None, a number or 'blur'"):
         deletion_insertion_auc(model, image, saliency, 2, baseline="gaussian")
+
+
+def test_deletion_only_halves_the_passes_and_keeps_the_deletion_scores():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    images = torch.randn(4, 1, 8, 8)
+    maps = {"a": torch.rand(4, 4, 4), "b": torch.rand(4, 4, 4)}
+    both = deletion_insertion_auc(model, images, maps, 2, steps=4, baseline="blur", max_batch=1)
+    alone = deletion_insertion_auc(
+        model, images, maps, 2, steps=4, baseline="blur", insertion=False, max_batch=1
+    )
+    for name in maps:
+        torch.testing.assert_close(alone[name].deletion, both[name].deletion)
+        torch.testing.assert_close(alone[name].deletion_curve, both[name].deletion_curve)
+        assert torch.isnan(alone[name].insertion).all()
+        assert torch.isnan(alone[name].insertion_curve).all()
+    torch.testing.assert_close(alone["a"].random_deletion, both["a"].random_deletion)
+    assert alone["a"].forward_passes < both["a"].forward_passes
