@@ -87,6 +87,39 @@ def read_events(run_dir: Path):
     return accumulator
 
 
+def hparams_rows(logdir: Path) -> dict[str, dict[str, object]]:
+    """The rows of TensorBoard's HParams tab for ``logdir``, as its plugin serves them:
+    session name -> column (hyperparameter or metric tag) -> value."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    tb_context = base_plugin.TBContext(
+        logdir=str(logdir), data_provider=provider, multiplexer=multiplexer
+    )
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=100, allowed_statuses=api_pb2.Status.values()
+    )
+    response = list_session_groups.Handler(
+        context.RequestContext(), backend_context.Context(tb_context), "", request
+    ).run()
+    rows = {}
+    for group in response.session_groups:
+        (session,) = group.sessions
+        row: dict[str, object] = {
+            name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+            for name, value in group.hparams.items()
+        }
+        row |= {metric.name.tag: metric.value for metric in session.metric_values}
+        rows[session.name] = row
+    return rows
+
+
 def run_dirs(logs: Path) -> list[Path]:
     """Version directories under ``logs``, oldest first."""
     return sorted(logs.glob("*/version_*"), key=lambda path: int(path.name.split("_")[1]))

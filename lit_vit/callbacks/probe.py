@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from matplotlib.figure import Figure
 from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
 
 from lit_vit.attention import (
     AttentionRecorder,
@@ -48,6 +49,15 @@ from lit_vit.callbacks._data import (
     to_pixels,
 )
 from lit_vit.callbacks._loggers import IMAGE_LOGGERS, log_image
+from lit_vit.callbacks.hparams import (
+    STAGE_METRICS,
+    attention_summary,
+    declared_metrics,
+    drop_placeholder_metric,
+    fit_run_of,
+    run_hyperparameters,
+    write_session,
+)
 from lit_vit.callbacks.report import explainer_table, write_report
 from lit_vit.plotting import encode_png, figure_to_image, save_image
 
@@ -57,8 +67,6 @@ if TYPE_CHECKING:
 # Roots of the attention tags: after Lightning's "val/" and "test/" in TensorBoard's sorted
 # lists, so that the training metrics stay on top.
 VAL_ROOT, TEST_ROOT = "val_attention", "test_attention"
-# Sub-folder of a TensorBoard run holding its hparams record and final attention summary.
-HPARAMS_RUN = "hparams"
 # Gradient targets an analysis callback may ask for, in the order they are recorded.
 GRADIENT_TARGETS = ("predicted", "true")
 # Above this many probe images, setup warns about the cost.
@@ -351,6 +359,7 @@ class AttentionProbe(Callback):
                 "strategy=ddp (or a single device) for runs with attention callbacks."
             )
         self.recorder = AttentionRecorder(pl_module, vit_name=self.module)
+        drop_placeholder_metric(trainer)
         # On every rank: under DDP, trainer.log_dir is a collective (a broadcast from rank 0).
         log_dir = trainer.log_dir or trainer.default_root_dir
         self._log_root = None if trainer.fast_dev_run else _run_folder(trainer, log_dir)
@@ -371,7 +380,7 @@ class AttentionProbe(Callback):
                 logger.experiment.add_custom_scalars({"attention": charts})
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._log_hparams(trainer, pl_module, VAL_ROOT, "val/acc")
+        self._write_fit_row(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
@@ -414,7 +423,7 @@ class AttentionProbe(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text(f"{TEST_ROOT}/report", path.read_text(), step)
-        self._log_hparams(trainer, pl_module, TEST_ROOT, "test/acc")
+        self._write_test_row(trainer, pl_module)
         rank_zero_info(f"Attention report: {path}")
 
     def on_load_checkpoint(
@@ -595,33 +604,48 @@ class AttentionProbe(Callback):
             _gradient_index={target: index for index, target in enumerate(targets)},
         )
 
-    def _log_hparams(
-        self, trainer: Trainer, pl_module: LightningModule, root: str, accuracy: str
-    ) -> None:
-        """The model's and data's hyperparameters with the run's final attention summary and
-        accuracy, for TensorBoard's hparams plugin, so runs compare in one table.
-
-        Written with ``SummaryWriter.add_hparams`` into the run's own
-        ``<log_dir>/<HPARAMS_RUN>`` folder (TensorBoard shows the first hparams
-        record of a folder, and Lightning's default ``hp_metric`` one is already
-        in the run's).
-        """
+    def _write_fit_row(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The fit's row in TensorBoard's HParams tab: its hyperparameters, and as metrics
+        ``val/acc``, ``val/loss`` and the final attention summary (logged here at the last
+        step), with the columns a later test of its checkpoints fills (see
+        :mod:`lit_vit.callbacks.hparams`)."""
         if not trainer.is_global_zero or trainer.sanity_checking or self._log_root is None:
             return
-        metrics = hparams_summary(self._latest_scalars, root)
-        if accuracy in trainer.callback_metrics:
-            metrics[_hparams_key(accuracy)] = float(trainer.callback_metrics[accuracy])
-        if not metrics:
-            return
-        params = dict(getattr(pl_module, "hparams", {}))
-        params |= {f"data.{k}": v for k, v in getattr(trainer.datamodule, "hparams", {}).items()}
-        params = {
-            key: value if isinstance(value, (bool, int, float, str)) else str(value)
-            for key, value in params.items()
-        }
+        summary = attention_summary(self._latest_scalars, VAL_ROOT, "val")
+        params = run_hyperparameters(trainer, pl_module)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_hparams(params, metrics, run_name=HPARAMS_RUN)
+                logger.log_metrics(summary, step=trainer.global_step)
+                write_session(logger.experiment, params, declared_metrics(summary))
+
+    def _write_test_row(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The test's accuracy, loss and attention summary in the row of the fit that saved
+        the checkpoint (scalars added to that run folder), or, for a checkpoint no run folder
+        holds, in a row of the test's own."""
+        if not trainer.is_global_zero or self._log_root is None:
+            return
+        if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
+            return
+        summary = attention_summary(self._latest_scalars, TEST_ROOT, "test")
+        results = {
+            tag: float(trainer.callback_metrics[tag])
+            for tag in STAGE_METRICS["test"]
+            if tag in trainer.callback_metrics
+        }
+        step = self.run(trainer, "test").step
+        fit_run = fit_run_of(trainer.ckpt_path)
+        if fit_run is not None:
+            writer = SummaryWriter(str(fit_run), filename_suffix=".test")
+            for tag, value in (results | summary).items():
+                writer.add_scalar(tag, value, step)
+            writer.close()
+            rank_zero_info(f"HParams: this test fills the row of {fit_run}")
+            return
+        params = run_hyperparameters(trainer, pl_module)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_metrics(summary, step=step)
+                write_session(logger.experiment, params, [*STAGE_METRICS["test"], *summary])
 
     def _explain_test_set(
         self, trainer: Trainer, pl_module: LightningModule, limit: int | None
@@ -752,36 +776,6 @@ class AttentionProbe(Callback):
             f"- Written {date.today().isoformat()} by lit-vit {__version__}",
         ]
         return lines
-
-
-def hparams_summary(scalars: dict[str, float], root: str) -> dict[str, float]:
-    """One number per attention measure under ``root``, keyed ``hparams/<measure>``.
-
-    A per-layer series (``<root>/<measure>/layer_LL``) gives the mean of its
-    first and of its last third of the layers (``<measure>_first_layers``,
-    ``<measure>_last_layers``: early against late, e.g. local against global
-    attention); any other scalar is kept as it is.
-    """
-    per_layer: dict[str, dict[int, float]] = {}
-    summary = {}
-    for tag, value in scalars.items():
-        if not tag.startswith(f"{root}/"):
-            continue
-        measure, _, last = tag.removeprefix(f"{root}/").rpartition("/")
-        if measure and last.startswith("layer_") and last[6:].isdigit():
-            per_layer.setdefault(measure, {})[int(last[6:])] = value
-        else:
-            summary[_hparams_key(tag.removeprefix(f"{root}/"))] = value
-    for measure, layers in per_layer.items():
-        values = [layers[layer] for layer in sorted(layers)]
-        third = max(1, len(values) // 3)
-        summary[_hparams_key(f"{measure}_first_layers")] = sum(values[:third]) / third
-        summary[_hparams_key(f"{measure}_last_layers")] = sum(values[-third:]) / third
-    return summary
-
-
-def _hparams_key(name: str) -> str:
-    return "hparams/" + name.replace("/", "_")
 
 
 def _exceeds(limit: int | None, covered: int | None) -> bool:

@@ -14,7 +14,7 @@ from lit_vit.attention import AttentionRecorder, cls_attention, head_diversity, 
 from lit_vit.callbacks.attention_rollout import _spread, thumbnails
 from lit_vit.cli import main
 from tests.callbacks.conftest import EPOCHS, PROBE_SIZE
-from tests.conftest import checkpoint_probe, read_events, run_dirs
+from tests.conftest import checkpoint_probe, hparams_rows, read_events, run_dirs
 
 IMAGE_TAGS = [
     "evolution",
@@ -64,35 +64,24 @@ def test_each_validation_run_logs_every_tag_at_the_step_of_its_val_metrics(atten
         assert (shown.width, shown.height) == Image.open(folder / "rollout.png").size
 
 
-@pytest.mark.parametrize(("run", "accuracy"), [("fit_dir", "val_acc"), ("test_dir", "test_acc")])
-def test_hparams_plugin_holds_the_hyperparameters_and_the_final_summary(
-    attention_run, run, accuracy
-):
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    run_dir = getattr(attention_run, run)
-    events = read_events(run_dir / "hparams")
-    content = events.PluginTagToContent("hparams")
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
-    metrics = {info.name.tag for info in experiment.experiment.metric_infos}
-    session = plugin_data_pb2.HParamsPluginData.FromString(
-        content["_hparams_/session_start_info"]
-    ).session_start_info
-    assert session.hparams["model_name"].string_value == "vit_tiny_patch16_224"
-    assert session.hparams["data.batch_size"].number_value == 32
-    expected = {
-        f"hparams/{accuracy}",
-        "hparams/distance_relative_first_layers",
-        "hparams/distance_relative_last_layers",
-        "hparams/head_diversity_first_layers",
-        "hparams/faithfulness_deletion_rollout",
-        "hparams/focus_mean",
-    }
-    assert expected <= metrics, sorted(metrics)
-    root = "val_attention" if run == "fit_dir" else "test_attention"
-    layer_0 = read_events(run_dir).Scalars(f"{root}/distance_relative/layer_00")[-1].value
-    logged = events.Scalars("hparams/distance_relative_first_layers")[-1].value
-    assert logged == pytest.approx(layer_0), "2 layers: the first third is layer 0"
+def test_hparams_has_one_row_per_fit_that_its_test_fills(attention_run):
+    rows = hparams_rows(attention_run.tmp_path / "logs")
+    fit_name = attention_run.fit_dir.relative_to(attention_run.tmp_path / "logs").as_posix()
+    assert list(rows) == [fit_name], "one row: fit and test of a model share it"
+    (row,) = rows.values()
+    assert row["model_name"] == "vit_tiny_patch16_224"
+    assert row["data.batch_size"] == 32
+    assert not [column for column in row if column.startswith("_") or "hp_metric" in column]
+    fit_events = read_events(attention_run.fit_dir)
+    assert row["val/acc"] == pytest.approx(fit_events.Scalars("val/acc")[-1].value)
+    test_events = read_events(attention_run.test_dir)
+    assert row["test/acc"] == pytest.approx(test_events.Scalars("test/acc")[-1].value)
+    for stage, events in (("val", fit_events), ("test", test_events)):
+        layer_0 = events.Scalars(f"{stage}_attention/distance_relative/layer_00")[-1].value
+        first_third = row[f"hparams/{stage}_distance_relative_first_layers"]
+        assert first_third == pytest.approx(layer_0), "2 layers: the first third is layer 0"
+        for measure in ("head_diversity_last_layers", "focus_mean", "lift_mean"):
+            assert f"hparams/{stage}_{measure}" in row, sorted(row)
 
 
 def test_one_capture_per_validation_run_with_only_the_gradients_asked_for(attention_run):
