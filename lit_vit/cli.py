@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from jsonargparse import ActionConfigFile
+from jsonargparse import ActionConfigFile, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
@@ -27,7 +27,12 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
     TQDMProgressBar,
 )
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import (
+    ArgsType,
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+)
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_vit import __version__
@@ -98,6 +103,28 @@ class EpochRichProgressBar(RichProgressBar):
 
 # Lightning's default progress bars and the ones lit-vit puts in their place.
 PROGRESS_BARS = {TQDMProgressBar: EpochProgressBar, RichProgressBar: EpochRichProgressBar}
+
+
+class SaveConfigToRunFolder(SaveConfigCallback):
+    """Lightning's config saving, also for a logger that keeps no files of its own (MLflow
+    with a database store, whose ``save_dir`` is None): its config goes to the run's
+    ``default_root_dir``."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.already_saved or trainer.log_dir is not None:
+            super().setup(trainer, pl_module, stage)
+            return
+        if trainer.is_global_zero:
+            folder = Path(trainer.default_root_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            self.parser.save(
+                self.config,
+                folder / self.config_filename,
+                skip_none=False,
+                overwrite=self.overwrite,
+                multifile=self.multifile,
+            )
+        self.already_saved = True
 
 
 class LitViTCLI(LightningCLI):
@@ -193,6 +220,12 @@ class LitViTCLI(LightningCLI):
             rank_zero_info(
                 "No logger (--trainer.logger false): scalars are not recorded; checkpoints, "
                 f"figures and the report go to {trainer.default_root_dir}."
+            )
+        elif _keeps_no_files(trainer.get("logger")) and trainer.get("default_root_dir") is None:
+            trainer.default_root_dir = str(RunFolders("logs", "mlflow").next_version())
+            rank_zero_info(
+                "MLflow's database store keeps no files: checkpoints, figures and the report "
+                f"go to {trainer.default_root_dir}."
             )
         if self.subcommand in EVALUATING:
             self._refuse_untrained(config)
@@ -319,6 +352,16 @@ class LitViTCLI(LightningCLI):
         )
 
 
+def _keeps_no_files(logger) -> bool:
+    """Whether the configured ``logger`` is MLflow with a tracking store other than files."""
+    if not isinstance(logger, dict | Namespace) or "MLFlowLogger" not in str(
+        logger.get("class_path")
+    ):
+        return False
+    uri = (logger.get("init_args") or {}).get("tracking_uri") or ""
+    return bool(uri) and not uri.startswith("file:")
+
+
 def _refuse_unnamed_twins(callbacks) -> None:
     """Two lit-vit callbacks of one class need distinct names: their tags, files and
     checkpoint state would collide."""
@@ -383,6 +426,7 @@ def main(args: ArgsType = None) -> None:
             LitViT,
             FashionMNISTDataModule,
             parser_class=LitViTArgumentParser,
+            save_config_callback=SaveConfigToRunFolder,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 "logger": {

@@ -1,13 +1,22 @@
-"""One place that sends a rendered figure to a logger, in that logger's own way.
+"""One place that sends a rendered figure or the report to a logger, in that logger's own way.
 
 Scalars already reach every logger through ``pl_module.log``; images have no
 common Lightning API, so each logger that can show them gets them here:
 TensorBoard's ``add_image``, Weights & Biases' ``log_image`` and MLflow's
 ``log_image`` with its step (the image slider of each). Other loggers (CSV,
 ...) have no image view; the PNG files written beside the run serve them.
+
+The Markdown report goes to TensorBoard's Text tab with each figure named by
+its Images tag (TensorBoard serves no files, so a relative image would be a
+broken link), to Weights & Biases as an HTML panel with the figures inside,
+and to MLflow as artifacts (the report and its PNGs).
 """
 
 from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
 
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -45,3 +54,46 @@ def log_image(logger: Logger, tag: str, image: Tensor, step: int, png: bytes | N
     elif isinstance(logger, MLFlowLogger):
         pixels = image.permute(1, 2, 0).numpy()
         logger.experiment.log_image(logger.run_id, pixels, key=tag, step=step)
+
+
+# A report's figure: ![alt](test/<key>.png), the PNG of image tag <tag root>/<key>.
+REPORT_FIGURE = re.compile(r"!\[([^\]]*)\]\(test/([^)]+)\.png\)")
+
+
+def log_report(logger: Logger, report: Path, tag: str, step: int) -> None:
+    """Send the Markdown ``report`` (its figures in ``report.parent / "test"``) to ``logger``.
+
+    Args:
+        logger: TensorBoard gets text ``tag`` (figures named by their image tags under
+            ``tag``'s root), Weights & Biases an HTML panel ``tag``, MLflow the report
+            folder's ``report.md`` and ``test/*.png`` as artifacts under ``attention_report``.
+        report: ``<run>/attention/report.md``.
+        tag: ``test_attention/report``.
+        step: The test's step.
+    """
+    text = report.read_text()
+    if isinstance(logger, TensorBoardLogger):
+        root = tag.split("/")[0]
+        named = REPORT_FIGURE.sub(rf"*Figure: \1, in the Images tab as `{root}/\2`.*", text)
+        logger.experiment.add_text(tag, named, step)
+    elif isinstance(logger, WandbLogger):
+        import wandb
+
+        logger.experiment.log({tag: wandb.Html(report_html(report))}, step=step)
+    elif isinstance(logger, MLFlowLogger):
+        client, run = logger.experiment, logger.run_id
+        client.log_artifact(run, str(report), "attention_report")
+        figures = report.parent / "test"
+        if figures.is_dir():
+            client.log_artifacts(run, str(figures), "attention_report/test")
+
+
+def report_html(report: Path) -> str:
+    """The Markdown ``report`` as one HTML page, its PNG figures embedded (base64)."""
+    import markdown  # TensorBoard's own dependency
+
+    def embedded(match: re.Match) -> str:
+        png = (report.parent / "test" / f"{match[2]}.png").read_bytes()
+        return f"![{match[1]}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+    return markdown.markdown(REPORT_FIGURE.sub(embedded, report.read_text()), extensions=["tables"])

@@ -48,7 +48,7 @@ from lit_vit.callbacks._data import (
     scan,
     to_pixels,
 )
-from lit_vit.callbacks._loggers import IMAGE_LOGGERS, log_image
+from lit_vit.callbacks._loggers import IMAGE_LOGGERS, log_image, log_report
 from lit_vit.callbacks.hparams import (
     STAGE_METRICS,
     attention_summary,
@@ -421,8 +421,7 @@ class AttentionProbe(Callback):
         )
         step = self.run(trainer, "test").step
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text(f"{TEST_ROOT}/report", path.read_text(), step)
+            log_report(logger, path, f"{TEST_ROOT}/report", step)
         self._write_test_row(trainer, pl_module)
         rank_zero_info(f"Attention report: {path}")
 

@@ -103,10 +103,21 @@ def test_tensorboard_gets_a_chart_per_measure_and_the_report(attention_run):
     assert charts["entropy by layer"] == [r"val_attention/entropy/layer_\d+"]
     assert charts["prefix mass by layer"] == [r"val_attention/prefix_mass/layer_\d+"]
     assert charts["deletion AUC"] == ["val_attention/faithfulness/deletion_.*"]
-    assert (
-        "test_attention/report/text_summary"
-        in read_events(attention_run.test_dir).Tags()["tensors"]
-    )
+
+
+def test_text_tab_report_names_each_figure_by_its_images_tag(attention_run):
+    import numpy as np
+    from tensorboard.plugins.text import text_plugin
+
+    events = read_events(attention_run.test_dir)
+    (summary,) = events.Tensors("test_attention/report/text_summary")
+    markdown = summary.tensor_proto.string_val[0].decode()
+    html = text_plugin.text_array_to_html(np.array(markdown.encode()), enable_markdown=True)
+    assert "<img" not in html and ".png" not in markdown, "TensorBoard serves no files"
+    named = re.findall(r"in the Images tab as `([^`]+)`", markdown)
+    assert "test_attention/rollout" in named and "test_attention/faithfulness" in named
+    assert set(named) <= set(events.Tags()["images"]), set(named) - set(events.Tags()["images"])
+    assert len(named) == attention_run.report.count("](test/"), "every figure of the report"
 
 
 def test_training_metrics_come_before_the_attention_tags_in_tensorboard(attention_run):

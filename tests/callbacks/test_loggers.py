@@ -1,5 +1,5 @@
-"""Figures reach every logger that shows images, for real and without a network:
-MLflow with a local file store, Weights & Biases offline; CSV gets the scalars."""
+"""Figures and the report reach every logger that shows them, for real and without a network:
+MLflow with a SQLite store, Weights & Biases offline; CSV gets the scalars."""
 
 from __future__ import annotations
 
@@ -13,17 +13,22 @@ from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, WandbLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_vit.callbacks import AttentionMaps, AttentionProbe, AttentionRollout
+from lit_vit.cli import main
 from lit_vit.model import LitViT
+from tests.conftest import tiny_run_args
 
 pytest.importorskip("mlflow")
 pytest.importorskip("wandb")
 
 
-def test_figures_go_to_mlflow_and_wandb_with_their_steps(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local file store, as asked
+def test_figures_and_report_go_to_mlflow_and_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    mlflow = MLFlowLogger(experiment_name="lit-vit", tracking_uri=f"file:{tmp_path / 'mlruns'}")
+    mlflow = MLFlowLogger(
+        experiment_name="lit-vit",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_location=str(tmp_path / "mlartifacts"),
+    )
     wandb = WandbLogger(project="lit-vit", save_dir=str(tmp_path), offline=True)
     csv = CSVLogger(tmp_path, name="csv")
     generator = torch.Generator().manual_seed(0)
@@ -39,8 +44,11 @@ def test_figures_go_to_mlflow_and_wandb_with_their_steps(tmp_path, monkeypatch):
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
+        default_root_dir=tmp_path,  # MLflow's SQLite store has no folder of its own
     )
-    trainer.fit(LitViT(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0), loader, loader)
+    model = LitViT(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+    trainer.fit(model, loader, loader)
+    trainer.test(model, loader)
     wandb.experiment.finish()
     steps = val_steps(csv)
 
@@ -56,8 +64,16 @@ def test_figures_go_to_mlflow_and_wandb_with_their_steps(tmp_path, monkeypatch):
     assert len(list((tmp_path / "wandb").glob(f"{media_dir}/rollout_[0-9]*.png"))) == len(steps)
 
     # The loggers' folder is shared by their runs: each run's PNGs get a folder of their own.
-    pngs = sorted(Path(trainer.log_dir).glob("attention/*/epoch_*/rollout.png"))
+    pngs = sorted(tmp_path.glob("attention/*/epoch_*/rollout.png"))
     assert [path.parent.parent.name for path in pngs] == [mlflow.run_id] * 2
+
+    # The report: MLflow artifacts (Markdown and its figures), a W&B HTML panel with them inside.
+    report = [f.path for f in client.list_artifacts(mlflow.run_id, "attention_report")]
+    assert "attention_report/report.md" in report and "attention_report/test" in report
+    figures = client.list_artifacts(mlflow.run_id, "attention_report/test")
+    assert "attention_report/test/rollout.png" in [f.path for f in figures]
+    (html,) = (tmp_path / "wandb").glob("offline-run-*/files/media/html/test_attention/report_*")
+    assert html.read_text().count('src="data:image/png;base64,') >= 2, "rollout, layer maps"
 
     metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
     assert "val_attention/prefix_mass/layer_00" in metrics
@@ -69,3 +85,23 @@ def val_steps(csv: CSVLogger) -> list[int]:
     header = rows[0].split(",")
     step, accuracy = header.index("step"), header.index("val/acc")
     return sorted({int(row.split(",")[step]) for row in rows[1:] if row.split(",")[accuracy]})
+
+
+def test_mlflow_through_the_cli_with_the_readme_command(tmp_path, fake_fashion_mnist):
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = tiny_run_args(
+        tmp_path,
+        fake_fashion_mnist,
+        "--trainer.max_epochs=1",
+        "--trainer.callbacks=[]",
+        "--trainer.logger=lightning.pytorch.loggers.MLFlowLogger",
+        f"--trainer.logger.tracking_uri={tracking}",
+        f"--trainer.default_root_dir={tmp_path / 'logs' / 'mlflow'}",
+    )
+    main(["fit", *args])
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    (run,) = client.search_runs([client.get_experiment_by_name("lightning_logs").experiment_id])
+    assert "val/acc" in run.data.metrics and run.info.status == "FINISHED"
+    assert list((tmp_path / "logs" / "mlflow").rglob("checkpoints/*.ckpt"))
