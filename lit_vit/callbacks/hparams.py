@@ -102,13 +102,17 @@ def declared_metrics(val_summary: dict[str, float]) -> list[str]:
     ]
 
 
-def fit_run_of(checkpoint: str | None) -> Path | None:
+def fit_run_of(checkpoint: str | None, test_run: str | Path) -> Path | None:
     """The TensorBoard run folder a checkpoint was saved in (``<run>/checkpoints/x.ckpt`` next
-    to the run's event files), or None."""
+    to the run's event files) when the test logs beside it (``test_run`` in the same
+    experiment folder, as ``lit-vit test`` does), else None: a test logged elsewhere
+    (``lit-vit analyze``, another data set) keeps a row of its own and writes nothing into
+    the fit's folder."""
     if not checkpoint:
         return None
     folder = Path(checkpoint).resolve().parent
     run = folder.parent
-    if folder.name == "checkpoints" and any(run.glob("events.out.tfevents.*")):
+    beside = run.parent == Path(test_run).resolve().parent
+    if beside and folder.name == "checkpoints" and any(run.glob("events.out.tfevents.*")):
         return run
     return None

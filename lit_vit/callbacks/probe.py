@@ -619,11 +619,14 @@ class AttentionProbe(Callback):
 
     def _write_test_row(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """The test's accuracy, loss and attention summary in the row of the fit that saved
-        the checkpoint (scalars added to that run folder), or, for a checkpoint no run folder
-        holds, in a row of the test's own."""
+        the checkpoint when the test logs beside it (scalars added to that run folder), else
+        in a row of the test's own (``lit-vit analyze``, a checkpoint from elsewhere)."""
         if not trainer.is_global_zero or self._log_root is None:
             return
-        if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
+        tensorboard = [
+            logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)
+        ]
+        if not tensorboard:
             return
         summary = attention_summary(self._latest_scalars, TEST_ROOT, "test")
         results = {
@@ -632,7 +635,7 @@ class AttentionProbe(Callback):
             if tag in trainer.callback_metrics
         }
         step = self.run(trainer, "test").step
-        fit_run = fit_run_of(trainer.ckpt_path)
+        fit_run = fit_run_of(trainer.ckpt_path, tensorboard[0].log_dir)
         if fit_run is not None:
             writer = SummaryWriter(str(fit_run), filename_suffix=".test")
             for tag, value in (results | summary).items():
@@ -641,10 +644,9 @@ class AttentionProbe(Callback):
             rank_zero_info(f"HParams: this test fills the row of {fit_run}")
             return
         params = run_hyperparameters(trainer, pl_module)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_metrics(summary, step=step)
-                write_session(logger.experiment, params, [*STAGE_METRICS["test"], *summary])
+        for logger in tensorboard:
+            logger.log_metrics(summary, step=step)
+            write_session(logger.experiment, params, [*STAGE_METRICS["test"], *summary])
 
     def _explain_test_set(
         self, trainer: Trainer, pl_module: LightningModule, limit: int | None

@@ -11,7 +11,7 @@ from PIL import Image
 
 from lit_vit.analyze import hugging_face_model
 from lit_vit.cli import main
-from tests.conftest import read_events
+from tests.conftest import hparams_rows, read_events
 
 CLASSES = ("boot", "coat", "shirt")
 TINY_TIMM = "{depth: 2, embed_dim: 32, num_heads: 2, img_size: 32}"
@@ -125,6 +125,7 @@ def test_a_hugging_face_folder_is_read_with_its_own_preprocessing(tmp_path, phot
 
 
 def test_a_lit_vit_checkpoint_is_analysed_on_fashion_mnist(tmp_path, attention_run):
+    fit_files = sorted(attention_run.fit_dir.iterdir())
     run_dir = analyze(
         tmp_path,
         f"--ckpt_path={attention_run.checkpoint}",
@@ -135,6 +136,9 @@ def test_a_lit_vit_checkpoint_is_analysed_on_fashion_mnist(tmp_path, attention_r
     assert "- Data: FashionMNISTDataModule (test 160 images)" in report
     assert "Ankle boot" in report
     assert "- Probe: 3 images (seed 0)" in report, "analyze's own probe, not the fit's"
+    assert sorted(attention_run.fit_dir.iterdir()) == fit_files, "the fit's folder untouched"
+    (row,) = hparams_rows(tmp_path / "logs").values()
+    assert row["test/acc"] == pytest.approx(read_events(run_dir).Scalars("test/acc")[-1].value)
 
 
 @pytest.mark.parametrize(
