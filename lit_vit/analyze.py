@@ -22,7 +22,7 @@ import timm
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
-from timm.data import resolve_data_config
+from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
 from timm.models import split_model_name_tag
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
@@ -38,7 +38,7 @@ from lit_vit.callbacks import (
     ResolutionSweep,
     SanityChecks,
 )
-from lit_vit.data import DEBIAN_DIR, PIXEL_MEAN, PIXEL_STD, FashionMNISTDataModule
+from lit_vit.data import CLASS_NAMES, DEBIAN_DIR, PIXEL_MEAN, PIXEL_STD, FashionMNISTDataModule
 from lit_vit.image_data import FASHION_MNIST, ImageTestDataModule
 from lit_vit.model import LitViT, create_vit
 
@@ -57,8 +57,11 @@ class TestData:
     batch_size: int
     num_workers: int
 
-    def for_model(self, data_config: dict[str, Any]) -> ImageTestDataModule:
-        """The images preprocessed by ``data_config`` (timm's keys)."""
+    def for_model(
+        self, data_config: dict[str, Any], model_classes: Sequence[str | Sequence[str]]
+    ) -> ImageTestDataModule:
+        """The images preprocessed by ``data_config`` (timm's keys), labelled with the model's
+        classes where they match the data's by name."""
         return ImageTestDataModule(
             self.source,
             data_config,
@@ -66,27 +69,30 @@ class TestData:
             self.system_dir,
             self.batch_size,
             self.num_workers,
+            model_classes,
         )
 
 
 class PretrainedClassifier(LightningModule):
     """A timm or Hugging Face classifier, tested as it is.
 
-    ``test/acc`` and ``test/loss`` are logged when the model's classes are the
-    data's (a model trained on them); otherwise only the attention is analysed.
+    ``test/acc`` and ``test/loss`` are logged when ``scored`` (the labels are
+    the model's class indices); otherwise only the attention is analysed.
 
     Args:
         model: The classifier; its output is logits, a tuple starting with
             them or an object with ``.logits``.
         model_name: Its name, for the report.
-        data_classes: Classes of the test data.
+        num_classes: The model's outputs.
+        scored: Whether the test labels are the model's classes.
     """
 
-    def __init__(self, model: nn.Module, model_name: str, data_classes: int) -> None:
+    def __init__(self, model: nn.Module, model_name: str, num_classes: int, scored: bool) -> None:
         super().__init__()
-        self.save_hyperparameters({"model_name": model_name, "data_classes": data_classes})
+        self.save_hyperparameters({"model_name": model_name, "num_classes": num_classes})
         self.model = model
-        self.test_acc = MulticlassAccuracy(data_classes, average="micro")
+        self.scored = scored
+        self.test_acc = MulticlassAccuracy(max(num_classes, 1), average="micro")
         self.test_images = 0
 
     def forward(self, images: Tensor) -> Tensor:
@@ -100,7 +106,7 @@ class PretrainedClassifier(LightningModule):
         images, labels = batch
         logits = self(images)
         self.test_images += len(labels)
-        if logits.shape[-1] == self.hparams.data_classes:
+        if self.scored:
             loss = nn.functional.cross_entropy(logits, labels)
             self.test_acc(logits, labels)
             self.log("test/loss", loss)
@@ -122,6 +128,7 @@ def analyze(
     faithfulness_images: int = 256,
     save_dir: str = "logs",
     accelerator: str = "auto",
+    classes: list[str] | None = None,
 ) -> Path:
     """Write the attention report of a model on a test set, without training.
 
@@ -143,8 +150,15 @@ def analyze(
         test_images: Test images of the per-class focus, coverage and lift
             and of the resolution sweep.
         faithfulness_images: Test images of the deletion/insertion scores.
-        save_dir: Logs go to ``<save_dir>/analyze_<model>/version_<n>/``.
+        save_dir: Logs go to ``<save_dir>/analyze_<run>/version_<n>/``, ``<run>`` the
+            checkpoint's run (``fashion_mnist_version_0``) or the model's name.
         accelerator: Lightning's accelerator.
+        classes: The model's class names in output order, when the model
+            does not name them (a lit-vit checkpoint names Fashion-MNIST's,
+            a Hugging Face model its ``id2label``, a pretrained timm model
+            ImageNet's). The data's classes (Fashion-MNIST's or the folder
+            names) are matched to them by name, case and punctuation aside;
+            accuracy is logged only when every data class matches.
 
     Returns:
         The report's path.
@@ -152,7 +166,8 @@ def analyze(
     Raises:
         ValueError: Both or neither of ``ckpt_path`` and ``model``; an unknown
             model; a ``data`` that is neither Fashion-MNIST nor a folder of
-            class folders; a probe larger than the test set.
+            class folders; a probe larger than the test set; ``classes`` of
+            another length than the model's outputs.
         FileNotFoundError: A missing checkpoint or weights that cannot be had.
     """
     if (ckpt_path is None) == (model is None):
@@ -162,9 +177,11 @@ def analyze(
         )
     test_data = TestData(data, data_dir, system_dir, batch_size, num_workers)
     if ckpt_path is not None:
-        module, datamodule, name = _from_checkpoint(ckpt_path, test_data)
+        module, datamodule, name = _from_checkpoint(ckpt_path, test_data, classes)
     else:
-        module, datamodule, name = _from_name(model, pretrained, model_kwargs or {}, test_data)
+        module, datamodule, name = _from_name(
+            model, pretrained, model_kwargs or {}, test_data, classes
+        )
     callbacks = [
         AttentionProbe(size=probe_size),
         AttentionMaps(),
@@ -175,7 +192,7 @@ def analyze(
         SanityChecks(),
         ResolutionSweep(images=test_images),
     ]
-    logger = TensorBoardLogger(save_dir, name=f"analyze_{_safe(name)}")
+    logger = TensorBoardLogger(save_dir, name=f"analyze_{_run_name(ckpt_path, name)}")
     trainer = Trainer(
         accelerator=accelerator,
         devices=1,
@@ -196,15 +213,17 @@ def analyze(
             f"test/acc {float(metrics['test/acc']):.4f} on {module.test_images:,} test images"
         )
     else:
+        unmatched = ", ".join(getattr(datamodule, "unmatched", ()))
         rank_zero_info(
-            "No accuracy: the model's classes are not the data's (its predictions are still "
-            "what the maps explain)."
+            f"No accuracy: the data's classes {unmatched} are none of the model's class names "
+            "(its predictions are still what the maps explain). Name the model's classes with "
+            "--classes '[name, ...]' to score it."
         )
     return report  # the probe has said where it is
 
 
 def _from_checkpoint(
-    ckpt_path: str, test_data: TestData
+    ckpt_path: str, test_data: TestData, classes: list[str] | None
 ) -> tuple[LightningModule, LightningDataModule, str]:
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(
@@ -219,6 +238,8 @@ def _from_checkpoint(
             f"({str(error).splitlines()[0]}). Give one lit-vit fit wrote."
         ) from error
     hparams = module.hparams
+    trained_on = CLASS_NAMES if hparams.num_classes == len(CLASS_NAMES) else ()
+    model_classes = _checked_classes(classes, hparams.num_classes) or trained_on
     if test_data.source == FASHION_MNIST:  # exactly as in training: resized on the device
         datamodule = FashionMNISTDataModule(
             data_dir=test_data.data_dir,
@@ -227,26 +248,71 @@ def _from_checkpoint(
             num_workers=test_data.num_workers,
             img_size=hparams.img_size,
         )
-    else:
-        channels = hparams.in_chans
-        data_config = resize_config(channels, hparams.img_size, PIXEL_MEAN, PIXEL_STD)
-        datamodule = test_data.for_model(data_config)
+        return module, datamodule, hparams.model_name
+    data_config = resize_config(hparams.in_chans, hparams.img_size, PIXEL_MEAN, PIXEL_STD)
+    datamodule = test_data.for_model(data_config, model_classes)
+    datamodule.setup("test")
+    module.score_test = datamodule.scored
     return module, datamodule, hparams.model_name
 
 
 def _from_name(
-    name: str, pretrained: bool, model_kwargs: dict[str, Any], test_data: TestData
+    name: str,
+    pretrained: bool,
+    model_kwargs: dict[str, Any],
+    test_data: TestData,
+    classes: list[str] | None,
 ) -> tuple[LightningModule, LightningDataModule, str]:
     if name.startswith(HF_PREFIX):
         model, data_config = hugging_face_model(name.removeprefix(HF_PREFIX), pretrained)
-        data_classes = None
+        num_classes = int(model.config.num_labels)
+        named = _id2label_names(model.config)
     else:
-        data_classes = None if pretrained else _data_classes(test_data.source)
-        model, data_config = timm_model(name, pretrained, data_classes, model_kwargs)
-    datamodule = test_data.for_model(data_config)
+        data_classes = None if pretrained else _data_class_names(test_data.source)
+        count = None if data_classes is None else len(data_classes)
+        model, data_config = timm_model(name, pretrained, count, model_kwargs)
+        num_classes = int(model.num_classes)
+        if data_classes is None:
+            named = _imagenet_names(model)
+        else:  # built for the data, unless model_kwargs gave it other classes
+            named = data_classes if len(data_classes) == num_classes else []
+    model_classes = _checked_classes(classes, num_classes) or named
+    datamodule = test_data.for_model(data_config, model_classes)
     datamodule.setup("test")
-    module = PretrainedClassifier(model, name, datamodule.num_classes)
+    module = PretrainedClassifier(model, name, num_classes, datamodule.scored)
     return module, datamodule, name
+
+
+def _checked_classes(classes: list[str] | None, num_classes: int) -> list[str]:
+    if classes and len(classes) != num_classes:
+        raise ValueError(
+            f"--classes names {len(classes)} classes, the model has {num_classes} outputs: "
+            "give one name per output, in output order."
+        )
+    return list(classes or ())
+
+
+def _id2label_names(config: Any) -> list[str]:
+    """A Hugging Face config's class names, or none for the generic ``LABEL_<i>``."""
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label.get(index, "")) for index in range(int(config.num_labels))]
+    generic = all(re.fullmatch(r"LABEL_\d+", name) for name in names)
+    return [] if generic or not all(names) else names
+
+
+def _imagenet_names(model: nn.Module) -> list[tuple[str, ...]]:
+    """A pretrained timm classifier's ImageNet classes, each as its aliases (WordNet id and
+    the names of its description: ``("n01440764", "tench", "Tinca tinca")``), or none."""
+    subset = infer_imagenet_subset(model)
+    if subset is None:
+        return []
+    info = ImageNetInfo(subset)
+    if info.num_classes() != model.num_classes:
+        return []
+    return [
+        (info.index_to_label_name(index), *info.index_to_description(index).split(", "))
+        for index in range(info.num_classes())
+    ]
 
 
 def timm_model(
@@ -322,19 +388,32 @@ def resize_config(
     }
 
 
-def _data_classes(data: str) -> int:
+def _data_class_names(data: str) -> list[str]:
+    """The data's classes, in label order (a folder's sorted as ``ImageFolder`` sorts them)."""
     if data == FASHION_MNIST:
-        return len(FashionMNISTDataModule.class_names)
+        return list(CLASS_NAMES)
     folder = Path(data)
     if not folder.is_dir():
-        return 1  # ImageTestDataModule names the problem
-    return max(1, sum(1 for path in folder.iterdir() if path.is_dir()))
+        return ["?"]  # ImageTestDataModule names the problem
+    return sorted(path.name for path in folder.iterdir() if path.is_dir()) or ["?"]
 
 
 def _describe(datamodule: LightningDataModule) -> str:
     if isinstance(datamodule, ImageTestDataModule):
         return datamodule.describe()
     return "the Fashion-MNIST test split"
+
+
+def _run_name(ckpt_path: str | None, model: str) -> str:
+    """The checkpoint's run (``fashion_mnist_version_0`` for
+    ``logs/fashion_mnist/version_0/checkpoints/last.ckpt``, else the file's stem), or the model
+    as given (a folder's last component)."""
+    if ckpt_path is not None:
+        path = Path(ckpt_path).resolve()
+        if path.parent.name == "checkpoints":
+            return _safe(f"{path.parents[2].name}_{path.parents[1].name}")
+        return _safe(path.stem)
+    return _safe(Path(model.removeprefix(HF_PREFIX).rstrip("/")).name)
 
 
 def _safe(name: str) -> str:

@@ -3,6 +3,8 @@ preprocessed the way the model expects (its timm data config: size, crop, mean, 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,12 @@ class ImageTestDataModule(LightningDataModule):
         system_dir: Folder of the original ``.gz`` files (Debian's package).
         batch_size: Images per batch.
         num_workers: DataLoader workers.
+        model_classes: The model's class names, one entry per output (each
+            a name or its aliases, e.g. ``("n01440764", "tench", "Tinca
+            tinca")``); the data's classes are matched to them by name
+            (case, spaces and punctuation aside), and labels become the
+            model's class indices when every class matches (``scored``).
+            Empty: the model's classes are unknown, nothing is scored.
 
     Raises:
         ValueError: ``source`` is neither ``"fashion_mnist"`` nor a folder of
@@ -53,6 +61,7 @@ class ImageTestDataModule(LightningDataModule):
         system_dir: str | None = DEBIAN_DIR,
         batch_size: int = 64,
         num_workers: int = 0,
+        model_classes: Sequence[str | Sequence[str]] = (),
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -72,8 +81,11 @@ class ImageTestDataModule(LightningDataModule):
         self.in_chans = channels
         self.pixel_mean = tuple(self.data_config["mean"])
         self.pixel_std = tuple(self.data_config["std"])
+        self.model_aliases = [_aliases(entry) for entry in model_classes]
+        self.model_class_names = tuple(aliases[0] for aliases in self.model_aliases)
         self.test_dataset: Dataset | None = None
         self.class_names: tuple[str, ...] = CLASS_NAMES if source == FASHION_MNIST else ()
+        self.unmatched: tuple[str, ...] = ()  # data classes none of the model's names
 
     @property
     def num_classes(self) -> int:
@@ -91,17 +103,30 @@ class ImageTestDataModule(LightningDataModule):
         transform = self._transform()
         if self.source == FASHION_MNIST:
             self.prepare_data()
-            self.test_dataset = FashionMNIST(self.data_dir, train=False, transform=transform)
-            return
-        try:
-            folder = ImageFolder(self.source, transform=transform)
-        except FileNotFoundError as error:
-            raise ValueError(
-                f"--data '{self.source}' has no images in class folders ({error}). Lay it out "
-                "as <folder>/<class name>/<image>.png (or .jpg, ...)."
-            ) from None
-        self.test_dataset = folder
-        self.class_names = tuple(folder.classes)
+            dataset = FashionMNIST(self.data_dir, train=False, transform=transform)
+        else:
+            try:
+                dataset = ImageFolder(self.source, transform=transform)
+            except FileNotFoundError as error:
+                raise ValueError(
+                    f"--data '{self.source}' has no images in class folders ({error}). Lay it "
+                    "out as <folder>/<class name>/<image>.png (or .jpg, ...)."
+                ) from None
+            self.class_names = tuple(dataset.classes)
+        indices = match_classes(self.class_names, self.model_aliases)
+        self.unmatched = tuple(
+            name for name, index in zip(self.class_names, indices, strict=True) if index is None
+        )
+        if self.scored:
+            dataset.target_transform = indices.__getitem__  # data label -> model class
+            self.class_names = self.model_class_names
+        self.test_dataset = dataset
+
+    @property
+    def scored(self) -> bool:
+        """Whether labels are the model's classes (every data class matched one by name), so
+        accuracy and loss mean something."""
+        return bool(self.model_aliases) and bool(self.class_names) and not self.unmatched
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -123,3 +148,24 @@ class ImageTestDataModule(LightningDataModule):
 
 def _convert(image: Image.Image, mode: str) -> Image.Image:
     return image if image.mode == mode else image.convert(mode)
+
+
+def match_classes(
+    data_classes: Sequence[str], model_aliases: Sequence[Sequence[str]]
+) -> list[int | None]:
+    """For each data class, the index of the model class one of whose aliases has its name
+    (compared without case, spaces and punctuation: ``ankle_boot`` is ``Ankle boot``), or
+    None."""
+    index_of = {}
+    for index, aliases in enumerate(model_aliases):
+        for alias in aliases:
+            index_of.setdefault(_normalized(alias), index)
+    return [index_of.get(_normalized(name)) for name in data_classes]
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[\W_]+", "", name.casefold())
+
+
+def _aliases(entry: str | Sequence[str]) -> tuple[str, ...]:
+    return (entry,) if isinstance(entry, str) else tuple(entry)

@@ -189,6 +189,9 @@ class LitViT(LightningModule):
         self._ema_holds_training_weights = False
         self._restored_weights: dict[str, dict[str, Tensor]] | None = None
         self.test_images = 0  # images of the latest test run
+        # False: test batches are only counted (lit-vit analyze on data whose labels are not
+        # this model's classes): no test/acc or test/loss that would compare other indices.
+        self.score_test = True
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -217,8 +220,10 @@ class LitViT(LightningModule):
     def on_test_epoch_start(self) -> None:
         self.test_images = 0
 
-    def test_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+    def test_step(self, batch: list[Tensor], batch_idx: int) -> Tensor | None:
         self.test_images += len(batch[0])
+        if not self.score_test:
+            return None
         return self._shared_step(batch, "test", self.test_acc)
 
     def predict_step(self, batch: list[Tensor], batch_idx: int) -> dict[str, Tensor]:

@@ -356,6 +356,16 @@ def test_metric_by_class_figure():
         plotting.metric_by_class_figure(values, labels, names[:2], "t", "y")
 
 
+def test_metric_by_class_figure_of_many_classes_shows_those_with_images():
+    names = [f"class {index}" for index in range(1000)]  # e.g. ImageNet's
+    labels = torch.tensor([7, 7, 412])
+    fig = plotting.metric_by_class_figure(torch.tensor([1.0, 2.0, 4.0]), labels, names, "t", "y")
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["class 7", "class 412"]
+    assert [bar.get_height() for c in ax.containers for bar in c] == pytest.approx([1.5, 4.0])
+    assert fig.get_size_inches()[0] < 5 and "n=0" not in [t.get_text() for t in ax.texts]
+
+
 def test_inputs_are_not_modified():
     images = make_images(2, 1, 28, 40)
     maps = torch.rand(3, 2, 7, 10) * 1e-3

@@ -133,7 +133,11 @@ def class_names(trainer: Trainer, num_classes: int) -> list[str]:
 
 
 def predicted_class_names(trainer: Trainer, num_classes: int) -> list[str]:
-    """Names of the model's ``num_classes`` outputs: the data's when the model has as many
-    classes, else ``"class 0"``, ``"class 1"``, ... (a model trained on other classes)."""
+    """Names of the model's ``num_classes`` outputs: the data module's ``model_class_names``
+    when it has them, else the data's when the model has as many classes, else
+    ``"class 0"``, ``"class 1"``, ... (a model trained on other, unnamed classes)."""
+    model_names = getattr(trainer.datamodule, "model_class_names", None)
+    if model_names and len(model_names) == num_classes:
+        return list(model_names)
     names = class_names(trainer, num_classes)
     return names if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]

@@ -6,10 +6,12 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_vit.attention import resize_images
 from lit_vit.attention.reduced import HEAD_FUSIONS
+from lit_vit.callbacks._data import predicted_class_names
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.plotting import rollout_evolution_figure, rollout_figure
@@ -99,7 +101,7 @@ class AttentionRollout(AttentionCallback):
         self.gradient = gradient
         # Per analysed validation run: its epoch and the (R, gh, gw) rollout of the shown images;
         # once, those images as uint8 (R, C, H, W) pixels and their true classes.
-        self.history: dict[str, Any] = {"epoch": [], "maps": [], "pixels": None, "labels": None}
+        self.history: dict[str, Any] = _empty_history()
 
     @property
     def gradients(self) -> frozenset[str]:
@@ -155,7 +157,17 @@ class AttentionRollout(AttentionCallback):
             )
 
     def _remember(self, epoch: int, analysis: ProbeAnalysis, rollout_maps: Tensor) -> None:
-        """Keep this validation run's ``(R, gh, gw)`` maps (and, once, the images shown)."""
+        """Keep this validation run's ``(R, gh, gw)`` maps (and, once, the images shown); a
+        restored history of other maps (a resume with another probe or input size) is
+        dropped with a warning."""
+        kept = self.history["maps"]
+        if kept and kept[0].shape != rollout_maps.shape:
+            rank_zero_warn(
+                f"AttentionRollout: the restored history holds maps of shape "
+                f"{tuple(kept[0].shape)}, this probe's are {tuple(rollout_maps.shape)} (another "
+                "probe size or input size): the rollout strip starts again at this epoch."
+            )
+            self.history = _empty_history()
         self.history["epoch"].append(epoch)
         self.history["maps"].append(rollout_maps.clone())
         if self.history["pixels"] is None:
@@ -168,9 +180,17 @@ class AttentionRollout(AttentionCallback):
         epochs = self.history["epoch"]
         if not epochs:
             return None
+        # The strip's images are the fit's validation probe: labelled with the model's classes.
+        names = predicted_class_names(trainer, analysis.recording.logits.shape[-1])
+        if int(self.history["labels"].max()) >= len(names):
+            rank_zero_warn(
+                f"AttentionRollout: the checkpoint's rollout history has labels up to "
+                f"{int(self.history['labels'].max())}, the model {len(names)} classes: the "
+                "strip over the epochs is left out."
+            )
+            return None
         shown = _spread(len(epochs), MAX_EPOCH_COLUMNS)
         maps = torch.stack([self.history["maps"][index] for index in shown])  # (E, R, gh, gw)
-        names = self.class_names(trainer, analysis)
         figure = rollout_evolution_figure(
             self.history["pixels"].float() / 255,
             maps,
@@ -185,6 +205,12 @@ class AttentionRollout(AttentionCallback):
             return analysis.rollout
         reduced = analysis.recording.reduced
         return reduced.rollout(self.head_fusion, self.discard_ratio, self.start_layer).cpu()
+
+
+def _empty_history() -> dict[str, Any]:
+    """Epochs, ``(R, gh, gw)`` maps per epoch, and the ``(R, C, h, w)`` uint8 thumbnails and
+    ``(R,)`` labels of the images they belong to."""
+    return {"epoch": [], "maps": [], "pixels": None, "labels": None}
 
 
 def _spread(count: int, most: int) -> list[int]:

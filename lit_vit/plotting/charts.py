@@ -256,6 +256,9 @@ def _method(name: str) -> str:
     return name.split(":", 1)[1].strip() if ":" in name else name
 
 
+MAX_EMPTY_CLASSES_SHOWN = 20
+
+
 def metric_by_class_figure(
     values: Tensor,
     labels: Tensor,
@@ -266,8 +269,10 @@ def metric_by_class_figure(
     """Mean of a per-image measure for each class, with the image count per class.
 
     NaN values (e.g. lift of an image without foreground) are left out of the
-    mean and the count; a class without images gets no bar and ``n=0``. The
-    dashed line is the mean over all images.
+    mean and the count; a class without images gets no bar and ``n=0``, or is
+    left out when there are more than ``MAX_EMPTY_CLASSES_SHOWN`` classes (a
+    folder scored against ImageNet's 1000). The dashed line is the mean over
+    all images.
 
     Args:
         values: ``(B,)`` one value per image.
@@ -306,6 +311,10 @@ def metric_by_class_figure(
         chosen = values[(labels == c) & valid]
         counts.append(chosen.numel())
         means.append(float(chosen.mean()) if chosen.numel() else float("nan"))
+    if classes > MAX_EMPTY_CLASSES_SHOWN:  # e.g. ImageNet's 1000: the classes with images
+        kept = [c for c in range(classes) if counts[c]]
+        names, means, counts = ([row[c] for c in kept] for row in (names, means, counts))
+        classes = len(kept)
 
     fig = Figure(figsize=(max(4.0, 0.55 * classes + 1.5), 3.4), dpi=DPI)
     ax = fig.add_subplot()

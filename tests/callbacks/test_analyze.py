@@ -7,10 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from lit_vit.analyze import hugging_face_model
+from lit_vit.analyze import hugging_face_model, resize_config
 from lit_vit.cli import main
+from lit_vit.data import CLASS_NAMES, PIXEL_MEAN, PIXEL_STD
+from lit_vit.image_data import ImageTestDataModule, match_classes
 from tests.conftest import hparams_rows, read_events
 
 CLASSES = ("boot", "coat", "shirt")
@@ -106,7 +109,8 @@ def test_a_hugging_face_folder_is_read_with_its_own_preprocessing(tmp_path, phot
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        num_labels=len(CLASSES),
+        id2label={0: "Shirt", 1: "Boot", 2: "Coat"},  # not the folders' order
+        label2id={"Shirt": 0, "Boot": 1, "Coat": 2},
     )
     model_dir = tmp_path / "hf_vit"
     transformers.ViTForImageClassification(config).save_pretrained(model_dir)
@@ -120,8 +124,10 @@ def test_a_hugging_face_folder_is_read_with_its_own_preprocessing(tmp_path, phot
     report = (run_dir / "attention" / "report.md").read_text()
     assert "- Model: hf:" in report
     assert "2 layers, width 32, 2 heads, patch 8x8, images 32x32" in report
-    assert [row[0] for row in report_rows(report, "| class | n |")] == list(CLASSES)
+    assert [row[0] for row in report_rows(report, "| class | n |")] == ["Shirt", "Boot", "Coat"]
     assert "| 32x32 (training) | 4x4 |" in report, "the sweep, by interpolate_pos_encoding"
+    assert "test/acc" in read_events(run_dir).Tags()["scalars"], "id2label names every folder"
+    assert run_dir.parent.name == "analyze_hf_vit", "named after the model as given"
 
 
 def test_a_lit_vit_checkpoint_is_analysed_on_fashion_mnist(tmp_path, attention_run):
@@ -141,6 +147,57 @@ def test_a_lit_vit_checkpoint_is_analysed_on_fashion_mnist(tmp_path, attention_r
     assert row["test/acc"] == pytest.approx(read_events(run_dir).Scalars("test/acc")[-1].value)
 
 
+def fashion_folder(folder: Path, data_dir: Path, labels_by_folder: dict[str, int]) -> Path:
+    """Fashion-MNIST test images as PNGs in class folders of the given names, 4 per class."""
+    from torchvision.datasets import FashionMNIST
+
+    test_set = FashionMNIST(str(data_dir), train=False)
+    for name, label in labels_by_folder.items():
+        (folder / name).mkdir(parents=True)
+        indices = (test_set.targets == label).nonzero().flatten()[:4]
+        for index in indices.tolist():
+            test_set[index][0].save(folder / name / f"{index}.png")
+    return folder
+
+
+def test_a_checkpoint_on_a_folder_is_scored_by_class_name_not_folder_order(
+    tmp_path, attention_run, caplog
+):
+    # Folder order (alphabetical) ankle_boot, bag, t-shirt_top; the model's classes 9, 8, 0.
+    labels_by_folder = {"ankle_boot": 9, "bag": 8, "t-shirt_top": 0}
+    folder = fashion_folder(tmp_path / "photos", attention_run.data_dir, labels_by_folder)
+    with caplog.at_level("INFO"):
+        run_dir = analyze(tmp_path, f"--ckpt_path={attention_run.checkpoint}", f"--data={folder}")
+    assert run_dir.parent.name == "analyze_smoke_version_0", "named after the checkpoint's run"
+    module = ImageTestDataModule(
+        str(folder),
+        resize_config(1, attention_run.model.hparams.img_size, PIXEL_MEAN, PIXEL_STD),
+        model_classes=CLASS_NAMES,
+    )
+    module.setup("test")
+    images, labels = zip(*module.test_dataset, strict=True)
+    assert sorted(set(labels)) == [0, 8, 9], "labels are the model's class indices"
+    with torch.no_grad():
+        predicted = attention_run.model(torch.stack(images)).argmax(dim=-1)
+    expected = (predicted == torch.tensor(labels)).float().mean().item()
+    logged = read_events(run_dir).Scalars("test/acc")[-1].value
+    assert logged == pytest.approx(expected)
+    report = (run_dir / "attention" / "report.md").read_text()
+    probe_rows = report_rows(report, "| index | class | predicted |")
+    assert {row[1] for row in probe_rows} <= {"Ankle boot", "Bag", "T-shirt/top"}
+    assert {row[2] for row in probe_rows} <= set(CLASS_NAMES), "predictions by name"
+
+
+def test_a_folder_class_the_model_does_not_name_means_no_accuracy(tmp_path, attention_run, caplog):
+    labels_by_folder = {"ankle_boot": 9, "zebra": 3}
+    folder = fashion_folder(tmp_path / "photos", attention_run.data_dir, labels_by_folder)
+    with caplog.at_level("INFO"):
+        run_dir = analyze(tmp_path, f"--ckpt_path={attention_run.checkpoint}", f"--data={folder}")
+    assert "test/acc" not in read_events(run_dir).Tags()["scalars"]
+    assert "No accuracy: the data's classes zebra are none of the model's" in caplog.text
+    assert "--classes" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -155,6 +212,10 @@ def test_a_lit_vit_checkpoint_is_analysed_on_fashion_mnist(tmp_path, attention_r
         (["--model=vit_tiny_patch16_224", "--probe_sise=3"], "Did you mean 'probe_size'?"),
         (["--model=vit_tiny_patch16_224"], "Could not load pretrained weights"),
         (["--model=hf:no/such-model"], "--model hf:no/such-model: cannot load it"),
+        (
+            ["--model=vit_tiny_patch16_224", "--pretrained=false", "--classes=[a, b]"],
+            "--classes names 2 classes, the model has 10 outputs",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_message_and_exit_code_2(tmp_path, capsys, args, message):
@@ -163,3 +224,13 @@ def test_bad_input_is_one_clear_message_and_exit_code_2(tmp_path, capsys, args, 
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
+
+
+def test_classes_match_by_name_case_and_punctuation_aside_and_by_any_alias():
+    model = [("n01440764", "tench", "Tinca tinca"), ("n01443537", "goldfish"), ("T-shirt/top",)]
+    assert match_classes(["goldfish", "Tinca_tinca", "t_shirt_top", "zebra"], model) == [
+        1,
+        0,
+        2,
+        None,
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from PIL import Image
 
 from lit_vit import __version__
 from lit_vit.attention import AttentionRecorder, cls_attention, head_diversity, resize_images
+from lit_vit.callbacks import AttentionRollout
 from lit_vit.callbacks.attention_rollout import _spread, thumbnails
 from lit_vit.cli import main
 from tests.callbacks.conftest import EPOCHS, PROBE_SIZE
@@ -213,6 +215,26 @@ def test_the_rollout_strip_spreads_its_epochs_evenly():
     assert _spread(3, 10) == [0, 1, 2]
     assert _spread(36, 10) == [0, 4, 8, 12, 16, 19, 23, 27, 31, 35]
     assert _spread(11, 10) == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+
+
+def test_a_restored_rollout_history_of_another_probe_is_dropped_with_a_warning():
+    # A resume with another probe size: 2 maps per epoch restored, 3 now.
+    rollout = AttentionRollout()
+    rollout.load_state_dict(
+        {
+            "history": {
+                "epoch": [0, 1],
+                "maps": [torch.rand(2, 7, 7)] * 2,
+                "pixels": torch.zeros(2, 1, 7, 7, dtype=torch.uint8),
+                "labels": torch.tensor([3, 5]),
+            }
+        }
+    )
+    probe = SimpleNamespace(pixels=torch.rand(3, 1, 28, 28), labels=torch.tensor([0, 1, 2]))
+    with pytest.warns(UserWarning, match=r"history holds maps of shape \(2, 7, 7\)"):
+        rollout._remember(2, SimpleNamespace(probe=probe), torch.rand(3, 7, 7))
+    assert rollout.history["epoch"] == [2] and len(rollout.history["maps"]) == 1
+    assert rollout.history["labels"].tolist() == [0, 1, 2]
 
 
 def test_resume_uses_the_same_probe_and_one_capture_per_run(attention_run, monkeypatch):
