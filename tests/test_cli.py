@@ -412,3 +412,23 @@ def test_a_fit_that_trains_nothing_says_why_and_exits_2(fitted, fake_fashion_mni
     args = tiny_run_args(tmp_path, fake_fashion_mnist, "--data.batch_size=100000")
     message = expect_cli_error(["fit", *args], capsys)
     assert "fit trained nothing: no training batch ran (--data.batch_size=100000" in message
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"- a\n- b\n", "holds a list, not a mapping of options"),
+        (b"\xe3\x81\xff\xfe binary", "is not a text file"),
+        (b"trainer: [\n", "is not valid YAML at line 2"),
+    ],
+)
+def test_a_config_file_that_is_no_mapping_of_options_is_named(tmp_path, capsys, content, message):
+    config = tmp_path / "bad.yaml"
+    config.write_bytes(content)
+    for args in (["fit", "--config", str(config)], ["analyze", f"--config={config}"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert f"--config '{config}' {message}" in error and "Traceback" not in error
