@@ -26,6 +26,7 @@ from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
 from timm.models import split_model_name_tag
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
+from torchvision.datasets.folder import find_classes
 
 from lit_vit.attention.backends import model_logits
 from lit_vit.callbacks import (
@@ -214,10 +215,14 @@ def analyze(
         )
     else:
         unmatched = ", ".join(getattr(datamodule, "unmatched", ()))
+        why = (
+            f"the data's classes {unmatched} are none of the model's class names"
+            if getattr(datamodule, "model_aliases", None)
+            else "the model does not name its classes"
+        )
         rank_zero_info(
-            f"No accuracy: the data's classes {unmatched} are none of the model's class names "
-            "(its predictions are still what the maps explain). Name the model's classes with "
-            "--classes '[name, ...]' to score it."
+            f"No accuracy: {why} (its predictions are still what the maps explain). Name the "
+            "model's classes in output order with --classes '[name, ...]' to score it."
         )
     return report  # the probe has said where it is
 
@@ -301,8 +306,9 @@ def _id2label_names(config: Any) -> list[str]:
 
 
 def _imagenet_names(model: nn.Module) -> list[tuple[str, ...]]:
-    """A pretrained timm classifier's ImageNet classes, each as its aliases (WordNet id and
-    the names of its description: ``("n01440764", "tench", "Tinca tinca")``), or none."""
+    """A pretrained timm classifier's ImageNet classes, each as its aliases: the names of its
+    description, the first one shown, then its WordNet id (``("tench", "Tinca tinca",
+    "n01440764")``); none when the model is no ImageNet classifier."""
     subset = infer_imagenet_subset(model)
     if subset is None:
         return []
@@ -310,7 +316,7 @@ def _imagenet_names(model: nn.Module) -> list[tuple[str, ...]]:
     if info.num_classes() != model.num_classes:
         return []
     return [
-        (info.index_to_label_name(index), *info.index_to_description(index).split(", "))
+        (*info.index_to_description(index).split(", "), info.index_to_label_name(index))
         for index in range(info.num_classes())
     ]
 
@@ -389,13 +395,14 @@ def resize_config(
 
 
 def _data_class_names(data: str) -> list[str]:
-    """The data's classes, in label order (a folder's sorted as ``ImageFolder`` sorts them)."""
+    """The data's classes, in label order (a folder's as ``ImageFolder`` finds them)."""
     if data == FASHION_MNIST:
         return list(CLASS_NAMES)
-    folder = Path(data)
-    if not folder.is_dir():
+    try:
+        classes, _ = find_classes(data)
+    except (FileNotFoundError, NotADirectoryError):
         return ["?"]  # ImageTestDataModule names the problem
-    return sorted(path.name for path in folder.iterdir() if path.is_dir()) or ["?"]
+    return classes
 
 
 def _describe(datamodule: LightningDataModule) -> str:

@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import yaml
 from jsonargparse import ActionConfigFile, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import (
@@ -39,6 +38,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_vit import __version__
 from lit_vit.analyze import analyze
 from lit_vit.callbacks import PredictionWriter
+from lit_vit.config_files import check_config_file, config_files
 from lit_vit.data import FashionMNISTDataModule
 from lit_vit.model import LitViT
 from lit_vit.runs import RunFolders
@@ -453,39 +453,6 @@ def main(args: ArgsType = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2) from None
-
-
-def config_files(argv: list[str]) -> list[str]:
-    """The files given to ``--config`` (as ``--config F`` or ``--config=F``)."""
-    files = [arg.removeprefix("--config=") for arg in argv if arg.startswith("--config=")]
-    files += [value for flag, value in zip(argv[:-1], argv[1:], strict=True) if flag == "--config"]
-    return files
-
-
-def check_config_file(path: str) -> None:
-    """Refuse, naming the file, a ``--config`` that is not a YAML mapping of options.
-
-    Raises:
-        ValueError: An empty or binary file, invalid YAML, or YAML that is not a
-            mapping (a list, a bare value).
-    """
-    file = Path(path)
-    if not file.is_file():
-        return  # jsonargparse's own message names it (and takes a YAML string too)
-    fix = "Write options as YAML `key: value` lines, e.g. `trainer: {max_epochs: 2}`."
-    try:
-        content = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError(f"--config '{path}' is not a text file (not UTF-8). {fix}") from None
-    except yaml.YAMLError as error:
-        where = getattr(error, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise ValueError(f"--config '{path}' is not valid YAML{line}. {fix}") from None
-    if content is None:
-        raise ValueError(f"--config '{path}' is empty. {fix}")
-    if not isinstance(content, dict):
-        kind = type(content).__name__
-        raise ValueError(f"--config '{path}' holds a {kind}, not a mapping of options. {fix}")
 
 
 class _DropTips(logging.Filter):

@@ -42,8 +42,8 @@ class ImageTestDataModule(LightningDataModule):
         batch_size: Images per batch.
         num_workers: DataLoader workers.
         model_classes: The model's class names, one entry per output (each
-            a name or its aliases, e.g. ``("n01440764", "tench", "Tinca
-            tinca")``); the data's classes are matched to them by name
+            a name or its aliases, the first one shown, e.g. ``("tench",
+            "Tinca tinca", "n01440764")``); the data's classes are matched to them by name
             (case, spaces and punctuation aside), and labels become the
             model's class indices when every class matches (``scored``).
             Empty: the model's classes are unknown, nothing is scored.

@@ -22,6 +22,9 @@ from lit_vit.plotting._style import (
     set_margins,
 )
 
+# Above this many classes, per-class charts show only the classes with images.
+MAX_EMPTY_CLASSES_SHOWN = 20
+
 
 def layer_bar_figure(values: Tensor, title: str, ylabel: str) -> Figure:
     """One bar per layer with its value written on top (3 decimals).
@@ -256,7 +259,13 @@ def _method(name: str) -> str:
     return name.split(":", 1)[1].strip() if ":" in name else name
 
 
-MAX_EMPTY_CLASSES_SHOWN = 20
+def _class_means(values: Tensor, labels: Tensor, classes: int) -> tuple[list[float], list[int]]:
+    """The mean of ``(B,)`` values per class (NaN for a class without values) and the count,
+    for labels in ``[0, classes)``."""
+    counts = torch.bincount(labels, minlength=classes)
+    sums = torch.bincount(labels, weights=values.double(), minlength=classes)
+    means = torch.where(counts > 0, sums / counts.clamp_min(1), float("nan"))
+    return means.tolist(), counts.tolist()
 
 
 def metric_by_class_figure(
@@ -306,11 +315,7 @@ def metric_by_class_figure(
     )
 
     valid = torch.isfinite(values)
-    means, counts = [], []
-    for c in range(classes):
-        chosen = values[(labels == c) & valid]
-        counts.append(chosen.numel())
-        means.append(float(chosen.mean()) if chosen.numel() else float("nan"))
+    means, counts = _class_means(values[valid], labels[valid], classes)
     if classes > MAX_EMPTY_CLASSES_SHOWN:  # e.g. ImageNet's 1000: the classes with images
         kept = [c for c in range(classes) if counts[c]]
         names, means, counts = ([row[c] for c in kept] for row in (names, means, counts))

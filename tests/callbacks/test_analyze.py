@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lit_vit.analyze import hugging_face_model, resize_config
+from lit_vit.analyze import _imagenet_names, hugging_face_model, resize_config
 from lit_vit.cli import main
 from lit_vit.data import CLASS_NAMES, PIXEL_MEAN, PIXEL_STD
 from lit_vit.image_data import ImageTestDataModule, match_classes
@@ -227,10 +227,17 @@ def test_bad_input_is_one_clear_message_and_exit_code_2(tmp_path, capsys, args, 
 
 
 def test_classes_match_by_name_case_and_punctuation_aside_and_by_any_alias():
-    model = [("n01440764", "tench", "Tinca tinca"), ("n01443537", "goldfish"), ("T-shirt/top",)]
+    model = [("tench", "Tinca tinca", "n01440764"), ("goldfish", "n01443537"), ("T-shirt/top",)]
     assert match_classes(["goldfish", "Tinca_tinca", "t_shirt_top", "zebra"], model) == [
         1,
         0,
         2,
         None,
     ]
+
+
+def test_a_timm_imagenet_classifier_names_its_classes_readably_then_by_wordnet_id():
+    import timm
+
+    names = _imagenet_names(timm.create_model("vit_tiny_patch16_224", pretrained=False))
+    assert len(names) == 1000 and names[0] == ("tench", "Tinca tinca", "n01440764")
