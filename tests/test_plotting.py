@@ -11,9 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
+from matplotlib.text import Text
 from PIL import Image
 
 from lit_vit import plotting
@@ -41,6 +43,23 @@ def assert_renders(fig: Figure) -> torch.Tensor:
     assert image.dim() == 3 and image.shape[0] == 3 and min(image.shape[1:]) > 50
     assert image.float().std() > 1.0
     return image
+
+
+def assert_nothing_clipped(fig: Figure) -> None:
+    """Every text of the figure (titles, tick and axis labels, legends, cell values) lies inside
+    it, and every line inside its axes' limits."""
+    FigureCanvasAgg(fig).draw()
+    inside = fig.bbox.padded(1)
+    for text in fig.findobj(Text):
+        if text.get_visible() and text.get_text().strip():
+            box = text.get_window_extent()
+            assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1), text
+    for ax in fig.axes:
+        low, high = ax.get_ylim()
+        for line in ax.lines:
+            y = np.asarray(line.get_ydata(), dtype=float)
+            y = y[np.isfinite(y)]
+            assert y.size == 0 or (min(low, high) <= y.min() and y.max() <= max(low, high))
 
 
 def mosaic_of(fig: Figure) -> tuple:
@@ -186,6 +205,10 @@ def test_rollout_figure():
     assert titles[:2] == ["image", "rollout"] and titles[5] == "grad rollout (pred)"
     assert titles[6] == "grad rollout (pred)\non image"
     assert row_labels(ax) == [("Coat", "black"), ("Bag", "black"), ("Dress", "black")]
+    predicted = plotting.rollout_figure(images, maps, ["Coat", "Bag", "Dress"], ["Coat"] * 3)
+    labels = row_labels(predicted.axes[0])
+    assert labels[0] == ("true: Coat\npred: Coat", "black")
+    assert labels[1][0] == "true: Bag\npred: Coat" and labels[1][1] != "black"  # wrong: red
     for row in range(3):
         for index, grid in enumerate(maps.values()):
             # The map alone: one 12x12 block per patch, lined up with the image.
@@ -311,6 +334,7 @@ def test_evolution_figure_by_layer_and_by_named_rows():
     assert [t.get_text() for t in heat.get_xticklabels()] == ["0", "2", "4"]
     assert heat.get_ylabel() == "layer" and heat.get_images()[0].get_clim() == (0, 1)
     assert_renders(fig)
+    assert_nothing_clipped(fig)
 
     aucs = {"deletion AUC": torch.rand(3, 3), "insertion AUC": torch.rand(3, 3)}
     methods = ["rollout", "class token", "random"]
@@ -321,6 +345,66 @@ def test_evolution_figure_by_layer_and_by_named_rows():
     assert panels[0].get_ylabel() == "map" and fig.get_suptitle() == "T"
     with pytest.raises(ValueError, match=r"\(R, E\)"):
         plotting.evolution_figure(epochs, {"x": torch.rand(3)}, {})
+
+
+def test_evolution_panels_have_their_own_scale_and_few_cells_show_their_values():
+    epochs = [0, 1, 2, 3]
+    prefix = torch.tensor([[0.01, 0.02, 0.03, 0.025], [0.0, 0.005, 0.01, 0.012]])  # (L, E)
+    distance = torch.tensor([[0.97, 1.0, 1.03, 1.01], [0.5, 0.6, 0.7, 0.8]])
+    ranges = {"prefix mass": (0.0, None), "relative distance": (0.0, None)}
+    fig = plotting.evolution_figure(
+        epochs, {"prefix mass": prefix, "relative distance": distance}, ranges
+    )
+    mass, relative = fig.axes[:2]  # the panels, then their colorbars
+    assert mass.get_images()[0].get_clim() == pytest.approx((0.0, 0.03))  # not 0-1: not black
+    assert relative.get_images()[0].get_clim() == pytest.approx((0.0, 1.03))  # 3% looks small
+    assert [t.get_text() for t in mass.texts][:3] == ["0.01", "0.02", "0.03"]
+    assert len(relative.texts) == 8
+    assert_nothing_clipped(fig)
+    many = plotting.evolution_figure(list(range(36)), {"x": torch.rand(6, 36)}, {})
+    assert not many.axes[0].texts  # 216 cells: colours only
+
+
+def test_evolution_curves_figure_draws_a_line_per_row_on_the_data_range():
+    epochs = [0, 2, 4, 6]
+    deletion = torch.tensor([[0.30, 0.28, 0.25, 0.22], [0.35, 0.36, 0.36, 0.37]])  # (M, E)
+    insertion = torch.tensor([[0.5, 0.55, 0.6, 0.62], [float("nan"), 0.4, 0.41, 0.4]])
+    fig = plotting.evolution_curves_figure(
+        epochs,
+        {"deletion AUC": deletion, "insertion AUC": insertion},
+        ["rollout", "random"],
+        {"deletion AUC": "lower is better"},
+        "Faithfulness",
+    )
+    left, right = fig.axes
+    assert [ax.get_title() for ax in (left, right)] == ["deletion AUC", "insertion AUC"]
+    assert left.get_ylabel() == "lower is better" and right.get_ylabel() == "insertion AUC"
+    assert len(left.lines) == len(right.lines) == 2
+    np.testing.assert_allclose(left.lines[0].get_ydata(), deletion[0].numpy())
+    assert left.lines[1].get_color() == right.lines[1].get_color()
+    low, high = left.get_ylim()
+    assert 0.15 < low < 0.22 and 0.37 < high < 0.45  # the AUCs' range, not 0-1
+    labels = [t.get_text() for t in right.get_legend().get_texts()]
+    assert labels == ["rollout", "random"] and fig.get_suptitle() == "Faithfulness"
+    assert_renders(fig)
+    assert_nothing_clipped(fig)
+    with pytest.raises(ValueError, match="rows names 3"):
+        plotting.evolution_curves_figure(epochs, {"x": deletion}, ["a", "b", "c"], {}, "T")
+
+
+def test_randomization_figure_keeps_its_labels_and_lines_in_view():
+    labels = ["trained", "head", *(f"block {i}" for i in range(11, -1, -1)), "embeddings"]
+    correlations = {
+        "rollout": torch.linspace(1, -0.6, len(labels)),
+        "cp-lrp": torch.linspace(1, 0.2, len(labels)),
+    }
+    fig = plotting.randomization_figure(labels, correlations, threshold=0.5)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == labels
+    assert ax.get_ylim()[0] <= -0.65 and ax.get_ylim()[1] == pytest.approx(1.05)
+    assert ax.get_xlabel() == "randomised cumulatively, from the top"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(correlations)
+    assert_nothing_clipped(fig)
 
 
 def test_rollout_evolution_figure():

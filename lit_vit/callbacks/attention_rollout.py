@@ -136,7 +136,8 @@ class AttentionRollout(AttentionCallback):
             maps["grad rollout (pred)"] = analysis.gradient_rollout("predicted")[:rows]
         names = self.class_names(trainer, analysis)
         labels = [names[label] for label in analysis.probe.labels[:rows]]
-        figure = rollout_figure(analysis.probe.pixels[:rows], maps, labels)
+        predicted = self.predicted_names(trainer, analysis)[:rows]
+        figure = rollout_figure(analysis.probe.pixels[:rows], maps, labels, predicted)
         path = self.log_figure(trainer, analysis.run, "rollout", figure)
         evolution = self._log_evolution(trainer, analysis)
         if analysis.stage == "test":

@@ -25,7 +25,7 @@ from lit_vit.attention import (
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
-from lit_vit.plotting import evolution_figure, faithfulness_figure, signed_relevance_figure
+from lit_vit.plotting import evolution_curves_figure, faithfulness_figure, signed_relevance_figure
 
 # Controls scored as maps by deletion / insertion; the random one is the shared random order.
 MAP_CONTROLS = ("intensity", "edges", "centre")
@@ -316,19 +316,22 @@ class Faithfulness(AttentionCallback):
                 values.append(pair[index])
 
     def _evolution_figure(self):
-        """Maps x epochs heatmaps of the probe's mean deletion and insertion AUC."""
+        """The probe's mean deletion and insertion AUC of each map over the epochs, a line per
+        map: AUCs of 0.2-0.4 are one colour on a heatmap."""
         methods = list(self.history["deletion"])
         measures = {
             f"{kind} AUC": torch.tensor([self.history[kind][m] for m in methods])  # (M, E)
             for kind in ("deletion", "insertion")
         }
-        return evolution_figure(
+        return evolution_curves_figure(
             self.history["epoch"],
             measures,
-            {},  # each panel on its data's range: AUCs of 0.2-0.4 would be one colour on 0-1
-            rows=methods,
-            row_title="map",
-            title="Faithfulness on the probe over the epochs (deletion: lower is better)",
+            methods,
+            {
+                "deletion AUC": "mean AUC (lower is better)",
+                "insertion AUC": "mean AUC (higher is better)",
+            },
+            "Faithfulness on the probe over the epochs",
         )
 
     def _section(

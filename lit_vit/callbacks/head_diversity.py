@@ -20,11 +20,13 @@ from lit_vit.plotting import (
 )
 
 # Measures whose per-layer history is kept, and the range of their colour scale.
+# Colour scale of each measure's evolution panel, ``None`` for the data's end. Shares and ratios
+# start at 0, so a 3% change looks like one; prefix mass (often under 0.05) up to its maximum.
 EVOLUTION = {
     "head diversity": (0.0, 1.0),
     "entropy": (0.0, 1.0),
-    "relative distance": (None, None),
-    "prefix mass": (0.0, 1.0),
+    "relative distance": (0.0, None),
+    "prefix mass": (0.0, None),
 }
 
 

@@ -23,7 +23,6 @@ relative to itself, not its absolute value. The quantities are defined in
 from lit_vit.plotting._style import MAP_CMAP
 from lit_vit.plotting.charts import (
     distance_scatter_figure,
-    evolution_figure,
     faithfulness_figure,
     layer_bar_figure,
     layer_head_heatmap_figure,
@@ -31,6 +30,7 @@ from lit_vit.plotting.charts import (
     per_image_metrics_figure,
     randomization_figure,
 )
+from lit_vit.plotting.evolution import evolution_curves_figure, evolution_figure
 from lit_vit.plotting.export import encode_png, figure_to_image, save_image
 from lit_vit.plotting.mosaics import (
     head_maps_figure,
@@ -45,6 +45,7 @@ __all__ = [
     "MAP_CMAP",
     "RELEVANCE_CMAP",
     "distance_scatter_figure",
+    "evolution_curves_figure",
     "evolution_figure",
     "faithfulness_figure",
     "encode_png",

@@ -357,7 +357,10 @@ def head_maps_figure(
 
 
 def rollout_figure(
-    images: Tensor, maps: Mapping[str, Tensor], class_names: Sequence[str] | None = None
+    images: Tensor,
+    maps: Mapping[str, Tensor],
+    class_names: Sequence[str] | None = None,
+    predicted_names: Sequence[str] | None = None,
 ) -> Figure:
     """Several saliency maps of the same images, alone and as overlays.
 
@@ -369,6 +372,8 @@ def rollout_figure(
         maps: Name -> ``(B, gh, gw)`` map, e.g. ``{"rollout": ..., "grad rollout
             (pred)": ...}``; the names become column titles.
         class_names: One class name per image (row labels).
+        predicted_names: One predicted class name per image (with the true one in the row
+            label, red when they differ).
     """
     images = _images(images)
     batch = images.shape[0]
@@ -384,6 +389,7 @@ def rollout_figure(
             )
         grids[name] = grid
     class_names = _names(class_names, batch, "class_names")
+    predicted_names = _names(predicted_names, batch, "predicted_names")
 
     shape = _cell_shape(*images.shape[-2:])
     columns = [_image_cells(images, shape)]  # (B, 3, ch, cw) each
@@ -394,7 +400,13 @@ def rollout_figure(
     for index, name in enumerate(grids):
         titles[0, 1 + 2 * index] = name
         titles[0, 2 + 2 * index] = f"{name}\non image"
-    labels = [_row_label(class_names[row] if class_names else None, None) for row in range(batch)]
+    labels = [
+        _row_label(
+            class_names[row] if class_names else None,
+            predicted_names[row] if predicted_names else None,
+        )
+        for row in range(batch)
+    ]
     return _mosaic_figure(cells, "Saliency maps (each scaled to its range)", titles, labels)
 
 

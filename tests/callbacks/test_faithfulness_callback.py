@@ -223,11 +223,17 @@ def test_bad_arguments_are_refused_with_a_clear_message(kwargs, message):
     assert message in str(error.value)
 
 
-def test_the_evolution_figure_spans_the_data_not_zero_to_one():
+def test_the_evolution_figure_draws_a_line_per_map_on_the_data_range():
     callback = Faithfulness()
     for epoch, shift in enumerate((0.0, 0.05, 0.1)):
         means = {"rollout": (0.30 + shift, 0.40), "cp-lrp": (0.25, 0.45 - shift)}
         callback._remember(epoch, means)
-    figure = callback._evolution_figure()
-    limits = [image.get_clim() for ax in figure.axes for image in ax.get_images()]
-    assert limits[0] == pytest.approx((0.25, 0.40)) and limits[1] == pytest.approx((0.35, 0.45))
+    callback._remember(3, {**means, "flow": (0.3, 0.4)})  # a map new to the history
+    deletion, insertion = callback._evolution_figure().axes
+    assert [line.get_label() for line in deletion.lines] == ["rollout", "cp-lrp", "flow"]
+    assert list(deletion.lines[0].get_ydata()) == pytest.approx([0.30, 0.35, 0.40, 0.40])
+    assert list(insertion.lines[1].get_ydata()) == pytest.approx([0.45, 0.40, 0.35, 0.35])
+    assert deletion.lines[2].get_ydata()[:3] == pytest.approx([float("nan")] * 3, nan_ok=True)
+    low, high = deletion.get_ylim()
+    assert 0.2 < low <= 0.25 and 0.40 <= high < 0.45  # the AUCs' range, not 0-1
+    assert deletion.get_ylabel() == "mean AUC (lower is better)"
