@@ -87,26 +87,38 @@ def read_events(run_dir: Path):
     return accumulator
 
 
-def hparams_rows(logdir: Path) -> dict[str, dict[str, object]]:
-    """The rows of TensorBoard's HParams tab for ``logdir``, as its plugin serves them:
-    session name -> column (hyperparameter or metric tag) -> value."""
-    from tensorboard import context
+def tensorboard_context(logdir: Path):
+    """TensorBoard's plugin context over the runs under ``logdir``, with its scalars plugin."""
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
     from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+    from tensorboard.plugins.scalar.scalars_plugin import ScalarsPlugin
 
     multiplexer = plugin_event_multiplexer.EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(logdir))
     multiplexer.Reload()
     provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    plugins: dict = {}
     tb_context = base_plugin.TBContext(
-        logdir=str(logdir), data_provider=provider, multiplexer=multiplexer
+        logdir=str(logdir),
+        data_provider=provider,
+        multiplexer=multiplexer,
+        plugin_name_to_instance=plugins,
     )
+    plugins["scalars"] = ScalarsPlugin(tb_context)
+    return tb_context
+
+
+def hparams_rows(logdir: Path) -> dict[str, dict[str, object]]:
+    """The rows of TensorBoard's HParams tab for ``logdir``, as its plugin serves them:
+    session name -> column (hyperparameter or metric tag) -> value."""
+    from tensorboard import context
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
     request = api_pb2.ListSessionGroupsRequest(
         start_index=0, slice_size=100, allowed_statuses=api_pb2.Status.values()
     )
     response = list_session_groups.Handler(
-        context.RequestContext(), backend_context.Context(tb_context), "", request
+        context.RequestContext(), backend_context.Context(tensorboard_context(logdir)), "", request
     ).run()
     rows = {}
     for group in response.session_groups:
@@ -118,6 +130,27 @@ def hparams_rows(logdir: Path) -> dict[str, dict[str, object]]:
         row |= {metric.name.tag: metric.value for metric in session.metric_values}
         rows[session.name] = row
     return rows
+
+
+def custom_scalars_lines(logdir: Path, tag_regex: str) -> dict[str, dict[str, list]]:
+    """What a Custom Scalars chart of ``tag_regex`` draws from the runs under ``logdir``, as
+    its plugin serves it: run -> tag -> ``[(step, value), ...]``, a line each (TensorBoard
+    colours lines by run and lists the runs with their colour)."""
+    from tensorboard import context
+    from tensorboard.plugins.custom_scalar.custom_scalars_plugin import CustomScalarsPlugin
+
+    tb_context = tensorboard_context(logdir)
+    plugin = CustomScalarsPlugin(tb_context)
+    lines = {}
+    for run in tb_context.multiplexer.Runs():
+        served = plugin.scalars_impl(context.RequestContext(), run, tag_regex, "")
+        drawn = {
+            tag: [(step, value) for _, step, value in events]
+            for tag, events in served["tag_to_events"].items()
+        }
+        if drawn:
+            lines[run] = drawn
+    return lines
 
 
 def run_dirs(logs: Path) -> list[Path]:

@@ -6,6 +6,11 @@ TensorBoard's ``add_image``, Weights & Biases' ``log_image`` and MLflow's
 ``log_image`` with its step (the image slider of each). Other loggers (CSV,
 ...) have no image view; the PNG files written beside the run serve them.
 
+TensorBoard colours lines by run, so a per-layer scalar
+(``<series>/layer_LL``) is also written as tag ``<series>`` of a run of its own,
+``<log_dir>/layer_LL`` (:class:`LayerRuns`): the custom-scalars chart of
+``<series>`` overlays the layers in a colour each, named by their run.
+
 The Markdown report goes to TensorBoard's Text tab with each figure named by
 its Images tag (TensorBoard serves no files, so a relative image would be a
 broken link), to Weights & Biases as an HTML panel with the figures inside,
@@ -54,6 +59,42 @@ def log_image(logger: Logger, tag: str, image: Tensor, step: int, png: bytes | N
     elif isinstance(logger, MLFlowLogger):
         pixels = image.permute(1, 2, 0).numpy()
         logger.experiment.log_image(logger.run_id, pixels, key=tag, step=step)
+
+
+# A per-layer scalar: <series>/layer_<LL>.
+LAYER_TAG = re.compile(r"(?P<series>.+)/(?P<layer>layer_\d+)")
+
+
+class LayerRuns:
+    """Each TensorBoard logger's per-layer scalars as one run per layer (see the module)."""
+
+    def __init__(self) -> None:
+        self._writers: dict[Path, SummaryWriter] = {}
+
+    def log(self, loggers: list[Logger], scalars: dict[str, float], step: int) -> None:
+        """Write each ``<series>/layer_LL`` of ``scalars`` as ``<series>`` at ``step`` into
+        ``<log_dir>/layer_LL`` of every TensorBoard logger."""
+        layered = [(LAYER_TAG.fullmatch(tag), value) for tag, value in scalars.items()]
+        layered = [(match, value) for match, value in layered if match]
+        for logger in loggers:
+            if not isinstance(logger, TensorBoardLogger) or not layered:
+                continue
+            for match, value in layered:
+                writer = self._writer(Path(logger.log_dir) / match["layer"])
+                writer.add_scalar(match["series"], value, step)
+            for writer in self._writers.values():
+                writer.flush()  # a live TensorBoard shows the epoch
+
+    def close(self) -> None:
+        """Close the runs' event files."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    def _writer(self, folder: Path) -> SummaryWriter:
+        if folder not in self._writers:
+            self._writers[folder] = SummaryWriter(log_dir=str(folder))
+        return self._writers[folder]
 
 
 # A report's figure: ![alt](test/<key>.png), the PNG of image tag <tag root>/<key>.

@@ -59,7 +59,7 @@ class AttentionMaps(AttentionCallback):
         self.head_layers = head_layers
 
     def charts(self) -> dict[str, list[str]]:
-        return {self.title("prefix mass by layer"): [self.tag_pattern(r"prefix_mass/layer_\d+")]}
+        return {self.title("prefix mass by layer"): [self.layer_pattern("prefix_mass")]}
 
     def check_model(self, num_layers: int) -> None:
         for layer in self.head_layers or []:

@@ -13,6 +13,7 @@ at test; at test they set :attr:`AttentionCallback.report_section`.
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -91,6 +92,12 @@ class AttentionCallback(Callback):
         """Regex of the validation tag ``val_attention/<name>/<key>`` (``key`` a regex itself)."""
         return "val_attention/" + self.key(key)
 
+    def layer_pattern(self, series: str) -> str:
+        """Regex of the per-layer series ``val_attention/<name>/<series>/layer_LL`` as the
+        layers' own runs write it (tag ``val_attention/<name>/<series>``): a line and a colour
+        per layer."""
+        return "^" + re.escape(f"val_attention/{self.key(series)}") + "$"
+
     def check_model(self, num_layers: int) -> None:
         """Validate arguments that depend on the model (e.g. layer indices)."""
 
@@ -135,7 +142,7 @@ class AttentionCallback(Callback):
         ``test/acc`` and ``test/loss``.
         """
         scalars = {f"{run.tag_root}/{self.key(key)}": float(value) for key, value in values.items()}
-        self.probe.note_scalars(scalars)
+        self.probe.note_scalars(pl_module.trainer, run, scalars)
         if run.stage == "val":
             for tag, value in scalars.items():
                 pl_module.log(tag, value, rank_zero_only=True)

@@ -77,7 +77,7 @@ class HeadDiversity(AttentionCallback):
 
     def charts(self) -> dict[str, list[str]]:
         return {
-            self.title(f"{title} by layer"): [self.tag_pattern(rf"{key}/layer_\d+")]
+            self.title(f"{title} by layer"): [self.layer_pattern(key)]
             for key, title in (
                 ("head_diversity", "head diversity"),
                 ("entropy", "entropy"),

@@ -48,7 +48,7 @@ from lit_vit.callbacks._data import (
     scan,
     to_pixels,
 )
-from lit_vit.callbacks._loggers import IMAGE_LOGGERS, log_image, log_report
+from lit_vit.callbacks._loggers import IMAGE_LOGGERS, LayerRuns, log_image, log_report
 from lit_vit.callbacks.hparams import (
     STAGE_METRICS,
     attention_summary,
@@ -293,6 +293,7 @@ class AttentionProbe(Callback):
         self._warned_divergence = False
         # The latest value of every attention scalar, by tag, for the runs' hparams summary.
         self._latest_scalars: dict[str, float] = {}
+        self._layer_runs = LayerRuns()
         # This test run's explained test batches and how many images they cover (None: all).
         self._explained: tuple[int | None, list[ExplainedBatch]] | None = None
 
@@ -381,6 +382,9 @@ class AttentionProbe(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._write_fit_row(trainer, pl_module)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._layer_runs.close()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
@@ -528,9 +532,11 @@ class AttentionProbe(Callback):
             remaining -= len(batch.labels)
         return batches
 
-    def note_scalars(self, scalars: dict[str, float]) -> None:
-        """Remember the latest value of each attention scalar (by full tag)."""
+    def note_scalars(self, trainer: Trainer, run: ProbeRun, scalars: dict[str, float]) -> None:
+        """Remember the latest value of each attention scalar (by full tag) and write the
+        per-layer ones as TensorBoard runs of their own."""
         self._latest_scalars.update(scalars)
+        self._layer_runs.log(trainer.loggers, scalars, run.step)
 
     def add_scores(self, column: str, values: dict[str, Tensor | float | str]) -> None:
         """Add a column to the test report's table of explainers and controls (one row each):

@@ -16,7 +16,13 @@ from lit_vit.callbacks import AttentionRollout
 from lit_vit.callbacks.attention_rollout import _spread, thumbnails
 from lit_vit.cli import main
 from tests.callbacks.conftest import EPOCHS, PROBE_SIZE
-from tests.conftest import checkpoint_probe, hparams_rows, read_events, run_dirs
+from tests.conftest import (
+    checkpoint_probe,
+    custom_scalars_lines,
+    hparams_rows,
+    read_events,
+    run_dirs,
+)
 
 IMAGE_TAGS = [
     "evolution",
@@ -102,9 +108,24 @@ def test_tensorboard_gets_a_chart_per_measure_and_the_report(attention_run):
     layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
     (category,) = layout.category
     charts = {chart.title: list(chart.multiline.tag) for chart in category.chart}
-    assert charts["entropy by layer"] == [r"val_attention/entropy/layer_\d+"]
-    assert charts["prefix mass by layer"] == [r"val_attention/prefix_mass/layer_\d+"]
+    assert charts["entropy by layer"] == [r"^val_attention/entropy$"]
+    assert charts["prefix mass by layer"] == [r"^val_attention/prefix_mass$"]
     assert charts["deletion AUC"] == ["val_attention/faithfulness/deletion_.*"]
+
+
+def test_custom_scalars_draw_each_layer_as_a_run_of_its_own(attention_run):
+    events = read_events(attention_run.fit_dir)
+    for series in ("entropy", "head_diversity", "distance_relative", "prefix_mass"):
+        lines = custom_scalars_lines(attention_run.fit_dir, rf"^val_attention/{series}$")
+        # A run per layer, so a colour and an entry in the runs list per layer; the main
+        # run's per-layer tags are not drawn again.
+        assert sorted(lines) == ["layer_00", "layer_01"]
+        for layer, run in enumerate(sorted(lines)):
+            (points,) = lines[run].values()
+            flat = events.Scalars(f"val_attention/{series}/layer_{layer:02d}")
+            assert len(points) == len(flat) >= 2  # every analysed epoch
+            assert [step for step, _ in points] == [event.step for event in flat]
+            assert [value for _, value in points] == pytest.approx([e.value for e in flat])
 
 
 def test_text_tab_report_names_each_figure_by_its_images_tag(attention_run):
