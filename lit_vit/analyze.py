@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.datasets.folder import find_classes
 
+from lit_vit.attention import EXPLAINERS
 from lit_vit.attention.backends import model_logits
 from lit_vit.callbacks import (
     AttentionMaps,
@@ -40,10 +41,13 @@ from lit_vit.callbacks import (
     SanityChecks,
 )
 from lit_vit.data import CLASS_NAMES, DEBIAN_DIR, PIXEL_MEAN, PIXEL_STD, FashionMNISTDataModule
+from lit_vit.hub import offline_unless_reachable
 from lit_vit.image_data import FASHION_MNIST, ImageTestDataModule
 from lit_vit.model import LitViT, create_vit
 
 HF_PREFIX = "hf:"
+# The expensive parts of the report that --skip leaves out.
+SKIPPABLE = ("flow", "sanity", "resolution")
 # ViT image processors' defaults, for a Hugging Face folder saved without its processor.
 HF_DEFAULT_MEAN_STD = (0.5, 0.5)
 
@@ -130,6 +134,7 @@ def analyze(
     save_dir: str = "logs",
     accelerator: str = "auto",
     classes: list[str] | None = None,
+    skip: str = "",
 ) -> Path:
     """Write the attention report of a model on a test set, without training.
 
@@ -160,6 +165,11 @@ def analyze(
             ImageNet's). The data's classes (Fashion-MNIST's or the folder
             names) are matched to them by name, case and punctuation aside;
             accuracy is logged only when every data class matches.
+        skip: Comma-separated parts of the report to leave out, from ``flow`` (attention
+            flow, a maximum flow per patch and image: about 3 s per 224 px image and map
+            on a CPU core), ``sanity`` (the sanity checks, which explain the images again
+            at each of the model's randomisation steps) and ``resolution`` (the resolution
+            sweep), e.g. ``flow,sanity``.
 
     Returns:
         The report's path.
@@ -168,7 +178,7 @@ def analyze(
         ValueError: Both or neither of ``ckpt_path`` and ``model``; an unknown
             model; a ``data`` that is neither Fashion-MNIST nor a folder of
             class folders; a probe larger than the test set; ``classes`` of
-            another length than the model's outputs.
+            another length than the model's outputs; an unknown part in ``skip``.
         FileNotFoundError: A missing checkpoint or weights that cannot be had.
     """
     if (ckpt_path is None) == (model is None):
@@ -176,6 +186,7 @@ def analyze(
             "give one of --ckpt_path (a lit-vit checkpoint) and --model (a timm name or "
             "hf:<hub id or folder>)."
         )
+    skipped = _skipped(skip)
     test_data = TestData(data, data_dir, system_dir, batch_size, num_workers)
     if ckpt_path is not None:
         module, datamodule, name = _from_checkpoint(ckpt_path, test_data, classes)
@@ -183,15 +194,16 @@ def analyze(
         module, datamodule, name = _from_name(
             model, pretrained, model_kwargs or {}, test_data, classes
         )
+    explainers = [name for name in EXPLAINERS if name not in skipped]
     callbacks = [
-        AttentionProbe(size=probe_size),
+        AttentionProbe(size=probe_size, explainers=explainers),
         AttentionMaps(),
         AttentionRollout(),
         HeadDiversity(),
         FocusCoverage(test_images=test_images),
         Faithfulness(test_images=faithfulness_images),
-        SanityChecks(),
-        ResolutionSweep(images=test_images),
+        *([] if "sanity" in skipped else [SanityChecks()]),
+        *([] if "resolution" in skipped else [ResolutionSweep(images=test_images)]),
     ]
     logger = TensorBoardLogger(save_dir, name=f"analyze_{_run_name(ckpt_path, name)}")
     trainer = Trainer(
@@ -288,6 +300,18 @@ def _from_name(
     return module, datamodule, name
 
 
+def _skipped(skip: str) -> set[str]:
+    """The parts named in ``--skip`` (``"flow,sanity"``), checked."""
+    parts = {part.strip() for part in skip.split(",") if part.strip()}
+    unknown = sorted(parts - set(SKIPPABLE))
+    if unknown:
+        raise ValueError(
+            f"--skip '{skip}': {', '.join(unknown)} is not a part of the report that can be "
+            f"left out; choose from {', '.join(SKIPPABLE)}, comma-separated (--skip flow,sanity)."
+        )
+    return parts
+
+
 def _checked_classes(classes: list[str] | None, num_classes: int) -> list[str]:
     if classes and len(classes) != num_classes:
         raise ValueError(
@@ -331,7 +355,9 @@ def timm_model(
     img_size = kwargs.pop("img_size", None)
     if img_size is None:
         img_size = _timm_default_size(name)
-    model = create_vit(name, pretrained=pretrained, img_size=img_size, **kwargs)
+    model = create_vit(
+        name, pretrained=pretrained, img_size=img_size, pretrained_option="--pretrained", **kwargs
+    )
     data_config = resolve_data_config({}, model=model)
     patch_embed = getattr(model, "patch_embed", None)
     if patch_embed is not None:
@@ -356,11 +382,12 @@ def hugging_face_model(source: str, pretrained: bool) -> tuple[nn.Module, dict[s
             "Hugging Face models need transformers: pip install 'lit-vit[hf]'."
         ) from error
     try:
-        if pretrained:
-            model = transformers.AutoModelForImageClassification.from_pretrained(source)
-        else:
-            config = transformers.AutoConfig.from_pretrained(source)
-            model = transformers.AutoModelForImageClassification.from_config(config)
+        with offline_unless_reachable():
+            if pretrained:
+                model = transformers.AutoModelForImageClassification.from_pretrained(source)
+            else:
+                config = transformers.AutoConfig.from_pretrained(source)
+                model = transformers.AutoModelForImageClassification.from_config(config)
     except (OSError, ValueError) as error:
         raise FileNotFoundError(
             f"--model hf:{source}: cannot load it ({str(error).splitlines()[0]}). Give a hub id "
@@ -368,7 +395,8 @@ def hugging_face_model(source: str, pretrained: bool) -> tuple[nn.Module, dict[s
         ) from error
     mean, std = HF_DEFAULT_MEAN_STD
     try:
-        processor = transformers.AutoImageProcessor.from_pretrained(source)
+        with offline_unless_reachable():
+            processor = transformers.AutoImageProcessor.from_pretrained(source)
         mean = getattr(processor, "image_mean", None) or mean
         std = getattr(processor, "image_std", None) or std
     except (OSError, ValueError):

@@ -447,7 +447,8 @@ def main(args: ArgsType = None) -> None:
         if isinstance(error, MisconfigurationException) and re.search(
             "gpu|cuda|mps|tpu|accelerator|backend", str(error), re.IGNORECASE
         ):
-            hint = " This machine lacks it: use --trainer.accelerator cpu (or auto)."
+            option = "--accelerator" if argv[:1] == ["analyze"] else "--trainer.accelerator"
+            hint = f" This machine lacks it: use {option} cpu (or auto)."
         print(
             f"lit-vit: error: {error}{hint}\n(set LIT_VIT_DEBUG=1 for the traceback)",
             file=sys.stderr,

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_vit.distance_bias import DistanceBiasAttention, set_prefix_tokens
+from lit_vit.hub import offline_unless_reachable
 
 # Checkpoint key of the raw (non-EMA) weights when EMA is on; ``state_dict`` holds the EMA ones.
 TRAINING_WEIGHTS_KEY = "lit_vit_training_weights"
@@ -342,8 +343,20 @@ class LitViT(LightningModule):
         self._ema_holds_training_weights = not self._ema_holds_training_weights
 
 
-def create_vit(model_name: str, *, pretrained: bool, img_size: int, **kwargs) -> nn.Module:
-    """``timm.create_model`` with errors that name the bad value and the fix.
+def create_vit(
+    model_name: str,
+    *,
+    pretrained: bool,
+    img_size: int,
+    pretrained_option: str = "--model.pretrained",
+    **kwargs,
+) -> nn.Module:
+    """``timm.create_model`` with errors that name the bad value and the fix; without a
+    network, pretrained weights come from the local cache at once (no minute of retries).
+
+    Args:
+        pretrained_option: The command-line option that switches the weights off, for the
+            message when they cannot be had.
 
     Raises:
         ValueError: Unknown ``model_name`` (close names suggested) or an
@@ -371,15 +384,18 @@ def create_vit(model_name: str, *, pretrained: bool, img_size: int, **kwargs) ->
             f"an embed_dim that is a multiple of {num_heads}."
         )
     try:
-        vit = timm.create_model(model_name, pretrained=pretrained, img_size=img_size, **kwargs)
+        with offline_unless_reachable():
+            vit = timm.create_model(model_name, pretrained=pretrained, img_size=img_size, **kwargs)
     except TypeError as error:
         raise ValueError(f"timm model '{model_name}' rejects these arguments: {error}") from error
     except (OSError, RuntimeError) as error:
         if not pretrained:
             raise
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise FileNotFoundError(
-            f"Could not load pretrained weights for '{model_name}' ({error}). Connect to the "
-            "network once to fill the Hugging Face cache, or set model.pretrained: false."
+            f"Could not load pretrained weights for '{model_name}' ({reason}). Connect to the "
+            f"network once to fill the Hugging Face cache, or use random weights with "
+            f"{pretrained_option} false."
         ) from error
     patch_embed = getattr(vit, "patch_embed", None)
     if patch_embed is not None:

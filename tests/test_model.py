@@ -75,5 +75,32 @@ def test_image_size_not_divisible_by_patch_size():
 
 
 def test_pretrained_offline_is_a_clear_error():
-    with pytest.raises(FileNotFoundError, match="pretrained weights.*model.pretrained: false"):
+    with pytest.raises(FileNotFoundError, match="pretrained weights.*--model.pretrained false"):
         create_vit("vit_tiny_patch16_224", pretrained=True, img_size=28, patch_size=4, in_chans=1)
+
+
+def test_pretrained_weights_without_a_network_come_from_the_cache_at_once(monkeypatch):
+    """No minute of hub retries: without a connection the download reads the cache only,
+    and a miss names the option that switches the weights off."""
+    import socket
+
+    import timm
+    from huggingface_hub import constants
+
+    def no_network(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    offline_during_download = []
+
+    def create_model(*args, **kwargs):
+        offline_during_download.append(constants.is_offline_mode())
+        raise OSError("not in the local cache")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as on a user's machine
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(timm, "create_model", create_model)
+    with pytest.raises(FileNotFoundError, match="random weights with --pretrained false"):
+        create_vit(
+            "vit_tiny_patch16_224", pretrained=True, img_size=224, pretrained_option="--pretrained"
+        )
+    assert offline_during_download == [True] and not constants.is_offline_mode()

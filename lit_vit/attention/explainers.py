@@ -11,6 +11,8 @@ that know nothing about the model, to beat.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from torch import Tensor, nn
 
 from lit_vit.attention._validate import renormalize
@@ -27,32 +29,38 @@ CLASS_SPECIFIC = ("grad rollout", "input x gradient", "cp-lrp")
 
 
 def explain(
-    recorder: AttentionRecorder, images: Tensor, targets: Tensor | None = None
+    recorder: AttentionRecorder,
+    images: Tensor,
+    targets: Tensor | None = None,
+    methods: Sequence[str] = EXPLAINERS,
 ) -> dict[str, Tensor]:
-    """Every explainer's map of ``images``: one recorded pass with gradients, and input x
-    gradient.
+    """The maps of the explainers ``methods`` of ``images``: one recorded pass with gradients,
+    and input x gradient and CP-LRP when asked for.
 
     Args:
         recorder: The recorder of the model to explain.
         images: ``(B, C, H, W)`` images as the model takes them.
         targets: ``(B,)`` classes the class-specific explainers explain; ``None``
             for the predicted ones.
+        methods: Names from :data:`EXPLAINERS` (leave out ``"flow"``, a maximum flow per
+            patch and image, on large grids).
 
     Returns:
-        :data:`EXPLAINERS` -> ``(B, gh, gw)`` float32 maps on the CPU, each summing to 1.
+        ``methods`` -> ``(B, gh, gw)`` float32 maps on the CPU, each summing to 1, in
+        :data:`EXPLAINERS` order.
     """
     recording = recorder.record(images, grad_targets=[targets], full=False)
-    reduced = recording.reduced
+    reduced, layout = recording.reduced, recording.layout
     target = recording.targets[0]
-    maps = {
-        "rollout": reduced.rollout(),
-        "flow": reduced.attention_flow(),
-        "class token": reduced.cls_attention().maps[-1].mean(dim=1),
-        "grad rollout": reduced.gradient_rollout(),
-        "input x gradient": input_x_gradient(recorder.model, images, recording.layout, target),
-        "cp-lrp": cp_lrp_map(recorder.model, images, target, recorder.backend, recording.layout),
+    makers: dict[str, Callable[[], Tensor]] = {
+        "rollout": reduced.rollout,
+        "flow": reduced.attention_flow,
+        "class token": lambda: reduced.cls_attention().maps[-1].mean(dim=1),
+        "grad rollout": reduced.gradient_rollout,
+        "input x gradient": lambda: input_x_gradient(recorder.model, images, layout, target),
+        "cp-lrp": lambda: cp_lrp_map(recorder.model, images, target, recorder.backend, layout),
     }
-    return {name: values.detach().float().cpu() for name, values in maps.items()}
+    return {name: makers[name]().detach().float().cpu() for name in EXPLAINERS if name in methods}
 
 
 def cp_lrp_map(

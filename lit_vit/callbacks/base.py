@@ -17,6 +17,7 @@ import re
 from typing import ClassVar
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -91,6 +92,11 @@ class AttentionCallback(Callback):
     def tag_pattern(self, key: str) -> str:
         """Regex of the validation tag ``val_attention/<name>/<key>`` (``key`` a regex itself)."""
         return "val_attention/" + self.key(key)
+
+    def progress(self, run: ProbeRun, message: str) -> None:
+        """Say on the console what the test-time analysis does now (silent during fit)."""
+        if run.stage == "test":
+            rank_zero_info(f"{self.title(type(self).__name__)}: {message}")
 
     def layer_pattern(self, series: str) -> str:
         """Regex of the per-layer series ``val_attention/<name>/<series>/layer_LL`` as the

@@ -266,7 +266,7 @@ class Faithfulness(AttentionCallback):
         parts: list[dict[str, FaithfulnessResult]] = []
         per_image: dict[str, dict[str, list[Tensor]]] = {m: {} for m in FAITHFULNESS_METRICS}
         for batch in self.probe.explained_test_set(trainer, pl_module, limit):
-            maps = {name: batch.maps[name] for name in (*EXPLAINERS, *MAP_CONTROLS)}
+            maps = {n: batch.maps[n] for n in (*EXPLAINERS, *MAP_CONTROLS) if n in batch.maps}
             background = self.score(
                 pl_module, batch.images, maps, batch.layout, batch.index, self.steps
             )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -32,6 +33,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from lit_vit.attention import (
+    EXPLAINERS,
     AttentionRecorder,
     AttentionRecording,
     NonFiniteAttentionError,
@@ -240,10 +242,14 @@ class AttentionProbe(Callback):
             own that read it. Off: each layer is reduced while it is recorded to
             what the analyses read, at most ``1/H`` of it
             (:class:`~lit_vit.attention.ReducedAttention`).
+        explainers: The explainers the test-time analyses compare (faithfulness,
+            focus, sanity checks), from :data:`~lit_vit.attention.EXPLAINERS`; ``None``
+            for all. Leave out ``flow`` on large grids: it solves a maximum flow per
+            patch and image (about 3 s per 224 px image on a CPU core).
 
     Raises:
-        ValueError: For ``size`` or ``figure_rows`` below 1; at setup, when the
-            module has no ViT or no attention modules, ``module`` names none,
+        ValueError: For ``size`` or ``figure_rows`` below 1, an unknown explainer; at
+            setup, when the module has no ViT or no attention modules, ``module`` names none,
             the probe is larger than the evaluation set, two analysis callbacks
             share a name, or the strategy shards parameters (FSDP, DeepSpeed).
 
@@ -267,10 +273,18 @@ class AttentionProbe(Callback):
         module: str | None = None,
         figure_rows: int = 8,
         full_attention: bool = False,
+        explainers: list[str] | None = None,
     ) -> None:
         for name, value in (("size", size), ("figure_rows", figure_rows)):
             if value < 1:
                 raise ValueError(f"AttentionProbe: {name}={value} must be at least 1.")
+        unknown = [name for name in explainers or () if name not in EXPLAINERS]
+        if unknown:
+            raise ValueError(
+                f"AttentionProbe: explainers={explainers} names {unknown}; choose from "
+                f"{list(EXPLAINERS)}."
+            )
+        self.explainers = tuple(n for n in EXPLAINERS if explainers is None or n in explainers)
         self.size = size
         self.seed = seed
         self.module = module
@@ -573,6 +587,7 @@ class AttentionProbe(Callback):
         if analysis is None:
             return
         for consumer in consumers:
+            consumer.progress(run, "analysing")
             consumer.analyze(trainer, pl_module, analysis)
 
     def _capture(
@@ -658,15 +673,27 @@ class AttentionProbe(Callback):
         self, trainer: Trainer, pl_module: LightningModule, limit: int | None
     ) -> list[ExplainedBatch]:
         limit = sys.maxsize if limit is None else limit
-        batches = []
+        total = min(limit, self._test_images or limit)
+        rank_zero_info(
+            f"AttentionProbe: explaining {total:,} test images once for the report "
+            f"({', '.join(self.explainers)}, and the controls)"
+        )
+        batches, start = [], time.perf_counter()
         for index, (images, labels) in enumerate(
             iterate_batches(trainer, pl_module, "test", limit)
         ):
             layout = self.recorder.backend.layout(tuple(images.shape[-2:]))
             pixels = to_pixels(trainer, images.detach().float().cpu())
-            maps = explain(self.recorder, images) | controls(pixels, layout, self.seed + index)
+            maps = explain(self.recorder, images, methods=self.explainers)
+            maps |= controls(pixels, layout, self.seed + index)
             labels = labels.cpu().long()
             batches.append(ExplainedBatch(index, images.detach(), labels, pixels, layout, maps))
+            if index == 0 and total > len(labels):
+                per_image = (time.perf_counter() - start) / len(labels)
+                rank_zero_info(
+                    f"AttentionProbe: {per_image:.2f} s per image, about "
+                    f"{duration(per_image * (total - len(labels)))} more"
+                )
         return batches
 
     def _warn_divergence(
@@ -783,6 +810,11 @@ class AttentionProbe(Callback):
             f"- Written {date.today().isoformat()} by lit-vit {__version__}",
         ]
         return lines
+
+
+def duration(seconds: float) -> str:
+    """``"40 s"``, ``"3 min"``."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _exceeds(limit: int | None, covered: int | None) -> bool:

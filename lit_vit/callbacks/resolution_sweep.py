@@ -161,6 +161,7 @@ class ResolutionSweep(AttentionCallback):
     def sweep(self, trainer: Trainer, pl_module: LightningModule, run: ProbeRun) -> None:
         """Evaluate every size on the images of ``run``'s stage; log, and at test report."""
         split = "test" if run.stage == "test" else "val"
+        self.progress(run, f"{len(self._pairs)} input sizes on up to {self.images:,} test images")
         batches = list(iterate_batches(trainer, pl_module, split, self.images))
         images = torch.cat([images for images, _ in batches])
         labels = torch.cat([labels for _, labels in batches]).long()

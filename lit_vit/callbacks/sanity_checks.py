@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
@@ -19,7 +22,7 @@ from lit_vit.attention import (
     threshold_verdict,
 )
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
-from lit_vit.callbacks.probe import ProbeRun
+from lit_vit.callbacks.probe import ProbeRun, duration
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import randomization_figure
 
@@ -130,13 +133,20 @@ class SanityChecks(AttentionCallback):
         logits = recorder.record(images, full=False).logits
         predicted, classes = logits.argmax(dim=-1), logits.shape[-1]
         steps = randomization_steps(pl_module, self.probe.recorder.backend)
-        curve = cascading_randomization(
-            pl_module, steps, lambda: explain(recorder, images, predicted), self.seed
+        explainers = self.probe.explainers
+        self.progress(run, f"cascading randomisation of {len(steps)} steps on {len(images)} images")
+        explain_all = _estimating(
+            lambda: explain(recorder, images, predicted, explainers),
+            len(steps) + 1,  # each step, and a random class
+            lambda seconds: self.progress(run, f"about {duration(seconds)}"),
         )
+        curve = cascading_randomization(pl_module, steps, explain_all, self.seed)
         other = random_logit_targets(predicted, classes, self.seed)
-        swapped = explain(recorder, images, other.to(predicted.device))
+        swapped = explain(recorder, images, other.to(predicted.device), explainers)
         random_logit = {
-            name: spearman(swapped[name], curve.trained[name]) for name in CLASS_SPECIFIC
+            name: spearman(swapped[name], curve.trained[name])
+            for name in CLASS_SPECIFIC
+            if name in swapped
         }
         checks = {
             name: (
@@ -231,6 +241,23 @@ class SanityChecks(AttentionCallback):
             f"; not distinguishable from {self.threshold}: {', '.join(unsure)}" if unsure else "",
         )
         return ReportSection(self.title("Sanity checks"), self.report_order, body, [summary])
+
+
+def _estimating(
+    explain_all: Callable[[], dict[str, Tensor]], calls: int, say: Callable[[float], None]
+) -> Callable[[], dict[str, Tensor]]:
+    """``explain_all`` that, after its first call, says how long ``calls`` more would take."""
+    timed = []
+
+    def explain_and_estimate() -> dict[str, Tensor]:
+        start = time.perf_counter()
+        maps = explain_all()
+        if not timed:
+            timed.append(time.perf_counter() - start)
+            say(timed[0] * calls)
+        return maps
+
+    return explain_and_estimate
 
 
 def _tag(name: str) -> str:

@@ -210,7 +210,7 @@ def test_a_folder_class_the_model_does_not_name_means_no_accuracy(tmp_path, atte
             "--data 'no/such/folder' is neither fashion_mnist nor a folder",
         ),
         (["--model=vit_tiny_patch16_224", "--probe_sise=3"], "Did you mean 'probe_size'?"),
-        (["--model=vit_tiny_patch16_224"], "Could not load pretrained weights"),
+        (["--model=vit_tiny_patch16_224"], "or use random weights with --pretrained false"),
         (["--model=hf:no/such-model"], "--model hf:no/such-model: cannot load it"),
         (
             ["--model=vit_tiny_patch16_224", "--pretrained=false", "--classes=[a, b]"],
