@@ -1,7 +1,14 @@
-"""Where a ``lit-vit test`` run with the full report spends its time, run by hand.
+"""Where a ``lit-vit test`` or ``lit-vit analyze`` run with the full report spends its time,
+run by hand.
 
     python benchmarks/test_time_share.py logs/fashion_mnist/version_0/checkpoints/last.ckpt \\
         -- --data.data_dir=data
+    python benchmarks/test_time_share.py --analyze 16 -- --model vit_tiny_patch16_224 \\
+        --pretrained false
+
+With ``--analyze N`` it runs ``lit-vit analyze`` on a folder of the first ``N``
+Fashion-MNIST test images as PNGs in class folders (written to a temporary
+folder; resized to the model's input size by analyze) with the options after ``--``.
 
 Runs ``lit-vit test --config configs/fashion_mnist.yaml --ckpt_path <ckpt>`` in this
 process with timers around each attention callback's test-time work (its ``analyze``,
@@ -17,8 +24,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import sys
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 from unittest import mock
 
 import lit_vit.attention.explainers as explainers
@@ -56,12 +66,23 @@ TIMED = {
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint")
+    parser.add_argument("checkpoint", nargs="?", help="For lit-vit test.")
     parser.add_argument("--config", default="configs/fashion_mnist.yaml")
-    parser.add_argument("extra", nargs="*", help="After --: more lit-vit test options.")
-    args = parser.parse_args(argv)
+    parser.add_argument("--analyze", type=int, metavar="N", help="Analyze N test images.")
+    argv = sys.argv[1:] if argv is None else argv
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    args.extra = argv[cut + 1 :]  # more lit-vit options
     timer = ExclusiveTimer()
-    command = ["test", "--config", args.config, "--ckpt_path", args.checkpoint, *args.extra]
+    if args.analyze:
+        folder = Path(tempfile.mkdtemp(prefix="lit_vit_images_"))
+        write_image_folder(folder, args.analyze)
+        command = ["analyze", "--data", str(folder), "--save_dir", str(folder / "logs")]
+        command += args.extra
+    elif args.checkpoint:
+        command = ["test", "--config", args.config, "--ckpt_path", args.checkpoint, *args.extra]
+    else:
+        parser.error("give a checkpoint (lit-vit test) or --analyze N")
     start = time.perf_counter()
     with contextlib.ExitStack() as patches:
         for name, (cls, method) in TIMED.items():
@@ -70,13 +91,29 @@ def main(argv: list[str] | None = None) -> None:
             )
         lit_vit(command)
     total = time.perf_counter() - start
-    print(f"\nlit-vit test {args.checkpoint}: {total:.1f} s wall")
+    print(f"\nlit-vit {' '.join(command)}: {total:.1f} s wall")
     print(f"{'work':<66} {'s':>7} {'share':>6}")
     for name in TIMED:
         print(f"{name:<66} {timer.spent[name]:>7.1f} {timer.spent[name] / total:>6.1%}")
     rest = total - sum(timer.spent.values())
     label = "the rest: the test loop over the test set, loading, writing"
     print(f"{label:<66} {rest:>7.1f} {rest / total:>6.1%}")
+
+
+def write_image_folder(folder: Path, count: int) -> None:
+    """The first ``count`` Fashion-MNIST test images as ``folder/<class>/<index>.png``."""
+    from torchvision.datasets import FashionMNIST
+
+    from lit_vit.data import CLASS_NAMES, FashionMNISTDataModule
+
+    data = FashionMNISTDataModule()
+    data.prepare_data()
+    test = FashionMNIST(str(data.data_dir), train=False)
+    for index in range(count):
+        image, label = test[index]
+        path = folder / CLASS_NAMES[label].replace("/", "_") / f"{index}.png"  # T-shirt_top
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
 
 
 class ExclusiveTimer:

@@ -9,6 +9,7 @@ checkpoints, figures or logs.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -38,9 +39,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_vit import __version__
 from lit_vit.analyze import analyze
 from lit_vit.callbacks import PredictionWriter
+from lit_vit.callbacks.finite_checkpoint import FiniteModelCheckpoint, finite_weights
 from lit_vit.config_files import check_config_file, config_files
 from lit_vit.data import FashionMNISTDataModule
+from lit_vit.interrupts import Terminated, stop_on_sigterm
 from lit_vit.model import LitViT
+from lit_vit.progress import console_progress
 from lit_vit.runs import RunFolders
 
 SUBCOMMANDS_WITH_CKPT = ("fit", "validate", "test", "predict")
@@ -78,32 +82,6 @@ def closest_option(message: str, parser: LightningArgumentParser) -> str:
     options = {option.lstrip("-") for action in parser._actions for option in action.option_strings}
     close = difflib.get_close_matches(match.group(1), sorted(options), n=1, cutoff=0.6)
     return f". Did you mean '{close[0]}'?" if close else ""
-
-
-def epoch_of_total(trainer) -> str:
-    """``Epoch 3/30`` for the third of 30 epochs (Lightning shows ``Epoch 2/29``)."""
-    total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
-    return f"Epoch {trainer.current_epoch + 1}/{total}"
-
-
-class EpochProgressBar(TQDMProgressBar):
-    """Lightning's tqdm progress bar, with the epoch out of the total."""
-
-    def on_train_epoch_start(self, trainer, *_) -> None:
-        super().on_train_epoch_start(trainer)
-        self.train_progress_bar.set_description(epoch_of_total(trainer))
-
-
-class EpochRichProgressBar(RichProgressBar):
-    """Lightning's rich progress bar, with the epoch out of the total."""
-
-    def _get_train_description(self, current_epoch: int) -> str:
-        description = epoch_of_total(self.trainer)
-        return f"{description:{len(self.validation_description)}}"
-
-
-# Lightning's default progress bars and the ones lit-vit puts in their place.
-PROGRESS_BARS = {TQDMProgressBar: EpochProgressBar, RichProgressBar: EpochRichProgressBar}
 
 
 class SaveConfigToRunFolder(SaveConfigCallback):
@@ -145,7 +123,7 @@ class LitViTCLI(LightningCLI):
         parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
         parser.link_arguments("data.img_size", "model.img_size")
         # Own argument groups, so a config's trainer.callbacks list cannot drop them.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FiniteModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -235,8 +213,8 @@ class LitViTCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         callbacks = self.trainer.callbacks
         for index, callback in enumerate(callbacks):
-            if type(callback) in PROGRESS_BARS:
-                callbacks[index] = PROGRESS_BARS[type(callback)]()
+            if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's defaults
+                callbacks[index] = console_progress(callback)
         unused = []
         if self.subcommand in EVALUATING:
             # Nothing to save; restoring it from the checkpoint only warns that its folder moved.
@@ -279,6 +257,12 @@ class LitViTCLI(LightningCLI):
         checkpoint = self.trainer.checkpoint_callback
         if checkpoint is None or not self.trainer.is_global_zero:
             return
+        if checkpoint.monitor and not checkpoint.best_model_path and not finite_weights(self.model):
+            raise ValueError(
+                f"fit diverged: no validation ran on a model with finite weights, so there is "
+                f"no best checkpoint ({checkpoint.monitor}); last.ckpt holds the diverged model. "
+                "Lower --model.lr (or raise --model.warmup_epochs) and fit again."
+            )
         rank_zero_info(f"Best checkpoint ({checkpoint.monitor}): {checkpoint.best_model_path}")
         rank_zero_info(f"Last checkpoint: {checkpoint.last_model_path}")
         rank_zero_info(f"Logs: {log_dir}")
@@ -415,31 +399,24 @@ def main(args: ArgsType = None) -> None:
     broken files, data or weights; an accelerator this machine lacks:
     ``ValueError``, ``OSError``, Lightning's ``MisconfigurationException``)
     print one clear message and exit with status 2; ``LIT_VIT_DEBUG=1`` shows
-    the traceback.
+    the traceback. SIGTERM stops every command but ``fit`` as Ctrl-C does (status 1;
+    ``fit`` stops at the next batch, Lightning's way).
     """
     argv = list(sys.argv[1:] if args is None else args)
     _quiet_lightning()
+    stops = stop_on_sigterm() if argv[:1] != ["fit"] else contextlib.nullcontext()
     try:
         for path in config_files(argv):
             check_config_file(path)
         if argv[:1] == ["analyze"]:
-            analyze_main(argv[1:])
+            with stops:
+                analyze_main(argv[1:])
             return
-        LitViTCLI(
-            LitViT,
-            FashionMNISTDataModule,
-            parser_class=LitViTArgumentParser,
-            save_config_callback=SaveConfigToRunFolder,
-            save_config_kwargs={"overwrite": True},
-            trainer_defaults={
-                "logger": {
-                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": "logs", "name": "lit_vit"},
-                },
-            },
-            # None: LightningCLI reads sys.argv itself (given both, it warns on every command).
-            args=args,
-        )
+        with stops:
+            _run_lightning_cli(args)
+    except Terminated:  # outside Lightning's loops, which exit with status 1 themselves
+        print("lit-vit: stopped by SIGTERM", file=sys.stderr)
+        raise SystemExit(1) from None
     except (ValueError, OSError, MisconfigurationException) as error:
         if os.environ.get("LIT_VIT_DEBUG"):
             raise
@@ -454,6 +431,25 @@ def main(args: ArgsType = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2) from None
+
+
+def _run_lightning_cli(args: ArgsType) -> None:
+    """Lightning's CLI of :class:`LitViT` on Fashion-MNIST (``fit``, ``test``, ...)."""
+    LitViTCLI(
+        LitViT,
+        FashionMNISTDataModule,
+        parser_class=LitViTArgumentParser,
+        save_config_callback=SaveConfigToRunFolder,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "logs", "name": "lit_vit"},
+            },
+        },
+        # None: LightningCLI reads sys.argv itself (given both, it warns on every command).
+        args=args,
+    )
 
 
 class _DropTips(logging.Filter):

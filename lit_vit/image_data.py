@@ -106,7 +106,7 @@ class ImageTestDataModule(LightningDataModule):
             dataset = FashionMNIST(self.data_dir, train=False, transform=transform)
         else:
             try:
-                dataset = ImageFolder(self.source, transform=transform)
+                dataset = ImageFolder(self.source, transform=transform, loader=read_image)
             except FileNotFoundError as error:
                 raise ValueError(
                     f"--data '{self.source}' has no images in class folders ({error}). Lay it "
@@ -144,6 +144,28 @@ class ImageTestDataModule(LightningDataModule):
         mode = "L" if self.in_chans == 1 else "RGB"
         timm_transform = create_transform(**self.data_config, is_training=False)
         return Compose([Lambda(partial(_convert, mode=mode)), timm_transform])
+
+
+def read_image(path: str) -> Image.Image:
+    """The RGB image at ``path`` (as torchvision's loader reads it).
+
+    Raises:
+        ValueError: A file that is no image PIL reads, or one larger than PIL's guard
+            against decompression bombs (``PIL.Image.MAX_IMAGE_PIXELS``), named with the fix.
+    """
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"--data: {path} is too large to read safely ({error}). Shrink it or take it out "
+            "of the folder; for an image you trust, raise PIL.Image.MAX_IMAGE_PIXELS."
+        ) from None
+    except OSError as error:
+        raise ValueError(
+            f"--data: {path} is no image that can be read ({error}). Take it out of the "
+            "folder or replace it."
+        ) from None
 
 
 def _convert(image: Image.Image, mode: str) -> Image.Image:

@@ -160,12 +160,32 @@ def test_fit_says_where_the_logs_are_when_it_starts(tmp_path, fake_fashion_mnist
     )
     main(["fit", *args])
     captured = capsys.readouterr()
-    progress = captured.out + captured.err
-    assert "Epoch 2/2" in progress, "the epoch out of the total, counted from 1"
+    # stdout is no terminal here: one line per epoch, counted from 1, and no bar.
+    lines = [line for line in captured.out.splitlines() if line.startswith("Epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["Epoch 1/2", "Epoch 2/2"], captured.out
+    assert all("val/acc" in line and "train/loss_epoch" in line for line in lines)
+    assert "it/s" not in captured.out + captured.err and "\r" not in captured.out
     (run_dir,) = run_dirs(tmp_path / "logs")
     first = caplog.text.index(f"Logs: {run_dir}")
     assert f"tensorboard --logdir {run_dir.parent}" in caplog.text
     assert first < caplog.text.index("Last checkpoint:"), "said at the start, not only the end"
+
+
+def test_a_terminal_gets_lightnings_bar_with_the_epoch_out_of_the_total(monkeypatch):
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    from lit_vit.progress import (
+        EpochLines,
+        EpochProgressBar,
+        EpochRichProgressBar,
+        console_progress,
+    )
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert type(console_progress(TQDMProgressBar())) is EpochProgressBar
+    assert type(console_progress(RichProgressBar())) is EpochRichProgressBar
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert type(console_progress(TQDMProgressBar())) is EpochLines
 
 
 def test_test_refuses_random_weights_and_names_the_latest_checkpoints(
@@ -432,3 +452,12 @@ def test_a_config_file_that_is_no_mapping_of_options_is_named(tmp_path, capsys, 
         assert exit_info.value.code == 2
         error = capsys.readouterr().err
         assert f"--config '{config}' {message}" in error and "Traceback" not in error
+
+
+def test_a_diverged_model_is_never_the_best_checkpoint(tmp_path, fake_fashion_mnist, capsys):
+    args = tiny_run_args(tmp_path, fake_fashion_mnist, "--trainer.callbacks=[]", "--model.lr=1e6")
+    message = expect_cli_error(["fit", *args], capsys)
+    assert "fit diverged" in message and "Lower --model.lr" in message
+    (run_dir,) = run_dirs(tmp_path / "logs")
+    checkpoints = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["last.ckpt"], "no best: every validated model had NaN weights"

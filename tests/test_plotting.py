@@ -497,6 +497,26 @@ def test_save_image_writes_the_rendered_pixels(tmp_path):
     assert bare.suffix == ".png" and bare.read_bytes().startswith(PNG_MAGIC)
 
 
+def test_a_failed_write_leaves_no_partial_png_and_the_old_one_whole(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    path = tmp_path / "figure.png"
+    old = plotting.encode_png(torch.zeros(3, 8, 8, dtype=torch.uint8))
+    plotting.save_image(old, path)
+    write_bytes = Path.write_bytes
+
+    def disk_full(self, data):
+        write_bytes(self, data[: len(data) // 2])  # what fits, then the error
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        plotting.save_image(torch.full((3, 8, 8), 255, dtype=torch.uint8), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png"]
+    assert path.read_bytes() == old
+
+
 def test_pyplot_is_never_imported(tmp_path):
     script = textwrap.dedent(
         f"""

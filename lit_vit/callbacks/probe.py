@@ -678,23 +678,34 @@ class AttentionProbe(Callback):
             f"AttentionProbe: explaining {total:,} test images once for the report "
             f"({', '.join(self.explainers)}, and the controls)"
         )
-        batches, start = [], time.perf_counter()
+        batches = []
         for index, (images, labels) in enumerate(
             iterate_batches(trainer, pl_module, "test", limit)
         ):
             layout = self.recorder.backend.layout(tuple(images.shape[-2:]))
             pixels = to_pixels(trainer, images.detach().float().cpu())
-            maps = explain(self.recorder, images, methods=self.explainers)
+            if index == 0:
+                maps = self._explain_estimating(images, total)
+            else:
+                maps = explain(self.recorder, images, methods=self.explainers)
             maps |= controls(pixels, layout, self.seed + index)
             labels = labels.cpu().long()
             batches.append(ExplainedBatch(index, images.detach(), labels, pixels, layout, maps))
-            if index == 0 and total > len(labels):
-                per_image = (time.perf_counter() - start) / len(labels)
-                rank_zero_info(
-                    f"AttentionProbe: {per_image:.2f} s per image, about "
-                    f"{duration(per_image * (total - len(labels)))} more"
-                )
         return batches
+
+    def _explain_estimating(self, images: Tensor, total: int) -> dict[str, Tensor]:
+        """The explainers' maps of ``(B, C, H, W)`` images, the first image alone, to say how
+        long all ``total`` will take."""
+        start = time.perf_counter()
+        first = explain(self.recorder, images[:1], methods=self.explainers)
+        seconds = time.perf_counter() - start
+        rank_zero_info(
+            f"AttentionProbe: {seconds:.2f} s per image, about {duration(seconds * total)}"
+        )
+        if len(images) == 1:
+            return first
+        rest = explain(self.recorder, images[1:], methods=self.explainers)
+        return {name: torch.cat([first[name], rest[name]]) for name in first}
 
     def _warn_divergence(
         self, trainer: Trainer, consumers: Sequence[AttentionCallback], error: Exception

@@ -41,11 +41,23 @@ def save_image(image: Tensor | bytes, path: str | Path) -> Path:
 
     With :func:`figure_to_image` this renders a figure once for both
     TensorBoard and the file. Parent directories are created; ``.png`` is
-    added to a path without a suffix. Returns the path written.
+    added to a path without a suffix. The file appears whole or not at all: it
+    is written beside ``path`` and renamed, and a failed write (a full disk)
+    leaves no partial file and the one already at ``path`` as it was.
+    Returns the path written.
+
+    Raises:
+        OSError: The file cannot be written.
     """
     path = Path(path)
     if not path.suffix:
         path = path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(image if isinstance(image, bytes) else encode_png(image))
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_bytes(image if isinstance(image, bytes) else encode_png(image))
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,30 @@ def test_a_timm_imagenet_classifier_names_its_classes_readably_then_by_wordnet_i
 
     names = _imagenet_names(timm.create_model("vit_tiny_patch16_224", pretrained=False))
     assert len(names) == 1000 and names[0] == ("tench", "Tinca tinca", "n01440764")
+
+
+def test_an_unreadable_or_too_large_image_is_named_with_the_fix(tmp_path, photos, capsys, monkeypatch):
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    command = [
+        "analyze",
+        "--model=vit_tiny_patch16_224",
+        "--pretrained=false",
+        f"--model_kwargs={TINY_TIMM}",
+        f"--data={folder}",
+        f"--save_dir={tmp_path / 'logs'}",
+    ]
+    (folder / "coat" / "notes.png").write_text("not an image")
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in error
+    assert f"{folder / 'coat' / 'notes.png'} is no image that can be read" in error
+
+    (folder / "coat" / "notes.png").unlink()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the 1,200-pixel photos: bombs now
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in error
+    assert "is too large to read safely" in error and "PIL.Image.MAX_IMAGE_PIXELS" in error
