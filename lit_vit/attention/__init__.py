@@ -36,7 +36,22 @@ from lit_vit.attention.metrics import (
     object_mass,
     query_distribution,
 )
+from lit_vit.attention.readout import Readout, block_modules, find_readout
 from lit_vit.attention.reduced import ReducedAttention
+from lit_vit.attention.representations import (
+    HIGH_NORM_ABSOLUTE,
+    HIGH_NORM_RATIO,
+    SINK_THRESHOLD,
+    LogitLens,
+    TokenNorms,
+    cka_matrix,
+    collapsed_layers,
+    layer_cka,
+    linear_cka,
+    logit_lens,
+    sink_rate,
+    token_norms,
+)
 from lit_vit.attention.resolution import (
     ResolutionResult,
     check_size,
@@ -64,6 +79,21 @@ from lit_vit.attention.verdicts import (
 )
 
 __all__ = [
+    "HIGH_NORM_ABSOLUTE",
+    "HIGH_NORM_RATIO",
+    "SINK_THRESHOLD",
+    "LogitLens",
+    "Readout",
+    "TokenNorms",
+    "block_modules",
+    "cka_matrix",
+    "collapsed_layers",
+    "find_readout",
+    "layer_cka",
+    "linear_cka",
+    "logit_lens",
+    "sink_rate",
+    "token_norms",
     "FAITHFULNESS_METRICS",
     "INDISTINGUISHABLE",
     "ROAD_FRACTIONS",

@@ -30,6 +30,7 @@ from lit_vit.attention.backends import (
     no_attention_message,
 )
 from lit_vit.attention.layout import TokenLayout, _unwrap
+from lit_vit.attention.readout import block_modules
 from lit_vit.attention.reduced import (
     HEAD_FUSIONS,
     LayerReduction,
@@ -60,6 +61,8 @@ class AttentionRecording:
         attention_grads: with ``full=True``, one ``(L, B, H, N, N)`` float32 tensor
             per grad target: ``d(sum_b logits[b, target_b]) / d attention``.
         targets: one ``(B,)`` long tensor per grad target: the classes used.
+        hidden_states: ``(L, B, N, D)`` float32 output of each block (the block around
+            each attention module), recorded with ``hidden_states=True``; else ``None``.
     """
 
     logits: Tensor | None
@@ -68,6 +71,7 @@ class AttentionRecording:
     attention: Tensor | None = None
     attention_grads: tuple[Tensor, ...] = ()
     targets: tuple[Tensor, ...] = ()
+    hidden_states: Tensor | None = None
 
 
 class AttentionRecorder:
@@ -123,6 +127,7 @@ class AttentionRecorder:
         self.backend: CaptureBackend = backend
         self.vit_name, self.vit = backend.vit_name, backend.vit
         self.module_names: list[str] = backend.module_names
+        self._block_modules: list[nn.Module] | None = None
 
     def record(
         self,
@@ -131,6 +136,7 @@ class AttentionRecorder:
         *,
         full: bool = True,
         head_fusions: Sequence[str] = ("mean",),
+        hidden_states: bool = False,
     ) -> AttentionRecording:
         """Run ``model`` once in eval mode and record its attention.
 
@@ -148,6 +154,7 @@ class AttentionRecorder:
             full: keep the full attention (and gradients) as well.
             head_fusions: the head fusions (``"mean"``, ``"max"``, ``"min"``) of
                 the fused matrices that rollout and flow read.
+            hidden_states: also record every block's output, in the same pass.
 
         Returns:
             An :class:`AttentionRecording`; ``layers`` follow the forward order.
@@ -196,7 +203,11 @@ class AttentionRecorder:
             grad_mode.enter_context(torch.enable_grad())
         else:
             grad_mode.enter_context(torch.no_grad())
-        with grad_mode, self._probe_mode(layers.capture):
+        outputs: list[Tensor] = []
+        recording_blocks = (
+            self._recording_blocks(outputs) if hidden_states else contextlib.nullcontext()
+        )
+        with grad_mode, self._probe_mode(layers.capture), recording_blocks:
             x = images.detach().to(eval_mode_dtype(self.vit))
             x = x.clone().requires_grad_(True) if want_grad else x
             with _eager():
@@ -225,6 +236,7 @@ class AttentionRecorder:
             attention=torch.stack([a.detach().float() for a in layers.kept]) if full else None,
             attention_grads=grads,
             targets=tuple(t.detach() for t in targets),
+            hidden_states=torch.stack(outputs) if hidden_states else None,
         )
 
     # -- helpers -------------------------------------------------------------------------
@@ -245,6 +257,26 @@ class AttentionRecorder:
                 f"with in_chans={images.shape[1]}."
             )
         return self.backend.layout((int(images.shape[2]), int(images.shape[3])))
+
+    @contextlib.contextmanager
+    def _recording_blocks(self, outputs: list[Tensor]) -> Iterator[None]:
+        """Append each block's ``(B, N, D)`` output (detached float32) to ``outputs``."""
+
+        def keep(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
+            tokens = output[0] if isinstance(output, tuple) else output
+            outputs.append(tokens.detach().float())
+
+        handles = [block.register_forward_hook(keep) for block in self._blocks()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _blocks(self) -> list[nn.Module]:
+        if self._block_modules is None:
+            self._block_modules = block_modules(self.model, self.backend)
+        return self._block_modules
 
     @contextlib.contextmanager
     def _probe_mode(self, capture) -> Iterator[None]:

@@ -7,6 +7,7 @@ gradient. No analysis reads all of it:
 - class-token maps, prefix mass, head diversity and entropy read each head's
   query row: ``(L, B, H, N)``;
 - mean attention distance reads one number per image and head: ``(L, B, H)``;
+- the sink rate reads the mean attention each key receives, per head: ``(L, B, H, N)``;
 - rollout and attention flow read the head-fused matrices: ``(L, B, N, N)``
   per head fusion;
 - gradient rollout reads ``mean_h relu(dA * A)``: ``(L, B, N, N)`` per target.
@@ -36,6 +37,7 @@ from lit_vit.attention.metrics import (
     entropy_of_queries,
     patch_query_distances,
 )
+from lit_vit.attention.representations import SINK_THRESHOLD, sink_rate_of_keys
 from lit_vit.attention.rollout import (
     HEAD_FUSIONS,
     HeadFusion,
@@ -58,12 +60,14 @@ class LayerReduction(NamedTuple):
         fused: head fusion -> ``(B, N, N)`` head-fused matrix.
         fused_row_sums: head fusion -> ``(B, N)`` its row sums.
         distances: ``(B, H)`` mean attention distance in pixels.
+        key_mass: ``(B, H, N)`` mean attention each key receives over the queries.
     """
 
     query_rows: Tensor
     fused: dict[str, Tensor]
     fused_row_sums: dict[str, Tensor]
     distances: Tensor
+    key_mass: Tensor
 
 
 def reduce_layer(
@@ -77,6 +81,7 @@ def reduce_layer(
         fused=fused,
         fused_row_sums={fusion: matrix.sum(dim=-1) for fusion, matrix in fused.items()},
         distances=patch_query_distances(attention, layout),
+        key_mass=attention.mean(dim=-2),
     )
 
 
@@ -93,6 +98,7 @@ class ReducedAttention:
         fused_row_sums: Head fusion -> ``(L, B, N)`` row sums of ``fused`` (so
             that rollout reads each fused matrix once).
         distances: ``(L, B, H)`` mean attention distance in pixels per image.
+        key_mass: ``(L, B, H, N)`` mean attention each key receives over the queries.
         gradient_products: One ``(L, B, N, N)`` tensor ``mean_h relu(dA * A)`` per
             gradient target of the recording.
     """
@@ -102,6 +108,7 @@ class ReducedAttention:
     fused: Mapping[str, Tensor]
     fused_row_sums: Mapping[str, Tensor]
     distances: Tensor
+    key_mass: Tensor
     gradient_products: tuple[Tensor, ...] = ()
 
     @classmethod
@@ -125,6 +132,7 @@ class ReducedAttention:
                 for fusion in layers[0].fused
             },
             distances=torch.stack([layer.distances for layer in layers]),
+            key_mass=torch.stack([layer.key_mass for layer in layers]),
             gradient_products=tuple(torch.stack(list(target)) for target in gradient_products),
         )
 
@@ -134,6 +142,7 @@ class ReducedAttention:
         tensors = [
             self.query_rows,
             self.distances,
+            self.key_mass,
             *self.fused.values(),
             *self.fused_row_sums.values(),
             *self.gradient_products,
@@ -156,6 +165,10 @@ class ReducedAttention:
     def mean_attention_distance(self) -> AttentionDistance:
         """:func:`~lit_vit.attention.mean_attention_distance`: ``(L, H)`` each."""
         return distance_summary(self.distances, self.layout)
+
+    def sink_rate(self, threshold: float = SINK_THRESHOLD) -> Tensor:
+        """:func:`~lit_vit.attention.sink_rate`: ``(L,)``."""
+        return sink_rate_of_keys(self.key_mass, threshold)
 
     def rollout(
         self, head_fusion: HeadFusion = "mean", discard_ratio: float = 0.0, start_layer: int = 0

@@ -14,6 +14,7 @@ from lit_vit.callbacks.focus_coverage import FocusCoverage
 from lit_vit.callbacks.head_diversity import HeadDiversity
 from lit_vit.callbacks.prediction_writer import PredictionWriter
 from lit_vit.callbacks.probe import AttentionProbe, ProbeAnalysis
+from lit_vit.callbacks.representations import LayerRepresentations
 from lit_vit.callbacks.resolution_sweep import ResolutionSweep
 from lit_vit.callbacks.sanity_checks import SanityChecks
 
@@ -25,6 +26,7 @@ __all__ = [
     "Faithfulness",
     "FocusCoverage",
     "HeadDiversity",
+    "LayerRepresentations",
     "PredictionWriter",
     "ProbeAnalysis",
     "ReportSection",

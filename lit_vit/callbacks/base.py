@@ -42,6 +42,7 @@ class AttentionCallback(Callback):
 
     report_order: ClassVar[int] = 100
     per_run: ClassVar[bool] = True  # analysed by the probe at validation runs and at test
+    hidden_states: ClassVar[bool] = False  # reads every block's output from the capture
 
     def __init__(self, every_n_epochs: int = 1, name: str | None = None) -> None:
         if every_n_epochs < 1:

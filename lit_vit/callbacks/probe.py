@@ -610,6 +610,7 @@ class AttentionProbe(Callback):
                 grad_targets=grad_targets,
                 full=self.full_attention,
                 head_fusions=[fusion for fusion in HEAD_FUSIONS if fusion in fusions],
+                hidden_states=any(consumer.hidden_states for consumer in consumers),
             )
         except NonFiniteAttentionError as error:
             self._warn_divergence(trainer, consumers, error)

@@ -32,6 +32,7 @@ from lit_vit.plotting.charts import (
 )
 from lit_vit.plotting.evolution import evolution_curves_figure, evolution_figure
 from lit_vit.plotting.export import encode_png, figure_to_image, save_image
+from lit_vit.plotting.layers import layer_curves_figure, similarity_figure
 from lit_vit.plotting.mosaics import (
     head_maps_figure,
     layer_maps_figure,
@@ -52,6 +53,7 @@ __all__ = [
     "figure_to_image",
     "head_maps_figure",
     "layer_bar_figure",
+    "layer_curves_figure",
     "layer_head_heatmap_figure",
     "layer_maps_figure",
     "metric_by_class_figure",
@@ -62,4 +64,5 @@ __all__ = [
     "rollout_figure",
     "save_image",
     "signed_relevance_figure",
+    "similarity_figure",
 ]

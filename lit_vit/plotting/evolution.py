@@ -62,7 +62,7 @@ def evolution_figure(
     for ax, (name, values) in zip(axes, measures.items(), strict=False):
         values = as_cpu(values, name)
         check_dim(values, 2, name, "(R, E)")
-        low, high = ranges.get(name, (None, None))
+        low, high = _scale(values, *ranges.get(name, (None, None)))
         image = ax.imshow(
             values.numpy(), cmap=MAP_CMAP, vmin=low, vmax=high, aspect="auto",
             interpolation="nearest",
@@ -132,6 +132,17 @@ def evolution_curves_figure(
     )
     fig.suptitle(title, fontsize=TITLE_FONT)
     return fig
+
+
+def _scale(values: Tensor, low: float | None, high: float | None) -> tuple:
+    """A colour scale's ends, the data's where ``None``; never empty (a panel of zeros on a
+    0-to-data scale is drawn at the bottom, not mid-scale)."""
+    finite = values[values.isfinite()]
+    if not len(finite):
+        return low, high
+    low = float(finite.min()) if low is None else low
+    high = float(finite.max()) if high is None else high
+    return low, max(high, low + 1e-3 * max(1.0, abs(low)))
 
 
 def _epoch_ticks(ax: Axes, epochs: Sequence[int]) -> None:

@@ -361,6 +361,7 @@ def rollout_figure(
     maps: Mapping[str, Tensor],
     class_names: Sequence[str] | None = None,
     predicted_names: Sequence[str] | None = None,
+    title: str = "Saliency maps (each scaled to its range)",
 ) -> Figure:
     """Several saliency maps of the same images, alone and as overlays.
 
@@ -374,6 +375,7 @@ def rollout_figure(
         class_names: One class name per image (row labels).
         predicted_names: One predicted class name per image (with the true one in the row
             label, red when they differ).
+        title: The figure's title.
     """
     images = _images(images)
     batch = images.shape[0]
@@ -407,7 +409,7 @@ def rollout_figure(
         )
         for row in range(batch)
     ]
-    return _mosaic_figure(cells, "Saliency maps (each scaled to its range)", titles, labels)
+    return _mosaic_figure(cells, title, titles, labels)
 
 
 def resolution_figure(

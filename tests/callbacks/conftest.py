@@ -38,6 +38,7 @@ trainer:
     - class_path: lit_vit.callbacks.AttentionRollout
       init_args: {{head_fusion: max, discard_ratio: 0.9, gradient: false, name: rollout_max}}
     - class_path: lit_vit.callbacks.HeadDiversity
+    - class_path: lit_vit.callbacks.LayerRepresentations
     - class_path: lit_vit.callbacks.FocusCoverage
       init_args: {{k: {FOCUS_K}, m: {FOCUS_M}, test_images: {FOCUS_TEST_IMAGES}}}
     - class_path: lit_vit.callbacks.Faithfulness

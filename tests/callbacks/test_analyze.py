@@ -244,7 +244,9 @@ def test_a_timm_imagenet_classifier_names_its_classes_readably_then_by_wordnet_i
     assert len(names) == 1000 and names[0] == ("tench", "Tinca tinca", "n01440764")
 
 
-def test_an_unreadable_or_too_large_image_is_named_with_the_fix(tmp_path, photos, capsys, monkeypatch):
+def test_an_unreadable_or_too_large_image_is_named_with_the_fix(
+    tmp_path, photos, capsys, monkeypatch
+):
     folder = tmp_path / "photos"
     shutil.copytree(photos, folder)
     command = [

@@ -39,6 +39,10 @@ IMAGE_TAGS = [
     "entropy",
     "focus_coverage",
     "faithfulness",
+    "cka",
+    "layers",
+    "patch_norms",
+    "representation_evolution",
 ]
 SCALAR_TAGS = [
     "head_diversity/layer_00",
@@ -49,6 +53,10 @@ SCALAR_TAGS = [
     "focus/mean",
     "coverage/mean",
     "faithfulness/deletion_rollout",
+    "logit_lens/accuracy/layer_01",
+    "logit_lens/true_probability/layer_00",
+    "token_norms/high_norm_share/layer_01",
+    "token_norms/sink_rate/layer_00",
 ]
 
 
@@ -62,6 +70,9 @@ def test_each_validation_run_logs_every_tag_at_the_step_of_its_val_metrics(atten
     for tag in SCALAR_TAGS:
         steps = [event.step for event in events.Scalars(f"val_attention/{tag}")]
         assert steps == val_steps, f"val_attention/{tag} at steps {steps}, val/acc at {val_steps}"
+    # Each layer against itself one analysed run before: from the second run on.
+    steps = [event.step for event in events.Scalars("val_attention/cka_previous/layer_01")]
+    assert steps == val_steps[1:]
     for epoch in range(EPOCHS):
         folder = attention_run.fit_dir / "attention" / f"epoch_{epoch:03d}"
         assert (folder / "rollout.png").stat().st_size > 1000
@@ -218,11 +229,21 @@ def test_report_has_a_header_and_every_section_with_the_numbers(attention_run):
         "## Attention rollout (rollout_max)",
         "## Focus and coverage",
         "## Faithfulness",
+        "## What the layers compute",
     ):
         assert f"{heading}\n" in report, f"report lacks {heading!r}"
+    assert re.search(r"- The class is readable \(logit-lens accuracy within 5 points", report)
+    assert "| layer | logit-lens accuracy | true-class probability |" in report
     assert "- Layer 0: " in report and "- Layer 1: " in report
     links = ("layer_maps.png", "rollout.png", "rollout_max/rollout.png", "resolution.png")
-    evolutions = ("evolution.png", "rollout_evolution.png", "faithfulness_evolution.png")
+    evolutions = (
+        "evolution.png",
+        "rollout_evolution.png",
+        "faithfulness_evolution.png",
+        "representation_evolution.png",
+        "cka.png",
+        "patch_norms.png",
+    )
     for link in (*links, *evolutions):
         assert f"](test/{link})" in report
         assert (attention_run.test_dir / "attention" / "test" / link).is_file()
@@ -279,7 +300,13 @@ def test_resume_uses_the_same_probe_and_one_capture_per_run(attention_run, monke
     states = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
     histories = {key: value["history"] for key, value in states.items() if "history" in value}
     kinds = sorted(key.split("{")[0] for key in histories)
-    assert kinds == ["AttentionRollout", "AttentionRollout", "Faithfulness", "HeadDiversity"]
+    assert kinds == [
+        "AttentionRollout",
+        "AttentionRollout",
+        "Faithfulness",
+        "HeadDiversity",
+        "LayerRepresentations",
+    ]
     for key, history in histories.items():
         assert history["epoch"] == [0, 1], f"{key}: the evolution goes on from before the resume"
     # The figures too: the resumed run's strip of epoch 1 shows epochs 0 and 1, like the
