@@ -22,6 +22,7 @@ attention) score 1 by construction.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -117,10 +118,16 @@ def cascading_randomization(
         model: The model ``explain`` explains; changed in place, restored bit for bit.
         steps: The cascade, e.g. :func:`randomization_steps`.
         explain: Maps of the probe with the model as it is now: name -> ``(B, gh, gw)``.
+            It may leave out an expensive explainer at intermediate steps (its curve is
+            ``nan`` there); every explainer of the trained model must be back at the last
+            step, whose correlations the verdicts read.
         seed: Step ``i`` re-initialises with seed ``seed + i``.
 
     Returns:
         The :class:`RandomizationCurve` of every explainer.
+
+    Raises:
+        ValueError: An explainer missing at the last step.
     """
     saved = copy.deepcopy(model.state_dict())
     parameters = dict(model.named_parameters())
@@ -134,9 +141,14 @@ def cascading_randomization(
             with torch.no_grad():
                 for name in step.parameters:
                     _reinitialise(parameters[name], name in norms, name, generator)
-            for name, maps in explain().items():
-                last[name] = spearman(maps.detach().cpu(), trained[name])
-                curves[name].append(float(last[name].mean()))
+            maps = explain()
+            for name in trained:
+                if name in maps:
+                    last[name] = spearman(maps[name].detach().cpu(), trained[name])
+                curves[name].append(float(last[name].mean()) if name in maps else math.nan)
+        missing = [name for name, values in curves.items() if math.isnan(values[-1])]
+        if missing:
+            raise ValueError(f"explain() left out {missing} at the last step of the cascade")
     finally:
         model.load_state_dict(saved)
     return RandomizationCurve(

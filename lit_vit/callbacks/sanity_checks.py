@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 
@@ -28,6 +29,10 @@ from lit_vit.plotting import randomization_figure
 
 # Fewest test images a verdict rests on.
 MIN_IMAGES = 32
+# Explainers that cost seconds per image on large grids (a maximum flow per patch), and the
+# grid above which the cascade computes them at its two ends only.
+SPARSE_EXPLAINERS = ("flow",)
+EVERY_STEP_PATCHES = 64
 
 
 class SanityChecks(AttentionCallback):
@@ -134,11 +139,23 @@ class SanityChecks(AttentionCallback):
         predicted, classes = logits.argmax(dim=-1), logits.shape[-1]
         steps = randomization_steps(pl_module, self.probe.recorder.backend)
         explainers = self.probe.explainers
+        patches = recorder.backend.layout(tuple(images.shape[-2:])).num_patches
+        sparse = [name for name in SPARSE_EXPLAINERS if name in explainers]
+        sparse = sparse if patches > EVERY_STEP_PATCHES else []
         self.progress(run, f"cascading randomisation of {len(steps)} steps on {len(images)} images")
+        calls = itertools.count()
+
+        def explain_now() -> dict[str, Tensor]:
+            """All explainers for the trained and the fully random model; the expensive ones
+            left out of the steps between on large grids."""
+            every_step = next(calls) in (0, len(steps))
+            methods = [n for n in explainers if every_step or n not in sparse]
+            return explain(recorder, images, predicted, methods)
+
         explain_all = _estimating(
-            lambda: explain(recorder, images, predicted, explainers),
+            explain_now,
             len(steps) + 1,  # each step, and a random class
-            lambda seconds: self.progress(run, f"about {duration(seconds)}"),
+            lambda seconds: self.progress(run, f"at most about {duration(seconds)}"),
         )
         curve = cascading_randomization(pl_module, steps, explain_all, self.seed)
         other = random_logit_targets(predicted, classes, self.seed)
@@ -163,6 +180,12 @@ class SanityChecks(AttentionCallback):
         figure = randomization_figure(curve.labels, curve.correlations, self.threshold)
         path = self.log_figure(trainer, run, "sanity_checks", figure)
         section = self._section(curve.randomised, random_logit, checks, len(images), path)
+        if sparse:
+            section.body += (
+                f"\n\nOn {patches} patches {', '.join(sparse)} costs seconds per image, so it "
+                "is computed for the trained and the fully random model only (the verdict's "
+                "two ends); its curve has no points between."
+            )
         if run.stage != "test":
             self.probe.log_text(trainer, run, self.key("sanity_checks/table"), section.body)
             return

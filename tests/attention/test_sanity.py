@@ -108,6 +108,32 @@ def test_an_input_only_explainer_survives_randomisation():
     torch.testing.assert_close(curve.correlations["input"], torch.ones(6))
 
 
+def test_an_expensive_explainer_may_skip_the_steps_between_the_two_ends():
+    model = tiny_vit()
+    steps = randomization_steps(model, AttentionRecorder(model).backend)  # 5 steps
+    brightness = images().view(4, 4, 8, 4, 8).mean(dim=(2, 4))
+    calls = []
+
+    def explain():
+        calls.append(len(calls))
+        ends = calls[-1] in (0, len(steps))
+        return {"cheap": brightness, **({"costly": brightness} if ends else {})}
+
+    curve = cascading_randomization(model, steps, explain)
+    costly = curve.correlations["costly"]
+    assert costly[0] == 1.0 and costly[-1] == 1.0 and costly[1:-1].isnan().all()
+    torch.testing.assert_close(curve.correlations["cheap"], torch.ones(6))
+    torch.testing.assert_close(curve.randomised["costly"], torch.ones(4))
+
+    def forgetful():
+        calls.append(len(calls))
+        return {"cheap": brightness} if len(calls) > 1 else {"cheap": brightness, "x": brightness}
+
+    calls.clear()
+    with pytest.raises(ValueError, match=r"left out \['x'\] at the last step"):
+        cascading_randomization(model, steps, forgetful)
+
+
 def test_spearman_against_scipy_with_ties():
     generator = torch.Generator().manual_seed(0)
     first = torch.randint(0, 4, (5, 3, 3), generator=generator).float()  # many ties

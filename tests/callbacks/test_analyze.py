@@ -217,6 +217,10 @@ def test_a_folder_class_the_model_does_not_name_means_no_accuracy(tmp_path, atte
             ["--model=vit_tiny_patch16_224", "--pretrained=false", "--classes=[a, b]"],
             "--classes names 2 classes, the model has 10 outputs",
         ),
+        (
+            ["--model=vit_tiny_patch16_224", "--pretrained=false", "--skip=flow,sweep"],
+            "--skip 'flow,sweep': sweep is not a part of the report that can be left out",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_message_and_exit_code_2(tmp_path, capsys, args, message):
@@ -271,3 +275,42 @@ def test_an_unreadable_or_too_large_image_is_named_with_the_fix(
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in error
     assert "is too large to read safely" in error and "PIL.Image.MAX_IMAGE_PIXELS" in error
+
+
+def test_skip_leaves_out_flow_sanity_and_resolution_and_each_section_says_it_starts(
+    tmp_path, photos, caplog
+):
+    caplog.set_level("INFO")
+    run_dir = analyze(
+        tmp_path,
+        "--model=vit_tiny_patch16_224",
+        "--pretrained=false",
+        f"--model_kwargs={TINY_TIMM}",
+        f"--data={photos}",
+        "--skip=flow, sanity,resolution",
+    )
+    report = (run_dir / "attention" / "report.md").read_text()
+    assert "## Sanity checks" not in report and "## Effect of input resolution" not in report
+    explainers = [row[0] for row in report_rows(report, "| map |")]
+    assert "flow" not in explainers and "rollout" in explainers and "cp-lrp" in explainers
+    for line in ("AttentionMaps: analysing", "Faithfulness: analysing", "s per image, about"):
+        assert line in caplog.text
+    assert "explaining 12 test images once for the report (rollout, class token," in caplog.text
+
+
+def test_on_a_large_grid_the_cascade_computes_flow_at_its_two_ends(tmp_path, photos, caplog):
+    caplog.set_level("INFO")
+    fine_grid = TINY_TIMM.replace("img_size: 32", "img_size: 36, patch_size: 4")  # 81 patches
+    run_dir = analyze(
+        tmp_path,
+        "--model=vit_tiny_patch16_224",
+        "--pretrained=false",
+        f"--model_kwargs={fine_grid}",
+        f"--data={photos}",
+        "--skip=resolution",
+    )
+    report = (run_dir / "attention" / "report.md").read_text()
+    sanity = report[report.index("## Sanity checks") :]
+    assert "On 81 patches flow costs seconds per image" in sanity
+    assert "| flow |" in sanity, "still a verdict: both ends computed"
+    assert "SanityChecks: at most about" in caplog.text
