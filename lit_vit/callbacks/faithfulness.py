@@ -4,6 +4,7 @@ blurred baselines), ROAD and SaCo, beside a random patch order."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,16 +15,19 @@ from torch import Tensor
 from lit_vit.attention import (
     EXPLAINERS,
     FAITHFULNESS_METRICS,
+    ROAD_FRACTIONS,
     FaithfulnessResult,
     TokenLayout,
+    classifier_logits,
     cp_lrp,
     deletion_insertion_auc,
+    noisy_linear_imputation,
     positive_patch_map,
     road,
     saco,
 )
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
-from lit_vit.callbacks.probe import ProbeAnalysis
+from lit_vit.callbacks.probe import ProbeAnalysis, duration
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import evolution_curves_figure, faithfulness_figure, signed_relevance_figure
 
@@ -31,6 +35,8 @@ from lit_vit.plotting import evolution_curves_figure, faithfulness_figure, signe
 MAP_CONTROLS = ("intensity", "edges", "centre")
 # SaCo's number of patch groups (Wu et al. 2024).
 SACO_GROUPS = 10
+# Images whose forward is timed (one batch) for the estimate of the test-set scoring.
+FORWARD_TIMING_IMAGES = 32
 
 
 class Faithfulness(AttentionCallback):
@@ -265,7 +271,9 @@ class Faithfulness(AttentionCallback):
         """
         parts: list[dict[str, FaithfulnessResult]] = []
         per_image: dict[str, dict[str, list[Tensor]]] = {m: {} for m in FAITHFULNESS_METRICS}
-        for batch in self.probe.explained_test_set(trainer, pl_module, limit):
+        batches = self.probe.explained_test_set(trainer, pl_module, limit)
+        self._say_cost(pl_module, batches)
+        for batch in batches:
             maps = {n: batch.maps[n] for n in (*EXPLAINERS, *MAP_CONTROLS) if n in batch.maps}
             background = self.score(
                 pl_module, batch.images, maps, batch.layout, batch.index, self.steps
@@ -305,6 +313,30 @@ class Faithfulness(AttentionCallback):
             for metric, by_map in per_image.items()
         }
         return results, scores
+
+    def _say_cost(self, pl_module: LightningModule, batches: list) -> None:
+        """Say how long scoring the test images will take: their forwards (one batch timed)
+        and ROAD's imputations (one image with half its patches removed, timed)."""
+        first = batches[0]
+        maps = sum(n in first.maps for n in (*EXPLAINERS, *MAP_CONTROLS)) + 1  # and random
+        images = sum(len(batch.labels) for batch in batches)
+        timed = first.images[:1].expand(FORWARD_TIMING_IMAGES, -1, -1, -1)  # batched, as scored
+        start = time.perf_counter()
+        classifier_logits(pl_module, [timed])
+        forward = (time.perf_counter() - start) / FORWARD_TIMING_IMAGES
+        forwards = maps * (3 * (self.steps + 1) + 2 * len(ROAD_FRACTIONS) + SACO_GROUPS)
+        patches = torch.arange(first.layout.num_patches).reshape(first.layout.grid_size) % 2 == 0
+        height, width = first.layout.patch_size
+        removed = patches.repeat_interleave(height, 0).repeat_interleave(width, 1)
+        start = time.perf_counter()
+        noisy_linear_imputation(first.images[:1].cpu().float(), removed[None])
+        imputations = 2 * len(ROAD_FRACTIONS) * maps
+        seconds = images * (forwards * forward + imputations * (time.perf_counter() - start))
+        self.progress(
+            self.probe.run(pl_module.trainer, "test"),
+            f"{images:,} images x {maps} maps: {forwards:,} forwards and {imputations} ROAD "
+            f"imputations per image, about {duration(seconds)}",
+        )
 
     def _remember(self, epoch: int, means: dict[str, tuple[float, float]]) -> None:
         """Add one validation run's mean AUCs to the history (a map new to it starts here)."""

@@ -295,6 +295,7 @@ def test_skip_leaves_out_flow_sanity_and_resolution_and_each_section_says_it_sta
     assert "flow" not in explainers and "rollout" in explainers and "cp-lrp" in explainers
     for line in ("AttentionMaps: analysing", "Faithfulness: analysing", "s per image, about"):
         assert line in caplog.text
+    assert re.search(r"Faithfulness: 6 images x 9 maps: \d+ forwards and 162 ROAD", caplog.text)
     assert "explaining 12 test images once for the report (rollout, class token," in caplog.text
 
 
