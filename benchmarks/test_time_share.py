@@ -39,6 +39,7 @@ from lit_vit.callbacks import (
     Faithfulness,
     FocusCoverage,
     HeadDiversity,
+    LayerRepresentations,
     ResolutionSweep,
     SanityChecks,
 )
@@ -54,6 +55,7 @@ TIMED = {
     "AttentionMaps": (AttentionMaps, "analyze"),
     "AttentionRollout": (AttentionRollout, "analyze"),
     "HeadDiversity": (HeadDiversity, "analyze"),
+    "LayerRepresentations": (LayerRepresentations, "analyze"),
     "FocusCoverage (without the shared explanation)": (FocusCoverage, "analyze"),
     "CP-LRP, wherever maps are explained (probe, sanity checks)": (explainers, "cp_lrp_map"),
     "Faithfulness (deletion / insertion, background and blurred)": (Faithfulness, "analyze"),

@@ -37,6 +37,7 @@ from lit_vit.callbacks import (
     Faithfulness,
     FocusCoverage,
     HeadDiversity,
+    LayerRepresentations,
     ResolutionSweep,
     SanityChecks,
 )
@@ -202,6 +203,7 @@ def analyze(
         AttentionMaps(),
         AttentionRollout(),
         HeadDiversity(),
+        LayerRepresentations(),
         FocusCoverage(test_images=test_images),
         *([] if "faithfulness" in skipped else [Faithfulness(test_images=faithfulness_images)]),
         *([] if "sanity" in skipped else [SanityChecks()]),

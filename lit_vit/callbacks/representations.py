@@ -52,7 +52,7 @@ class LayerRepresentations(AttentionCallback):
     From the probe's one capture (every block's output is recorded in the same
     forward; no second pass), per layer (definitions in ``docs/attention.md``):
 
-    - **CKA** (linear, debiased) between every pair of block outputs, tokens
+    - **CKA** (linear; debiased from 4 probe images on) between every pair of block outputs, tokens
       pooled as the model pools them and, separately, all tokens; and each layer's
       pooled output against the same layer at the previous analysed epoch (1 =
       unchanged: the layer has settled);
@@ -87,8 +87,7 @@ class LayerRepresentations(AttentionCallback):
         every_n_epochs, name: See :class:`~lit_vit.callbacks.base.AttentionCallback`.
 
     Raises:
-        ValueError: ``collapse_fraction`` outside (0, 1); at setup, a probe of fewer than
-            4 images (the debiased CKA needs 4).
+        ValueError: ``collapse_fraction`` outside (0, 1).
 
     Example::
 
@@ -115,14 +114,6 @@ class LayerRepresentations(AttentionCallback):
             )
         self.collapse_fraction = collapse_fraction
         self.history: dict[str, Any] = _empty_history()
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if self.probe.size < MIN_CKA_IMAGES:
-            raise ValueError(
-                f"LayerRepresentations: the probe has {self.probe.size} images; the debiased "
-                f"CKA needs at least {MIN_CKA_IMAGES} (AttentionProbe(size=...))."
-            )
 
     def charts(self) -> dict[str, list[str]]:
         return {
@@ -151,12 +142,15 @@ class LayerRepresentations(AttentionCallback):
         norms = token_norms(hidden, layout.num_prefix_tokens)
         sinks = analysis.recording.reduced.sink_rate().cpu()  # (L,)
         entropy = analysis.recording.reduced.attention_entropy().normalized.mean(dim=1).cpu()
+        debiased = len(pooled[0]) >= MIN_CKA_IMAGES  # else the biased estimator, said so
         similarity = {
-            "pooled tokens": cka_matrix(pooled),
+            "pooled tokens" + ("" if debiased else " (biased: < 4 images)"): cka_matrix(
+                pooled, debiased
+            ),
             # n = B * N inputs: the biased estimator, its bias negligible, in feature space
             "all tokens": cka_matrix(hidden.flatten(1, 2).cpu(), debiased=False),
         }
-        change = self._change(pooled, analysis.stage)
+        change = self._change(pooled, analysis.stage, debiased)
         values = {
             "logit-lens accuracy": None if lens is None else lens.accuracy,
             "true-class probability": None if lens is None else lens.true_probability,
@@ -176,13 +170,13 @@ class LayerRepresentations(AttentionCallback):
 
     # -- steps of the analysis ---------------------------------------------------------
 
-    def _change(self, pooled: Tensor, stage: str) -> Tensor | None:
+    def _change(self, pooled: Tensor, stage: str, debiased: bool) -> Tensor | None:
         """``(L,)`` CKA of each layer's pooled output with the previous analysed validation
         run's (its probe images are the same), or None without one."""
         previous = self.history.get("previous_pooled")
         if stage != "val" or previous is None or previous.shape != pooled.shape:
             return None
-        return layer_cka(previous, pooled).float()
+        return layer_cka(previous, pooled, debiased).float()
 
     def _log(self, pl_module: LightningModule, run: ProbeRun, values: dict) -> None:
         scalars = {
