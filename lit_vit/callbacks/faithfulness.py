@@ -27,7 +27,8 @@ from lit_vit.attention import (
     saco,
 )
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
-from lit_vit.callbacks.probe import ProbeAnalysis, duration
+from lit_vit.callbacks.explained import duration
+from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import evolution_curves_figure, faithfulness_figure, signed_relevance_figure
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -116,3 +117,43 @@ def fit_run_of(checkpoint: str | None, test_run: str | Path) -> Path | None:
     if beside and folder.name == "checkpoints" and any(run.glob("events.out.tfevents.*")):
         return run
     return None
+
+
+def write_fit_row(trainer: Trainer, pl_module: LightningModule, summary: dict[str, float]) -> None:
+    """The fit's row in TensorBoard's HParams tab: its hyperparameters, and as metrics
+    ``val/acc``, ``val/loss`` and the final attention ``summary`` (logged here at the last
+    step), with the columns a later test of its checkpoints fills."""
+    params = run_hyperparameters(trainer, pl_module)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_metrics(summary, step=trainer.global_step)
+            write_session(logger.experiment, params, declared_metrics(summary))
+
+
+def write_test_row(
+    trainer: Trainer, pl_module: LightningModule, summary: dict[str, float], step: int
+) -> None:
+    """The test's accuracy, loss and attention ``summary`` in the row of the fit that saved
+    the checkpoint when the test logs beside it (scalars added to that run folder at
+    ``step``), else in a row of the test's own (``lit-vit analyze``, a checkpoint from
+    elsewhere)."""
+    tensorboard = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+    if not tensorboard:
+        return
+    results = {
+        tag: float(trainer.callback_metrics[tag])
+        for tag in STAGE_METRICS["test"]
+        if tag in trainer.callback_metrics
+    }
+    fit_run = fit_run_of(trainer.ckpt_path, tensorboard[0].log_dir)
+    if fit_run is not None:
+        writer = SummaryWriter(str(fit_run), filename_suffix=".test")
+        for tag, value in (results | summary).items():
+            writer.add_scalar(tag, value, step)
+        writer.close()
+        rank_zero_info(f"HParams: this test fills the row of {fit_run}")
+        return
+    params = run_hyperparameters(trainer, pl_module)
+    for logger in tensorboard:
+        logger.log_metrics(summary, step=step)
+        write_session(logger.experiment, params, [*STAGE_METRICS["test"], *summary])

@@ -16,13 +16,11 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -30,7 +28,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from matplotlib.figure import Figure
 from torch import Tensor
-from torch.utils.tensorboard import SummaryWriter
 
 from lit_vit.attention import (
     EXPLAINERS,
@@ -39,32 +36,30 @@ from lit_vit.attention import (
     NonFiniteAttentionError,
     QueryAttention,
     TokenLayout,
-    controls,
-    explain,
 )
 from lit_vit.attention.reduced import HEAD_FUSIONS
 from lit_vit.callbacks._data import (
     MAX_SCAN_IMAGES,
     choose_probe,
-    iterate_batches,
     scan,
     to_pixels,
 )
 from lit_vit.callbacks._loggers import IMAGE_LOGGERS, LayerRuns, log_image, log_report
+from lit_vit.callbacks.explained import ExplainedBatch, exceeds, explain_test_set
 from lit_vit.callbacks.hparams import (
-    STAGE_METRICS,
     attention_summary,
-    declared_metrics,
     drop_placeholder_metric,
-    fit_run_of,
-    run_hyperparameters,
-    write_session,
+    write_fit_row,
+    write_test_row,
 )
-from lit_vit.callbacks.report import explainer_table, write_report
+from lit_vit.callbacks.report import (
+    ProbeFacts,
+    ReportSection,
+    explainer_table,
+    report_header,
+    write_report,
+)
 from lit_vit.plotting import encode_png, figure_to_image, save_image
-
-if TYPE_CHECKING:
-    from lit_vit.callbacks.base import AttentionCallback
 
 # Roots of the attention tags: after Lightning's "val/" and "test/" in TensorBoard's sorted
 # lists, so that the training metrics stay on top.
@@ -75,6 +70,39 @@ GRADIENT_TARGETS = ("predicted", "true")
 LARGE_PROBE = 64
 # Strategies whose parameters are sharded: a forward pass on rank zero alone would deadlock.
 SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+class ProbeConsumer(Protocol):
+    """What the probe reads of an analysis callback
+    (:class:`~lit_vit.callbacks.base.AttentionCallback` implements it): so the probe and
+    its consumers do not import each other's classes."""
+
+    name: str | None
+    per_run: bool
+    hidden_states: bool
+    report_section: ReportSection | None
+
+    @property
+    def state_key(self) -> str: ...
+
+    @property
+    def gradients(self) -> frozenset[str]: ...
+
+    @property
+    def head_fusions(self) -> frozenset[str]: ...
+
+    @property
+    def explained_test_images(self) -> int | None: ...
+
+    def due(self, trainer: Trainer) -> bool: ...
+
+    def charts(self) -> dict[str, list[str]]: ...
+
+    def progress(self, run: ProbeRun, message: str) -> None: ...
+
+    def analyze(
+        self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -180,40 +208,6 @@ class ProbeAnalysis:
         return cache[target]
 
 
-@dataclass(frozen=True)
-class ExplainedBatch:
-    """One test batch with the map of every explainer and control.
-
-    Attributes:
-        index: Position of the batch in the test dataloader.
-        images: ``(B, C, H, W)`` as the model takes them, on the model's device.
-        labels: ``(B,)`` int64 true classes, on the CPU.
-        pixels: ``(B, C, H, W)`` raw values in [0, 1], on the CPU.
-        layout: The images' token layout.
-        maps: :data:`~lit_vit.attention.EXPLAINERS` and
-            :data:`~lit_vit.attention.CONTROLS` -> ``(B, gh, gw)`` float32 maps on
-            the CPU, each summing to 1.
-    """
-
-    index: int
-    images: Tensor
-    labels: Tensor
-    pixels: Tensor
-    layout: TokenLayout
-    maps: dict[str, Tensor]
-
-    def head(self, count: int) -> ExplainedBatch:
-        """The first ``count`` images of the batch."""
-        return ExplainedBatch(
-            index=self.index,
-            images=self.images[:count],
-            labels=self.labels[:count],
-            pixels=self.pixels[:count],
-            layout=self.layout,
-            maps={name: saliency[:count] for name, saliency in self.maps.items()},
-        )
-
-
 class AttentionProbe(Callback):
     """Owns the probe: selects it, captures it once per analysed run, writes the report.
 
@@ -290,7 +284,7 @@ class AttentionProbe(Callback):
         self.module = module
         self.figure_rows = figure_rows
         self.full_attention = full_attention
-        self.consumers: list[AttentionCallback] = []
+        self.consumers: list[ProbeConsumer] = []
         self.recorder: AttentionRecorder | None = None
         self._log_root: Path | None = None
         self._setup_key: tuple[int, str] | None = None
@@ -315,7 +309,7 @@ class AttentionProbe(Callback):
 
     @classmethod
     def attach(
-        cls, trainer: Trainer, pl_module: LightningModule, stage: str, consumer: AttentionCallback
+        cls, trainer: Trainer, pl_module: LightningModule, stage: str, consumer: ProbeConsumer
     ) -> AttentionProbe:
         """The trainer's probe (added with defaults when it has none), set up, with
         ``consumer`` registered.
@@ -339,7 +333,7 @@ class AttentionProbe(Callback):
         probe._register(consumer)
         return probe
 
-    def _register(self, consumer: AttentionCallback) -> None:
+    def _register(self, consumer: ProbeConsumer) -> None:
         if consumer in self.consumers:
             return
         clash = [other for other in self.consumers if other.state_key == consumer.state_key]
@@ -529,15 +523,19 @@ class AttentionProbe(Callback):
         Explaining is the expensive part of the test-time analysis (a pass with
         gradients, attention flow, input x gradient), so the probe does it once
         per test run, for as many images as its most demanding consumer declares
-        in :attr:`~lit_vit.callbacks.base.AttentionCallback.explained_test_images`,
+        in :attr:`ProbeConsumer.explained_test_images`,
         and every consumer reads its share.
         """
-        if self._explained is None or _exceeds(limit, self._explained[0]):
+        if self._explained is None or exceeds(limit, self._explained[0]):
             wanted = [consumer.explained_test_images for consumer in self.consumers]
             most = None if None in wanted or limit is None else max([limit, *wanted])
             if self.reduced:
                 most = min(most or self.size, self.size)
-            self._explained = (most, self._explain_test_set(trainer, pl_module, most))
+            total = min(most or sys.maxsize, self._test_images or sys.maxsize)
+            explained = explain_test_set(
+                trainer, pl_module, self.recorder, self.explainers, self.seed, most, total
+            )
+            self._explained = (most, explained)
         batches, remaining = [], sys.maxsize if limit is None else limit
         for batch in self._explained[1]:
             if remaining <= 0:
@@ -581,7 +579,7 @@ class AttentionProbe(Callback):
         trainer: Trainer,
         pl_module: LightningModule,
         run: ProbeRun,
-        consumers: Sequence[AttentionCallback],
+        consumers: Sequence[ProbeConsumer],
     ) -> None:
         analysis = self._capture(trainer, pl_module, run, consumers)
         if analysis is None:
@@ -595,7 +593,7 @@ class AttentionProbe(Callback):
         trainer: Trainer,
         pl_module: LightningModule,
         run: ProbeRun,
-        consumers: Sequence[AttentionCallback],
+        consumers: Sequence[ProbeConsumer],
     ) -> ProbeAnalysis | None:
         """The one captured pass of this run, or ``None`` (with one warning) when it diverged."""
         probe = self.probe(trainer, pl_module, run.stage)
@@ -626,90 +624,18 @@ class AttentionProbe(Callback):
         )
 
     def _write_fit_row(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """The fit's row in TensorBoard's HParams tab: its hyperparameters, and as metrics
-        ``val/acc``, ``val/loss`` and the final attention summary (logged here at the last
-        step), with the columns a later test of its checkpoints fills (see
-        :mod:`lit_vit.callbacks.hparams`)."""
-        if not trainer.is_global_zero or trainer.sanity_checking or self._log_root is None:
-            return
-        summary = attention_summary(self._latest_scalars, VAL_ROOT, "val")
-        params = run_hyperparameters(trainer, pl_module)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_metrics(summary, step=trainer.global_step)
-                write_session(logger.experiment, params, declared_metrics(summary))
+        if trainer.is_global_zero and not trainer.sanity_checking and self._log_root is not None:
+            write_fit_row(
+                trainer, pl_module, attention_summary(self._latest_scalars, VAL_ROOT, "val")
+            )
 
     def _write_test_row(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """The test's accuracy, loss and attention summary in the row of the fit that saved
-        the checkpoint when the test logs beside it (scalars added to that run folder), else
-        in a row of the test's own (``lit-vit analyze``, a checkpoint from elsewhere)."""
-        if not trainer.is_global_zero or self._log_root is None:
-            return
-        tensorboard = [
-            logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)
-        ]
-        if not tensorboard:
-            return
-        summary = attention_summary(self._latest_scalars, TEST_ROOT, "test")
-        results = {
-            tag: float(trainer.callback_metrics[tag])
-            for tag in STAGE_METRICS["test"]
-            if tag in trainer.callback_metrics
-        }
-        step = self.run(trainer, "test").step
-        fit_run = fit_run_of(trainer.ckpt_path, tensorboard[0].log_dir)
-        if fit_run is not None:
-            writer = SummaryWriter(str(fit_run), filename_suffix=".test")
-            for tag, value in (results | summary).items():
-                writer.add_scalar(tag, value, step)
-            writer.close()
-            rank_zero_info(f"HParams: this test fills the row of {fit_run}")
-            return
-        params = run_hyperparameters(trainer, pl_module)
-        for logger in tensorboard:
-            logger.log_metrics(summary, step=step)
-            write_session(logger.experiment, params, [*STAGE_METRICS["test"], *summary])
-
-    def _explain_test_set(
-        self, trainer: Trainer, pl_module: LightningModule, limit: int | None
-    ) -> list[ExplainedBatch]:
-        limit = sys.maxsize if limit is None else limit
-        total = min(limit, self._test_images or limit)
-        rank_zero_info(
-            f"AttentionProbe: explaining {total:,} test images once for the report "
-            f"({', '.join(self.explainers)}, and the controls)"
-        )
-        batches = []
-        for index, (images, labels) in enumerate(
-            iterate_batches(trainer, pl_module, "test", limit)
-        ):
-            layout = self.recorder.backend.layout(tuple(images.shape[-2:]))
-            pixels = to_pixels(trainer, images.detach().float().cpu())
-            if index == 0:
-                maps = self._explain_estimating(images, total)
-            else:
-                maps = explain(self.recorder, images, methods=self.explainers)
-            maps |= controls(pixels, layout, self.seed + index)
-            labels = labels.cpu().long()
-            batches.append(ExplainedBatch(index, images.detach(), labels, pixels, layout, maps))
-        return batches
-
-    def _explain_estimating(self, images: Tensor, total: int) -> dict[str, Tensor]:
-        """The explainers' maps of ``(B, C, H, W)`` images, the first image alone, to say how
-        long all ``total`` will take."""
-        start = time.perf_counter()
-        first = explain(self.recorder, images[:1], methods=self.explainers)
-        seconds = time.perf_counter() - start
-        rank_zero_info(
-            f"AttentionProbe: {seconds:.2f} s per image, about {duration(seconds * total)}"
-        )
-        if len(images) == 1:
-            return first
-        rest = explain(self.recorder, images[1:], methods=self.explainers)
-        return {name: torch.cat([first[name], rest[name]]) for name in first}
+        if trainer.is_global_zero and self._log_root is not None:
+            summary = attention_summary(self._latest_scalars, TEST_ROOT, "test")
+            write_test_row(trainer, pl_module, summary, self.run(trainer, "test").step)
 
     def _warn_divergence(
-        self, trainer: Trainer, consumers: Sequence[AttentionCallback], error: Exception
+        self, trainer: Trainer, consumers: Sequence[ProbeConsumer], error: Exception
     ) -> None:
         if self._warned_divergence:
             return
@@ -785,55 +711,17 @@ class AttentionProbe(Callback):
             )
 
     def _report_header(self, trainer: Trainer, pl_module: LightningModule) -> list[str]:
-        from lit_vit import __version__
-
-        vit = self.recorder.vit
-        lines = [
-            f"- Checkpoint: `{trainer.ckpt_path}`"
-            + (
-                f" (epoch {self._checkpoint['epoch']}, global step "
-                f"{self._checkpoint['global_step']})"
-                if self._checkpoint.get("epoch") is not None
-                else ""
-            )
-            if trainer.ckpt_path
-            else "- Checkpoint: none (the model's weights as given)",
-        ]
-        accuracy = trainer.callback_metrics.get("test/acc")
-        total = len(getattr(trainer.datamodule, "test_dataset", None) or [])
-        if accuracy is not None:
-            whole = " (the whole test set)" if self._test_images == total else f" of {total:,}"
-            lines.append(
-                f"- Test accuracy: {float(accuracy):.4f} on {self._test_images:,} test "
-                f"images{whole if total else ''}"
-            )
-        hparams = getattr(pl_module, "hparams", {})
-        layout = self._layout
-        parameters = sum(parameter.numel() for parameter in vit.parameters())
-        shape = f"{self.num_layers} layers, width {_width(vit)}, {self._heads} heads"
-        if layout is not None:
-            (ph, pw), (gh, gw) = layout.patch_size, layout.grid_size
-            shape += f", patch {ph}x{pw}, images {gh * ph}x{gw * pw}"
-        lines += [
-            f"- Model: {hparams.get('model_name', type(vit).__name__)}: {shape}, "
-            f"{parameters:,} parameters",
-            f"- Data: {_describe_data(trainer)}",
-            f"- Probe: {self.size} images (seed {self.seed})",
-            f"- Written {date.today().isoformat()} by lit-vit {__version__}",
-        ]
-        return lines
-
-
-def duration(seconds: float) -> str:
-    """``"40 s"``, ``"3 min"``."""
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
-
-
-def _exceeds(limit: int | None, covered: int | None) -> bool:
-    """Whether ``limit`` images (``None``: all) go beyond the ``covered`` ones."""
-    if covered is None:
-        return False
-    return limit is None or limit > covered
+        facts = ProbeFacts(
+            vit=self.recorder.vit,
+            layout=self._layout,
+            layers=self.num_layers,
+            heads=self._heads,
+            size=self.size,
+            seed=self.seed,
+            checkpoint=self._checkpoint,
+            test_images=self._test_images,
+        )
+        return report_header(trainer, pl_module, facts)
 
 
 def _run_folder(trainer: Trainer, log_dir: str) -> Path:
@@ -854,26 +742,3 @@ def _validations_per_epoch(trainer: Trainer) -> float:
     if not isinstance(interval, (int, float)) or not interval or math.isinf(batches):
         return 1.0
     return batches / interval
-
-
-def _width(vit) -> int | str:
-    """Token width of a ViT of any family."""
-    for name in ("embed_dim", "hidden_dim"):
-        if isinstance(getattr(vit, name, None), int):
-            return getattr(vit, name)
-    config = getattr(vit, "config", None)
-    return getattr(config, "hidden_size", "?")
-
-
-def _describe_data(trainer: Trainer) -> str:
-    datamodule = trainer.datamodule
-    if datamodule is None:
-        return "dataloaders passed to the trainer"
-    sizes = [
-        f"{split} {len(dataset):,}"
-        for split in ("train", "val", "test")
-        if (dataset := getattr(datamodule, f"{split}_dataset", None)) is not None
-    ]
-    describe = getattr(datamodule, "describe", None)
-    name = describe() if callable(describe) else type(datamodule).__name__
-    return name + (f" ({', '.join(sizes)} images)" if sizes else "")

@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
-from torch import Tensor
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor, nn
 
 from lit_vit.attention import (
     CONTROLS,
     EXPLAINERS,
     FAITHFULNESS_METRICS,
+    TokenLayout,
     bootstrap_interval,
     compare,
 )
@@ -226,3 +229,88 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ProbeFacts:
+    """What the probe knows of the run, for the report's header.
+
+    Attributes:
+        vit: The analysed ViT.
+        layout: Its token layout at the test's input size (None before a capture).
+        layers, heads: Its attention layers and heads per layer.
+        size, seed: The probe's size and seed.
+        checkpoint: ``epoch`` and ``global_step`` of the tested checkpoint (empty: none).
+        test_images: Test images the model saw.
+    """
+
+    vit: nn.Module
+    layout: TokenLayout | None
+    layers: int
+    heads: int
+    size: int
+    seed: int
+    checkpoint: dict
+    test_images: int
+
+
+def report_header(trainer: Trainer, pl_module: LightningModule, facts: ProbeFacts) -> list[str]:
+    """The report's header lines: checkpoint, test accuracy, model, data, probe, version."""
+    from lit_vit import __version__
+
+    epoch = facts.checkpoint.get("epoch")
+    lines = [
+        f"- Checkpoint: `{trainer.ckpt_path}`"
+        + (
+            f" (epoch {epoch}, global step {facts.checkpoint['global_step']})"
+            if epoch is not None
+            else ""
+        )
+        if trainer.ckpt_path
+        else "- Checkpoint: none (the model's weights as given)",
+    ]
+    accuracy = trainer.callback_metrics.get("test/acc")
+    total = len(getattr(trainer.datamodule, "test_dataset", None) or [])
+    if accuracy is not None:
+        whole = " (the whole test set)" if facts.test_images == total else f" of {total:,}"
+        lines.append(
+            f"- Test accuracy: {float(accuracy):.4f} on {facts.test_images:,} test "
+            f"images{whole if total else ''}"
+        )
+    hparams = getattr(pl_module, "hparams", {})
+    vit = facts.vit
+    parameters = sum(parameter.numel() for parameter in vit.parameters())
+    shape = f"{facts.layers} layers, width {_width(vit)}, {facts.heads} heads"
+    if facts.layout is not None:
+        (ph, pw), (gh, gw) = facts.layout.patch_size, facts.layout.grid_size
+        shape += f", patch {ph}x{pw}, images {gh * ph}x{gw * pw}"
+    return lines + [
+        f"- Model: {hparams.get('model_name', type(vit).__name__)}: {shape}, "
+        f"{parameters:,} parameters",
+        f"- Data: {_describe_data(trainer)}",
+        f"- Probe: {facts.size} images (seed {facts.seed})",
+        f"- Written {date.today().isoformat()} by lit-vit {__version__}",
+    ]
+
+
+def _width(vit) -> int | str:
+    """Token width of a ViT of any family."""
+    for name in ("embed_dim", "hidden_dim"):
+        if isinstance(getattr(vit, name, None), int):
+            return getattr(vit, name)
+    config = getattr(vit, "config", None)
+    return getattr(config, "hidden_size", "?")
+
+
+def _describe_data(trainer: Trainer) -> str:
+    datamodule = trainer.datamodule
+    if datamodule is None:
+        return "dataloaders passed to the trainer"
+    sizes = [
+        f"{split} {len(dataset):,}"
+        for split in ("train", "val", "test")
+        if (dataset := getattr(datamodule, f"{split}_dataset", None)) is not None
+    ]
+    describe = getattr(datamodule, "describe", None)
+    name = describe() if callable(describe) else type(datamodule).__name__
+    return name + (f" ({', '.join(sizes)} images)" if sizes else "")

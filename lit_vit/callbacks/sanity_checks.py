@@ -23,7 +23,8 @@ from lit_vit.attention import (
     threshold_verdict,
 )
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
-from lit_vit.callbacks.probe import ProbeRun, duration
+from lit_vit.callbacks.explained import duration
+from lit_vit.callbacks.probe import ProbeRun
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import randomization_figure
 
