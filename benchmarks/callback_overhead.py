@@ -102,7 +102,7 @@ PROBE_SELECTION: Key = ("once per fit", "probe selection (scan of 4,096 val imag
 OTHER: Key = ("other", "scalar logging, bookkeeping")
 # (group, piece, "module:attribute" where the callbacks look the function up when calling it)
 PIECES = (
-    (*PROBE_SELECTION, "lit_vit.callbacks.probe:AttentionProbe._select"),
+    (*PROBE_SELECTION, "lit_vit.callbacks.probe:select_probe"),
     (
         "capture",
         "record: forward + gradients of 2 classes",

@@ -8,11 +8,15 @@ shared by the probe owner and the callbacks that look past the probe
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 # Scanning more than this many images to balance classes buys nothing for a probe of 8-64.
@@ -141,3 +145,71 @@ def predicted_class_names(trainer: Trainer, num_classes: int) -> list[str]:
         return list(model_names)
     names = class_names(trainer, num_classes)
     return names if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Probe images, kept on the CPU.
+
+    Attributes:
+        images: ``(B, C, H, W)`` as the model takes them (normalised).
+        labels: ``(B,)`` int64 true classes.
+        pixels: ``(B, C, H, W)`` raw pixel values in [0, 1], for figures and
+            foreground masks.
+        indices: ``(B,)`` positions of the images in the dataloader's order.
+    """
+
+    images: Tensor
+    labels: Tensor
+    pixels: Tensor
+    indices: Tensor
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the images' float32 bytes (16 hex digits): the same probe, or not."""
+        data = self.images.detach().float().contiguous().numpy().tobytes()
+        return hashlib.sha256(data).hexdigest()[:16]
+
+
+def select_probe(
+    trainer: Trainer,
+    pl_module: LightningModule,
+    split: str,
+    size: int,
+    seed: int,
+    restored: dict | None = None,
+) -> Probe:
+    """``size`` class-balanced images of ``split`` drawn with ``seed``, or the ``restored``
+    probe of a checkpoint (its positions and fingerprint) when the data still holds it.
+
+    Raises:
+        ValueError: The split has fewer than ``size`` images.
+    """
+    if restored and restored.get("size") == size and restored.get("seed") == seed:
+        indices = torch.tensor(restored["indices"])
+        images, labels = scan(trainer, pl_module, split, int(indices.max()) + 1)
+        probe = _probe(trainer, images, labels, indices)
+        if probe.fingerprint == restored["fingerprint"]:
+            return probe
+        rank_zero_warn(
+            "AttentionProbe: the checkpoint's probe images differ from the images at the "
+            "same positions of the validation set now (another split or data?); selecting "
+            "a new probe."
+        )
+    images, labels = scan(trainer, pl_module, split, max(MAX_SCAN_IMAGES, size))
+    if len(images) < size:
+        raise ValueError(
+            f"AttentionProbe: size={size} but the {split} set has only {len(images)} "
+            f"images; use size <= {len(images)}."
+        )
+    return _probe(trainer, images, labels, choose_probe(labels, size, seed))
+
+
+def _probe(trainer: Trainer, images: Tensor, labels: Tensor, indices: Tensor) -> Probe:
+    chosen = images[indices]
+    return Probe(
+        images=chosen,
+        labels=labels[indices],
+        pixels=to_pixels(trainer, chosen.float()),
+        indices=indices,
+    )

@@ -13,7 +13,6 @@ pixels, never the images.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 from collections.abc import Sequence
@@ -39,10 +38,8 @@ from lit_vit.attention import (
 )
 from lit_vit.attention.reduced import HEAD_FUSIONS
 from lit_vit.callbacks._data import (
-    MAX_SCAN_IMAGES,
-    choose_probe,
-    scan,
-    to_pixels,
+    Probe,
+    select_probe,
 )
 from lit_vit.callbacks._loggers import IMAGE_LOGGERS, LayerRuns, log_image, log_report
 from lit_vit.callbacks.explained import ExplainedBatch, exceeds, explain_test_set
@@ -103,30 +100,6 @@ class ProbeConsumer(Protocol):
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None: ...
-
-
-@dataclass(frozen=True)
-class Probe:
-    """Probe images, kept on the CPU.
-
-    Attributes:
-        images: ``(B, C, H, W)`` as the model takes them (normalised).
-        labels: ``(B,)`` int64 true classes.
-        pixels: ``(B, C, H, W)`` raw pixel values in [0, 1], for figures and
-            foreground masks.
-        indices: ``(B,)`` positions of the images in the dataloader's order.
-    """
-
-    images: Tensor
-    labels: Tensor
-    pixels: Tensor
-    indices: Tensor
-
-    @cached_property
-    def fingerprint(self) -> str:
-        """SHA-256 of the images' float32 bytes (16 hex digits): the same probe, or not."""
-        data = self.images.detach().float().contiguous().numpy().tobytes()
-        return hashlib.sha256(data).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -649,34 +622,7 @@ class AttentionProbe(Callback):
 
     def _select(self, trainer: Trainer, pl_module: LightningModule, split: str) -> Probe:
         restored = self._restored if split == "val" else None
-        if restored and restored.get("size") == self.size and restored.get("seed") == self.seed:
-            indices = torch.tensor(restored["indices"])
-            images, labels = scan(trainer, pl_module, split, int(indices.max()) + 1)
-            probe = self._probe(trainer, images, labels, indices)
-            if probe.fingerprint == restored["fingerprint"]:
-                return probe
-            rank_zero_warn(
-                "AttentionProbe: the checkpoint's probe images differ from the images at the "
-                "same positions of the validation set now (another split or data?); selecting "
-                "a new probe."
-            )
-        images, labels = scan(trainer, pl_module, split, max(MAX_SCAN_IMAGES, self.size))
-        if len(images) < self.size:
-            raise ValueError(
-                f"AttentionProbe: size={self.size} but the {split} set has only {len(images)} "
-                f"images; use size <= {len(images)}."
-            )
-        return self._probe(trainer, images, labels, choose_probe(labels, self.size, self.seed))
-
-    @staticmethod
-    def _probe(trainer: Trainer, images: Tensor, labels: Tensor, indices: Tensor) -> Probe:
-        chosen = images[indices]
-        return Probe(
-            images=chosen,
-            labels=labels[indices],
-            pixels=to_pixels(trainer, chosen.float()),
-            indices=indices,
-        )
+        return select_probe(trainer, pl_module, split, self.size, self.seed, restored)
 
     def _check_size(self, trainer: Trainer, stage: str) -> None:
         datamodule = trainer.datamodule
