@@ -10,7 +10,7 @@ Fashion-MNIST, batch 128, TensorBoard logger, checkpoints), for one epoch of
 variants alternated within every repeat (in reversed order every other repeat,
 so drift from other jobs on the machine hits both alike):
 
-* **with**: the config as it is, with its probe and six attention callbacks;
+* **with**: the config as it is, with its probe and seven attention callbacks;
 * **with, resumed**: the same, resumed from a checkpoint written at the end of
   an epoch (untimed): the probe is restored from the checkpoint's indices and
   must still be captured once per validation run;
@@ -125,6 +125,10 @@ PIECES = (
         "lit_vit.callbacks.faithfulness:deletion_insertion_auc",
     ),
     ("measures", "resolution sweep", "lit_vit.callbacks.resolution_sweep:resolution_sweep"),
+    ("measures", "CKA between layers", "lit_vit.callbacks.representations:cka_matrix"),
+    ("measures", "CKA with previous epoch", "lit_vit.callbacks.representations:layer_cka"),
+    ("measures", "logit lens", "lit_vit.callbacks.representations:logit_lens"),
+    ("measures", "token norms", "lit_vit.callbacks.representations:token_norms"),
     ("figures", "build (matplotlib artists)", "every *_figure of lit_vit.plotting"),
     ("figures", "render (one Agg draw per figure)", "lit_vit.callbacks.probe:figure_to_image"),
     (
