@@ -37,6 +37,7 @@ from lightning.pytorch.cli import (
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_vit import __version__
+from lit_vit._private import parser_options, subcommand_parser
 from lit_vit.analyze import analyze
 from lit_vit.callbacks import PredictionWriter
 from lit_vit.callbacks.finite_checkpoint import FiniteModelCheckpoint, finite_weights
@@ -79,7 +80,7 @@ def closest_option(message: str, parser: LightningArgumentParser) -> str:
     match = re.search(r"option '([^']+)'", message) or re.search(r"--([\w.]+)", message)
     if match is None:
         return ""
-    options = {option.lstrip("-") for action in parser._actions for option in action.option_strings}
+    options = parser_options(parser)
     close = difflib.get_close_matches(match.group(1), sorted(options), n=1, cutoff=0.6)
     return f". Did you mean '{close[0]}'?" if close else ""
 
@@ -152,7 +153,7 @@ class LitViTCLI(LightningCLI):
         super().parse_arguments(parser, [arg for arg in argv if arg not in printing])
         self._parse_ckpt_path()
         subcommand = self.config.subcommand
-        print(self._subcommand_parsers[subcommand].dump(self.config[subcommand]), end="")
+        print(subcommand_parser(self, subcommand).dump(self.config[subcommand]), end="")
         raise SystemExit(0)
 
     def _parse_ckpt_path(self) -> None:

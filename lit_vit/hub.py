@@ -14,6 +14,8 @@ import socket
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
+from lit_vit._private import hub_offline
+
 # Seconds one connection attempt to the hub may take.
 CONNECT_TIMEOUT_S = 3.0
 
@@ -36,13 +38,8 @@ def offline_unless_reachable() -> Iterator[None]:
     """Inside, the hub's downloads use the local cache only when the hub cannot be reached."""
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE or hub_reachable():
+    if constants.is_offline_mode() or hub_reachable():
         yield
         return
-    # huggingface_hub reads this at every request (is_offline_mode(), tested with 2.4); the
-    # environment variable HF_HUB_OFFLINE only counts when it is imported.
-    constants.HF_HUB_OFFLINE = True
-    try:
+    with hub_offline():
         yield
-    finally:
-        constants.HF_HUB_OFFLINE = False

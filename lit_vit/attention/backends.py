@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_vit._private import attention_implementation, compiled_original, packed_qkv
 from lit_vit.attention.layout import TokenLayout, _is_vit, _unwrap, find_vit
 
 __all__ = ["CaptureBackend", "find_backend", "no_attention_message"]
@@ -229,7 +230,7 @@ def _family(module: nn.Module) -> str | None:
         module, "class_token"
     ):
         return "torchvision"
-    if _is_vit(module) and not hasattr(module, "_orig_mod"):
+    if _is_vit(module) and compiled_original(module) is None:
         return "timm"
     return None
 
@@ -321,7 +322,7 @@ def _interpolate_huggingface(vit: nn.Module) -> None:
 def _capture_huggingface(
     model: nn.Module, modules: list[nn.Module], capture: Capture, restore: contextlib.ExitStack
 ):
-    previous = model.config._attn_implementation
+    previous = attention_implementation(model.config)
     if previous != "eager":
         model.set_attn_implementation("eager")
         restore.callback(model.set_attn_implementation, previous)
@@ -367,7 +368,7 @@ def _capture_torchvision(modules: list[nn.Module], capture: Capture, restore: co
         unsupported = [
             name
             for name, value in (
-                ("separate q/k/v projections", not module._qkv_same_embed_dim),
+                ("separate q/k/v projections", not packed_qkv(module)),
                 ("bias_k/bias_v", module.bias_k is not None),
                 ("add_zero_attn", module.add_zero_attn),
                 ("batch_first=False", not module.batch_first),

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lit_vit._private import compiled_original
+
 __all__ = ["TokenLayout", "find_vit"]
 
 
@@ -148,13 +150,13 @@ def _check_image_size(embed: nn.Module, size: tuple[int, int], patch: tuple[int,
 
 def _unwrap(module: nn.Module) -> nn.Module:
     """The eager module behind ``torch.compile`` wrappers."""
-    while isinstance(getattr(module, "_orig_mod", None), nn.Module):
-        module = module._orig_mod
+    while isinstance(compiled_original(module), nn.Module):
+        module = compiled_original(module)
     return module
 
 
 def _is_compiled_wrapper(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "_orig_mod", None), nn.Module)
+    return isinstance(compiled_original(module), nn.Module)
 
 
 def _is_vit(module: nn.Module) -> bool:

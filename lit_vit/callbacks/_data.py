@@ -19,6 +19,8 @@ from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lit_vit._private import transfer_batch
+
 # Scanning more than this many images to balance classes buys nothing for a probe of 8-64.
 MAX_SCAN_IMAGES = 4096
 
@@ -54,7 +56,7 @@ def iterate_batches(trainer: Trainer, pl_module: LightningModule, stage: str, ma
     seen = 0
     for batch in stage_dataloader(trainer, stage):
         with _evaluating(trainer, stage):
-            batch = pl_module._apply_batch_transfer_handler(batch)
+            batch = transfer_batch(pl_module, batch)
         images, labels = batch[0], batch[1]
         take = min(len(images), max_images - seen)
         yield images[:take], labels[:take]

@@ -28,6 +28,8 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
+from lit_vit._private import event_file_writer
+
 # Loggers that show images, for the message about where figures go.
 IMAGE_LOGGERS = (TensorBoardLogger, WandbLogger, MLFlowLogger)
 
@@ -41,7 +43,7 @@ def _add_image(writer, tag: str, image: Tensor, step: int, png: bytes | None) ->
     _, height, width = image.shape
     picture = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
     # What add_image itself does with the summary it builds (SummaryWriter.add_image).
-    writer._get_file_writer().add_summary(
+    event_file_writer(writer).add_summary(
         Summary(value=[Summary.Value(tag=tag, image=picture)]), step
     )
 

@@ -24,6 +24,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from lit_vit._private import switch_off_hp_metric
+
 STAGE_METRICS = {"val": ("val/acc", "val/loss"), "test": ("test/acc", "test/loss")}
 
 
@@ -69,7 +71,7 @@ def drop_placeholder_metric(trainer: Trainer) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             # Only settable as TensorBoardLogger(default_hp_metric=...); tested with Lightning 2.6.
-            logger._default_hp_metric = False
+            switch_off_hp_metric(logger)
 
 
 def run_hyperparameters(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from lit_vit._private import logged_step
 from lit_vit.attention import (
     EXPLAINERS,
     AttentionRecorder,
@@ -370,7 +371,7 @@ class AttentionProbe(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self._last_val_step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        self._last_val_step = logged_step(trainer)
         due = [c for c in self.consumers if c.per_run and c.due(trainer)]
         if not due or not trainer.is_global_zero:
             return
@@ -448,7 +449,7 @@ class AttentionProbe(Callback):
         """Where a run of ``stage`` (``"val"``, ``"fit_end"`` or ``"test"``) logs now."""
         # The step Lightning logs epoch-level metrics at (see LoggerConnector.log_metrics);
         # at fit end, that of the last validation run, whose model the sweep analyses.
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        step = logged_step(trainer)
         if stage == "fit_end" and self._last_val_step is not None:
             step = self._last_val_step
         if stage == "val":
