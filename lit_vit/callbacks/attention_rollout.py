@@ -118,12 +118,6 @@ class AttentionRollout(AttentionCallback):
                 f"{num_layers} attention layers; use 0 to {num_layers - 1}."
             )
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = state_dict.get("history", self.history)
-
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None:

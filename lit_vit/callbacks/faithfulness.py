@@ -154,12 +154,6 @@ class Faithfulness(AttentionCallback):
             for kind in ("deletion", "insertion")
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = state_dict.get("history", self.history)
-
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None:

@@ -85,16 +85,12 @@ class HeadDiversity(AttentionCallback):
             )
         }
 
-    def state_dict(self) -> dict[str, list]:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, list]) -> None:
-        history = state_dict.get("history", {})
+    def restored_history(self, history: dict[str, list]) -> dict[str, list]:
         epochs = history.get("epoch", [])
         # A measure the checkpoint's version did not keep: no values for its epochs (blank).
-        self.history = {"epoch": list(epochs)}
-        for measure in EVOLUTION:
-            self.history[measure] = list(history.get(measure, [[]] * len(epochs)))
+        return {"epoch": list(epochs)} | {
+            measure: list(history.get(measure, [[]] * len(epochs))) for measure in EVOLUTION
+        }
 
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis

@@ -122,11 +122,8 @@ class LayerRepresentations(AttentionCallback):
             if measure != "entropy"
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = _empty_history() | state_dict.get("history", {})
+    def restored_history(self, history: dict[str, Any]) -> dict[str, Any]:
+        return _empty_history() | history
 
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
