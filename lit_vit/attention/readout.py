@@ -21,33 +21,11 @@ class token after the final norm as its pooled features and no head.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from torch import nn
 
-from torch import Tensor, nn
-
-from lit_vit.attention.backends import CaptureBackend
+from lit_vit.attention.backends import CaptureBackend, Readout
 
 __all__ = ["Readout", "block_modules", "find_readout"]
-
-
-@dataclass(frozen=True)
-class Readout:
-    """How the model reads its last block's output.
-
-    Attributes:
-        pool: ``(B, N, D)`` tokens to ``(B, F)`` pooled features (after the final norm).
-        head: ``(B, F)`` pooled features to ``(B, C)`` logits; None when unknown.
-    """
-
-    pool: Callable[[Tensor], Tensor]
-    head: Callable[[Tensor], Tensor] | None
-
-    def logits(self, tokens: Tensor) -> Tensor:
-        """``(B, N, D)`` tokens to ``(B, C)`` logits (needs a head)."""
-        if self.head is None:
-            raise ValueError("this model's head is not known: no logits from its tokens")
-        return self.head(self.pool(tokens))
 
 
 def block_modules(model: nn.Module, backend: CaptureBackend) -> list[nn.Module]:
@@ -74,19 +52,4 @@ def block_modules(model: nn.Module, backend: CaptureBackend) -> list[nn.Module]:
 
 def find_readout(backend: CaptureBackend) -> Readout:
     """The readout of the backend's ViT (see the module docstring)."""
-    vit = backend.vit
-    if backend.family == "timm" and hasattr(vit, "forward_head") and hasattr(vit, "norm"):
-        return Readout(
-            pool=lambda tokens: vit.forward_head(vit.norm(tokens), pre_logits=True),
-            head=lambda pooled: vit.get_classifier()(pooled),
-        )
-    if backend.family == "torchvision":
-        return Readout(pool=lambda tokens: vit.encoder.ln(tokens)[:, 0], head=vit.heads)
-    if backend.family == "huggingface":
-        base = getattr(vit, "base_model", vit)
-        norm = getattr(base, "layernorm", None) or nn.Identity()
-        classifier = getattr(vit, "classifier", None)
-        width = getattr(vit.config, "hidden_size", None)
-        known = isinstance(classifier, nn.Linear) and classifier.in_features == width
-        return Readout(pool=lambda tokens: norm(tokens)[:, 0], head=classifier if known else None)
-    return Readout(pool=lambda tokens: tokens[:, 0], head=None)
+    return backend.readout()

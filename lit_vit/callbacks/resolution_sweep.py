@@ -142,7 +142,7 @@ class ResolutionSweep(AttentionCallback):
         backend = self.probe.recorder.backend
         self.training_size = backend.input_size()
         self._pairs = self._resolve_sizes(backend.layout(self.training_size).patch_size)
-        if backend.family == "torchvision" and any(h != w for h, w in self._pairs):
+        if backend.square_inputs and any(h != w for h, w in self._pairs):
             raise ValueError(
                 f"ResolutionSweep: torchvision's VisionTransformer takes square images only; "
                 f"sizes {self.sizes} give {self._pairs}. List square sizes (ints)."
