@@ -310,23 +310,7 @@ class Faithfulness(AttentionCallback):
         return results, scores
 
     def _say_cost(self, pl_module: LightningModule, batches: list) -> None:
-        """Say how long scoring the test images will take: their forwards (one batch timed)
-        and ROAD's imputations (one image with half its patches removed, timed)."""
-        first = batches[0]
-        maps = sum(n in first.maps for n in (*EXPLAINERS, *MAP_CONTROLS)) + 1  # and random
-        images = sum(len(batch.labels) for batch in batches)
-        timed = first.images[:1].expand(FORWARD_TIMING_IMAGES, -1, -1, -1)  # batched, as scored
-        start = time.perf_counter()
-        classifier_logits(pl_module, [timed])
-        forward = (time.perf_counter() - start) / FORWARD_TIMING_IMAGES
-        forwards = maps * (3 * (self.steps + 1) + 2 * len(ROAD_FRACTIONS) + SACO_GROUPS)
-        patches = torch.arange(first.layout.num_patches).reshape(first.layout.grid_size) % 2 == 0
-        height, width = first.layout.patch_size
-        removed = patches.repeat_interleave(height, 0).repeat_interleave(width, 1)
-        start = time.perf_counter()
-        noisy_linear_imputation(first.images[:1].cpu().float(), removed[None])
-        imputations = 2 * len(ROAD_FRACTIONS) * maps
-        seconds = images * (forwards * forward + imputations * (time.perf_counter() - start))
+        images, maps, forwards, imputations, seconds = scoring_cost(pl_module, batches, self.steps)
         self.progress(
             self.probe.run(pl_module.trainer, "test"),
             f"{images:,} images x {maps} maps: {forwards:,} forwards and {imputations} ROAD "
@@ -427,6 +411,30 @@ def _metric_means(per_image: dict[str, dict[str, Tensor]]) -> dict[str, float]:
 
 def _tag(name: str) -> str:
     return name.replace(" - ", "_minus_").replace("(", "").replace(")", "").replace(" ", "_")
+
+
+def scoring_cost(
+    model: LightningModule, batches: list, steps: int
+) -> tuple[int, int, int, int, float]:
+    """What scoring the explained test ``batches`` costs: images, maps, forwards and ROAD
+    imputations per image, and the seconds they take (one batch of forwards timed, one
+    imputation of an image with half its patches removed timed)."""
+    first = batches[0]
+    maps = sum(n in first.maps for n in (*EXPLAINERS, *MAP_CONTROLS)) + 1  # and random
+    images = sum(len(batch.labels) for batch in batches)
+    timed = first.images[:1].expand(FORWARD_TIMING_IMAGES, -1, -1, -1)  # batched, as scored
+    start = time.perf_counter()
+    classifier_logits(model, [timed])
+    forward = (time.perf_counter() - start) / FORWARD_TIMING_IMAGES
+    forwards = maps * (3 * (steps + 1) + 2 * len(ROAD_FRACTIONS) + SACO_GROUPS)
+    patches = torch.arange(first.layout.num_patches).reshape(first.layout.grid_size) % 2 == 0
+    height, width = first.layout.patch_size
+    removed = patches.repeat_interleave(height, 0).repeat_interleave(width, 1)
+    start = time.perf_counter()
+    noisy_linear_imputation(first.images[:1].cpu().float(), removed[None])
+    imputations = 2 * len(ROAD_FRACTIONS) * maps
+    seconds = images * (forwards * forward + imputations * (time.perf_counter() - start))
+    return images, maps, forwards, imputations, seconds
 
 
 def _aucs(results: Mapping[str, FaithfulnessResult]) -> dict[str, tuple[Tensor, Tensor]]:

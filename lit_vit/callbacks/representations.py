@@ -253,57 +253,11 @@ class LayerRepresentations(AttentionCallback):
         )
 
     def _section(self, lens, norms, sinks, model_accuracy: float, paths: dict) -> ReportSection:
-        layers = len(sinks)
-        rows = [
-            (
-                layer,
-                "n/a" if lens is None else float(lens.accuracy[layer]),
-                "n/a" if lens is None else float(lens.true_probability[layer]),
-                float(norms.norm_ratio[layer]),
-                float(norms.high_norm_share[layer]),
-                float(norms.absolute_share[layer]),
-                float(sinks[layer]),
-            )
-            for layer in range(layers)
-        ]
-        table = markdown_table(
-            [
-                "layer",
-                "logit-lens accuracy",
-                "true-class probability",
-                "largest / median norm",
-                "high-norm share",
-                "norm > 150",
-                f"sink rate (> {SINK_THRESHOLD})",
-            ],
-            rows,
+        body, summary = _section_body(
+            lens, norms, sinks, model_accuracy, paths, self.history["epoch"]
         )
-        summary = [_lens_statement(lens, model_accuracy), _norm_statement(norms, sinks)]
-        evolution = (
-            [
-                f"Over the training epochs {self.history['epoch'][0]} to "
-                f"{self.history['epoch'][-1]} (CKA with previous epoch: 1 = the layer no longer "
-                "changes):",
-                f"![evolution]({paths['representation_evolution']})",
-            ]
-            if "representation_evolution" in paths
-            else []
-        )
-        body = "\n\n".join(
-            [
-                "Per layer, on the probe images: the model's own head read at each block "
-                "(logit lens), and the token norms and attention sinks (Darcet et al. 2024).",
-                table,
-                f"![layers]({paths['layers']}) ![patch norms]({paths['patch_norms']})",
-                "Linear CKA between every pair of layers (tokens pooled as the model pools "
-                "them, and all tokens):",
-                f"![cka]({paths['cka']})",
-                *evolution,
-            ]
-        )
-        return ReportSection(
-            self.title("What the layers compute"), self.report_order, body, summary
-        )
+        title = self.title("What the layers compute")
+        return ReportSection(title, self.report_order, body, summary)
 
 
 def _empty_history() -> dict[str, Any]:
@@ -333,3 +287,58 @@ def _norm_statement(norms, sinks: Tensor) -> str:
         f"attention sinks in up to {float(sinks.max()):.0%} of the heads (layer "
         f"{int(sinks.argmax())})."
     )
+
+
+def _section_body(
+    lens, norms, sinks: Tensor, model_accuracy: float, paths: dict, epochs: list[int]
+) -> tuple[str, list[str]]:
+    """The report section's Markdown and its summary statements."""
+    layers = len(sinks)
+    rows = [
+        (
+            layer,
+            "n/a" if lens is None else float(lens.accuracy[layer]),
+            "n/a" if lens is None else float(lens.true_probability[layer]),
+            float(norms.norm_ratio[layer]),
+            float(norms.high_norm_share[layer]),
+            float(norms.absolute_share[layer]),
+            float(sinks[layer]),
+        )
+        for layer in range(layers)
+    ]
+    table = markdown_table(
+        [
+            "layer",
+            "logit-lens accuracy",
+            "true-class probability",
+            "largest / median norm",
+            "high-norm share",
+            "norm > 150",
+            f"sink rate (> {SINK_THRESHOLD})",
+        ],
+        rows,
+    )
+    summary = [_lens_statement(lens, model_accuracy), _norm_statement(norms, sinks)]
+    evolution = (
+        [
+            f"Over the training epochs {epochs[0]} to "
+            f"{epochs[-1]} (CKA with previous epoch: 1 = the layer no longer "
+            "changes):",
+            f"![evolution]({paths['representation_evolution']})",
+        ]
+        if "representation_evolution" in paths
+        else []
+    )
+    body = "\n\n".join(
+        [
+            "Per layer, on the probe images: the model's own head read at each block "
+            "(logit lens), and the token norms and attention sinks (Darcet et al. 2024).",
+            table,
+            f"![layers]({paths['layers']}) ![patch norms]({paths['patch_norms']})",
+            "Linear CKA between every pair of layers (tokens pooled as the model pools "
+            "them, and all tokens):",
+            f"![cka]({paths['cka']})",
+            *evolution,
+        ]
+    )
+    return body, summary

@@ -138,29 +138,9 @@ class SanityChecks(AttentionCallback):
         recorder = self.probe.recorder
         logits = recorder.record(images, full=False).logits
         predicted, classes = logits.argmax(dim=-1), logits.shape[-1]
-        steps = randomization_steps(pl_module, self.probe.recorder.backend)
-        explainers = self.probe.explainers
-        patches = recorder.backend.layout(tuple(images.shape[-2:])).num_patches
-        sparse = [name for name in SPARSE_EXPLAINERS if name in explainers]
-        sparse = sparse if patches > EVERY_STEP_PATCHES else []
-        self.progress(run, f"cascading randomisation of {len(steps)} steps on {len(images)} images")
-        calls = itertools.count()
-
-        def explain_now() -> dict[str, Tensor]:
-            """All explainers for the trained and the fully random model; the expensive ones
-            left out of the steps between on large grids."""
-            every_step = next(calls) in (0, len(steps))
-            methods = [n for n in explainers if every_step or n not in sparse]
-            return explain(recorder, images, predicted, methods)
-
-        explain_all = _estimating(
-            explain_now,
-            len(steps) + 1,  # each step, and a random class
-            lambda seconds: self.progress(run, f"at most about {duration(seconds)}"),
-        )
-        curve = cascading_randomization(pl_module, steps, explain_all, self.seed)
+        curve, sparse, patches = self._cascade(pl_module, run, images, predicted)
         other = random_logit_targets(predicted, classes, self.seed)
-        swapped = explain(recorder, images, other.to(predicted.device), explainers)
+        swapped = explain(recorder, images, other.to(predicted.device), self.probe.explainers)
         random_logit = {
             name: spearman(swapped[name], curve.trained[name])
             for name in CLASS_SPECIFIC
@@ -199,6 +179,33 @@ class SanityChecks(AttentionCallback):
             verdicts = {name: pair[index] for name, pair in checks.items()}
             self.probe.add_scores(column, verdicts | not_applicable)
         self.report_section = section
+
+    def _cascade(self, pl_module: LightningModule, run: ProbeRun, images: Tensor, predicted):
+        """Cascading randomisation of ``(n, C, H, W)`` images, explaining ``(n,)`` predicted
+        classes; on large grids the expensive explainers only at the two ends. The curve, the
+        explainers left out between, and the grid's patches."""
+        recorder = self.probe.recorder
+        steps = randomization_steps(pl_module, recorder.backend)
+        explainers = self.probe.explainers
+        patches = recorder.backend.layout(tuple(images.shape[-2:])).num_patches
+        sparse = [name for name in SPARSE_EXPLAINERS if name in explainers]
+        sparse = sparse if patches > EVERY_STEP_PATCHES else []
+        self.progress(run, f"cascading randomisation of {len(steps)} steps on {len(images)} images")
+        calls = itertools.count()
+
+        def explain_now() -> dict[str, Tensor]:
+            """All explainers for the trained and the fully random model; the expensive ones
+            left out of the steps between on large grids."""
+            every_step = next(calls) in (0, len(steps))
+            methods = [n for n in explainers if every_step or n not in sparse]
+            return explain(recorder, images, predicted, methods)
+
+        explain_all = _estimating(
+            explain_now,
+            len(steps) + 1,  # each step, and a random class
+            lambda seconds: self.progress(run, f"at most about {duration(seconds)}"),
+        )
+        return cascading_randomization(pl_module, steps, explain_all, self.seed), sparse, patches
 
     def _images(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> Tensor:
         """``(n, C, H, W)`` images checked: the first ``images`` test images at test, else the
