@@ -129,6 +129,9 @@ def test_a_hugging_face_folder_is_read_with_its_own_preprocessing(tmp_path, phot
     assert "| 32x32 (training) | 4x4 |" in report, "the sweep, by interpolate_pos_encoding"
     assert "test/acc" in read_events(run_dir).Tags()["scalars"], "id2label names every folder"
     assert run_dir.parent.name == "analyze_hf_vit", "named after the model as given"
+    layers = report[report.index("## What the layers compute") :]
+    assert "- The class is readable (logit-lens accuracy" in report, "its head read at each block"
+    assert re.search(r"\| 1 \| \d\.\d{3} \| \d\.\d{3} \|", layers), "a number per layer"
 
 
 def test_a_lit_vit_checkpoint_is_analysed_on_fashion_mnist(tmp_path, attention_run):
