@@ -12,6 +12,7 @@ and the report is written to ``<save_dir>/analyze_<model>/version_<n>/``.
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -217,6 +218,7 @@ def analyze(
         callbacks=callbacks,
         enable_checkpointing=False,
         enable_model_summary=False,
+        enable_progress_bar=sys.stdout.isatty(),  # off a terminal: the sections' lines only
     )
     rank_zero_info(f"Analysing {name} on {_describe(datamodule)}; logs: {logger.log_dir}")
     with warnings.catch_warnings():
