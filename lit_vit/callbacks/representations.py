@@ -39,6 +39,14 @@ MEASURES = {
     "sink rate": ("token_norms/sink_rate", (0.0, 1.0)),
     "entropy": ("entropy_mean", (0.0, 1.0)),
 }
+# The measures of the evolution figure (the true-class probability follows the accuracy, and
+# HeadDiversity's evolution shows the entropy).
+EVOLUTION_PANELS = (
+    "logit-lens accuracy",
+    "CKA with previous epoch",
+    "high-norm share",
+    "sink rate",
+)
 # The per-layer shares drawn in one panel.
 SHARES = ("logit-lens accuracy", "true-class probability", "high-norm share", "sink rate")
 # Fewest probe images the debiased CKA estimator takes.
@@ -242,7 +250,7 @@ class LayerRepresentations(AttentionCallback):
     def _evolution_figure(self):
         measures = {
             measure: torch.tensor(self.history[measure]).T  # (L, E)
-            for measure in MEASURES
+            for measure in EVOLUTION_PANELS
         }
         ranges = {measure: scale for measure, (_, scale) in MEASURES.items()}
         return evolution_figure(

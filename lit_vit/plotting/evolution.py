@@ -67,11 +67,12 @@ def evolution_figure(
             values.numpy(), cmap=MAP_CMAP, vmin=low, vmax=high, aspect="auto",
             interpolation="nearest",
         )  # fmt: skip
-        colorbar = fig.colorbar(image, ax=ax, pad=0.02, aspect=30)
-        colorbar.ax.tick_params(labelsize=FONT)
-        colorbar.ax.ticklabel_format(useOffset=False)  # values, not "1e-5 + 1"
         if values.numel() <= MAX_ANNOTATED_CELLS:
-            _print_values(ax, image, values)
+            _print_values(ax, image, values)  # the values say it: no colour bar needed
+        else:
+            colorbar = fig.colorbar(image, ax=ax, pad=0.02, aspect=30, ticks=[low, high])
+            colorbar.ax.tick_params(labelsize=FONT)
+            colorbar.ax.set_yticklabels([f"{low:.3g}", f"{high:.3g}"])
         _epoch_ticks(ax, epochs)
         ax.set_yticks(range(values.shape[0]))
         if rows is not None:

@@ -35,14 +35,15 @@ def similarity_figure(matrices: Mapping[str, Tensor], title: str) -> Figure:
         )
         if values.numel() <= MAX_ANNOTATED_CELLS:
             _print_values(ax, image, values)
-        colorbar = fig.colorbar(image, ax=ax, pad=0.03, aspect=25, fraction=0.08)
-        colorbar.ax.tick_params(labelsize=FONT)
         ax.set_xticks(range(len(values)))
         ax.set_yticks(range(len(values)))
         ax.set_xlabel("layer", fontsize=FONT + 1)
         ax.set_ylabel("layer", fontsize=FONT + 1)
         ax.set_title(name, fontsize=TITLE_FONT)
         ax.tick_params(labelsize=FONT, length=0)
+    if matrices:  # one colour bar: every panel is on the same 0-1 scale
+        colorbar = fig.colorbar(image, ax=list(axes), pad=0.03, aspect=25, fraction=0.05)
+        colorbar.ax.tick_params(labelsize=FONT)
     fig.suptitle(title, fontsize=TITLE_FONT)
     return fig
 
