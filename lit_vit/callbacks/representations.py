@@ -81,8 +81,8 @@ class LayerRepresentations(AttentionCallback):
       ``val_attention/token_norms/sink_rate/layer_LL``
     - image ``val_attention/cka``: layers x layers, pooled and all tokens
     - image ``val_attention/layers``: logit lens and token norms over the layers
-    - image ``val_attention/patch_norms``: the probe's patch-token norms at the layer
-      with the largest norm ratio
+    - image ``test_attention/patch_norms`` (at test): the probe's patch-token norms at the
+      layer with the largest norm ratio
     - image ``val_attention/representation_evolution``: each measure, layers x epochs
       (the history is kept in the checkpoint, so a resumed run continues it)
     - text ``val_attention/entropy_collapse`` when the alarm fires
@@ -227,8 +227,9 @@ class LayerRepresentations(AttentionCallback):
                 {"share": shares, "largest / median patch norm": {"norm ratio": norm_ratio}},
                 "What each layer's output holds (probe images)",
             ),
-            "patch_norms": self._patch_norms_figure(trainer, analysis, norms, norm_ratio),
         }
+        if analysis.stage == "test":  # the report's; each epoch's curves hold the ratios
+            figures["patch_norms"] = self._patch_norms_figure(trainer, analysis, norms, norm_ratio)
         if self.history["epoch"]:
             figures["representation_evolution"] = self._evolution_figure()
         return {

@@ -41,7 +41,6 @@ IMAGE_TAGS = [
     "faithfulness",
     "cka",
     "layers",
-    "patch_norms",
     "representation_evolution",
 ]
 SCALAR_TAGS = [
