@@ -13,7 +13,7 @@ gradient. No analysis reads all of it:
 - gradient rollout reads ``mean_h relu(dA * A)``: ``(L, B, N, N)`` per target.
 
 So the recorder reduces each layer as it arrives and drops it, and keeps at
-most ``1/H`` of the full tensor (plus the ``(L, B, H, N)`` rows). Every
+most ``1/H`` of the full tensor (plus the ``(L, B, H, N)`` rows and key mass). Every
 measure computed here equals the one computed from the full tensor (up to
 float rounding; the tests compare both).
 """

@@ -12,7 +12,7 @@ from torch import Tensor
 from lit_vit.attention import resize_images
 from lit_vit.attention.reduced import HEAD_FUSIONS
 from lit_vit.callbacks._data import predicted_class_names
-from lit_vit.callbacks.base import AttentionCallback, ReportSection
+from lit_vit.callbacks.base import HistoryCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.plotting import rollout_evolution_figure, rollout_figure
 
@@ -22,7 +22,7 @@ MAX_EPOCH_COLUMNS = 10
 STRIP_SIDE = 64
 
 
-class AttentionRollout(AttentionCallback):
+class AttentionRollout(HistoryCallback):
     """Image | map | overlay of attention rollout, plain and gradient-weighted.
 
     Rollout (Abnar & Zuidema 2020) follows attention through all layers;

@@ -42,9 +42,6 @@ class AttentionCallback(Callback):
 
     report_order: ClassVar[int] = 100
     per_run: ClassVar[bool] = True  # analysed by the probe at validation runs and at test
-    # A callback's evolution over the analysed epochs (None: it keeps none), checkpointed so
-    # that a resumed run continues it.
-    history: dict[str, Any] | None = None
     hidden_states: ClassVar[bool] = False  # reads every block's output from the capture
 
     def __init__(self, every_n_epochs: int = 1, name: str | None = None) -> None:
@@ -62,19 +59,6 @@ class AttentionCallback(Callback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(name=self.name)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The evolution history (:attr:`history`), kept in the checkpoint, if any."""
-        return {} if self.history is None else {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "history" in state_dict:
-            self.history = self.restored_history(state_dict["history"])
-
-    def restored_history(self, history: dict[str, Any]) -> dict[str, Any]:
-        """The history of a checkpoint as this version keeps it (override to fill in what an
-        older version did not keep)."""
-        return history
 
     @property
     def gradients(self) -> frozenset[str]:
@@ -181,3 +165,23 @@ class AttentionCallback(Callback):
         """Names of the probe's predicted classes, in probe order."""
         names = predicted_class_names(trainer, analysis.recording.logits.shape[-1])
         return [names[label] for label in analysis.predictions]
+
+
+class HistoryCallback(AttentionCallback):
+    """An analysis callback that keeps its evolution over the analysed epochs
+    (:attr:`history`) in the checkpoint, so that a resumed run continues it. Only these are
+    stateful to Lightning (two unnamed instances of the others get lit-vit's own message)."""
+
+    history: dict[str, Any]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "history" in state_dict:
+            self.history = self.restored_history(state_dict["history"])
+
+    def restored_history(self, history: dict[str, Any]) -> dict[str, Any]:
+        """The history of a checkpoint as this version keeps it (override to fill in what an
+        older version did not keep)."""
+        return history

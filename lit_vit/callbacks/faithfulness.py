@@ -26,7 +26,7 @@ from lit_vit.attention import (
     road,
     saco,
 )
-from lit_vit.callbacks.base import AttentionCallback, ReportSection
+from lit_vit.callbacks.base import HistoryCallback, ReportSection
 from lit_vit.callbacks.explained import duration
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
@@ -40,7 +40,7 @@ SACO_GROUPS = 10
 FORWARD_TIMING_IMAGES = 32
 
 
-class Faithfulness(AttentionCallback):
+class Faithfulness(HistoryCallback):
     """Do the maps point at the evidence? Seven faithfulness metrics, beside the controls.
 
     Patches are ordered by decreasing saliency; growing fractions

@@ -9,7 +9,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from lit_vit.attention import bootstrap_interval, compare
-from lit_vit.callbacks.base import AttentionCallback, ReportSection
+from lit_vit.callbacks.base import HistoryCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import (
@@ -30,7 +30,7 @@ EVOLUTION = {
 }
 
 
-class HeadDiversity(AttentionCallback):
+class HeadDiversity(HistoryCallback):
     """Do heads specialise, and are early layers local and late layers global?
 
     Per layer: head diversity (mean pairwise Jensen-Shannon divergence of the

@@ -19,7 +19,7 @@ from lit_vit.attention import (
     logit_lens,
     token_norms,
 )
-from lit_vit.callbacks.base import AttentionCallback, ReportSection
+from lit_vit.callbacks.base import HistoryCallback, ReportSection
 from lit_vit.callbacks.probe import ProbeAnalysis, ProbeRun
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import (
@@ -53,7 +53,7 @@ SHARES = ("logit-lens accuracy", "true-class probability", "high-norm share", "s
 MIN_CKA_IMAGES = 4
 
 
-class LayerRepresentations(AttentionCallback):
+class LayerRepresentations(HistoryCallback):
     """What the layers compute: how similar they are, where the class becomes readable,
     which tokens grow into high-norm sinks, and whether attention entropy collapses.
 
@@ -140,7 +140,7 @@ class LayerRepresentations(AttentionCallback):
         layout = analysis.recording.layout
         readout = find_readout(self.probe.recorder.backend)
         with torch.no_grad():
-            pooled = torch.stack([readout.pool(layer).float() for layer in hidden]).cpu()
+            pooled = torch.stack([readout.pool(layer) for layer in hidden]).cpu()
         lens = None
         if readout.head is not None:
             lens = logit_lens(hidden, readout.logits, analysis.probe.labels)

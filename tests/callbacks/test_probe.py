@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_vit.attention import EXPLAINERS
 from lit_vit.callbacks import (
     AttentionMaps,
     AttentionProbe,
@@ -24,7 +25,7 @@ from lit_vit.callbacks import (
     FocusCoverage,
     HeadDiversity,
 )
-from lit_vit.callbacks import probe as probe_module
+from lit_vit.callbacks import explained as explained_module
 from lit_vit.cli import main
 from lit_vit.model import LitViT
 from tests.conftest import read_events, tiny_run_args
@@ -135,13 +136,13 @@ def test_sharded_strategies_are_refused_at_setup():
 
 def test_test_images_are_explained_once_for_every_callback_that_reads_them(tmp_path, monkeypatch):
     explained = []
-    original = probe_module.explain
+    original = explained_module.explain
 
-    def counting_explain(recorder, images, targets=None):
+    def counting_explain(recorder, images, targets=None, methods=EXPLAINERS):
         explained.append(len(images))
-        return original(recorder, images, targets)
+        return original(recorder, images, targets, methods)
 
-    monkeypatch.setattr(probe_module, "explain", counting_explain)
+    monkeypatch.setattr(explained_module, "explain", counting_explain)
     callbacks = [
         AttentionProbe(size=4),
         Faithfulness(test_images=12, steps=4),
@@ -151,8 +152,9 @@ def test_test_images_are_explained_once_for_every_callback_that_reads_them(tmp_p
     explained.clear()
     trainer.test(trainer.lightning_module, loaders()[1], verbose=False)
     # The probe's own capture records without explain(); the test set is explained once,
-    # for the 20 images FocusCoverage reads (Faithfulness reads the first 12 of them).
-    assert explained == [8, 8, 4]
+    # for the 20 images FocusCoverage reads (Faithfulness reads the first 12 of them), its
+    # first image alone (to say how long the rest takes).
+    assert explained == [1, 7, 8, 4]
     assert callbacks[0]._explained is None, "the test images' maps are not kept past the test"
     report = (tmp_path / "run" / "version_0" / "attention" / "report.md").read_text()
     assert "over 20 test images" in report and "12 test images" in report

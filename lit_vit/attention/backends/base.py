@@ -33,18 +33,25 @@ class Readout:
     """How the model reads its last block's output.
 
     Attributes:
-        pool: ``(B, N, D)`` tokens to ``(B, F)`` pooled features (after the final norm).
+        pooling: ``(B, N, D)`` tokens to ``(B, F)`` pooled features (after the final norm),
+            in the model's dtype.
         head: ``(B, F)`` pooled features to ``(B, C)`` logits; None when unknown.
+        dtype: The model's floating dtype (recorded hidden states are float32).
     """
 
-    pool: Callable[[Tensor], Tensor]
+    pooling: Callable[[Tensor], Tensor]
     head: Callable[[Tensor], Tensor] | None
+    dtype: torch.dtype = torch.float32
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """``(B, N, D)`` tokens to ``(B, F)`` float32 pooled features."""
+        return self.pooling(tokens.to(self.dtype)).float()
 
     def logits(self, tokens: Tensor) -> Tensor:
-        """``(B, N, D)`` tokens to ``(B, C)`` logits (needs a head)."""
+        """``(B, N, D)`` tokens to ``(B, C)`` float32 logits (needs a head)."""
         if self.head is None:
             raise ValueError("this model's head is not known: no logits from its tokens")
-        return self.head(self.pool(tokens))
+        return self.head(self.pooling(tokens.to(self.dtype))).float()
 
 
 @dataclass
@@ -96,7 +103,7 @@ class CaptureBackend:
 
     def readout(self) -> Readout:
         """How the ViT reads its last block (final norm, pooling, head)."""
-        return Readout(pool=lambda tokens: tokens[:, 0], head=None)
+        return Readout(pooling=lambda tokens: tokens[:, 0], head=None)
 
     def capture_modules(self, capture: Capture, restore: contextlib.ExitStack) -> None:
         """Make every attention module pass its probabilities to ``capture``; register the

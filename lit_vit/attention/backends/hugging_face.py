@@ -10,7 +10,7 @@ import inspect
 from torch import Tensor, nn
 
 from lit_vit._private import attention_implementation
-from lit_vit.attention.backends.base import Capture, CaptureBackend, Readout
+from lit_vit.attention.backends.base import Capture, CaptureBackend, Readout, eval_mode_dtype
 from lit_vit.attention.layout import TokenLayout
 
 
@@ -77,7 +77,11 @@ class HuggingFaceBackend(CaptureBackend):
         classifier = getattr(vit, "classifier", None)
         width = getattr(vit.config, "hidden_size", None)
         known = isinstance(classifier, nn.Linear) and classifier.in_features == width
-        return Readout(pool=lambda tokens: norm(tokens)[:, 0], head=classifier if known else None)
+        return Readout(
+            pooling=lambda tokens: norm(tokens)[:, 0],
+            head=classifier if known else None,
+            dtype=eval_mode_dtype(vit),
+        )
 
     def capture_modules(self, capture: Capture, restore: contextlib.ExitStack) -> None:
         previous = attention_implementation(self.vit.config)

@@ -13,6 +13,7 @@ from lit_vit.attention.backends.base import (
     CaptureBackend,
     Readout,
     capture_at_attn_drop,
+    eval_mode_dtype,
 )
 from lit_vit.attention.layout import TokenLayout, _is_vit
 
@@ -53,8 +54,9 @@ class TimmBackend(CaptureBackend):
         if not (hasattr(vit, "forward_head") and hasattr(vit, "norm")):
             return super().readout()
         return Readout(
-            pool=lambda tokens: vit.forward_head(vit.norm(tokens), pre_logits=True),
+            pooling=lambda tokens: vit.forward_head(vit.norm(tokens), pre_logits=True),
             head=lambda pooled: vit.get_classifier()(pooled),
+            dtype=eval_mode_dtype(vit),
         )
 
     def capture_modules(self, capture: Capture, restore: contextlib.ExitStack) -> None:

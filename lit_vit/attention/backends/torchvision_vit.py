@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_vit._private import packed_qkv
-from lit_vit.attention.backends.base import Capture, CaptureBackend, Readout
+from lit_vit.attention.backends.base import Capture, CaptureBackend, Readout, eval_mode_dtype
 from lit_vit.attention.layout import TokenLayout
 
 
@@ -59,7 +59,11 @@ class TorchvisionBackend(CaptureBackend):
 
     def readout(self) -> Readout:
         vit = self.vit
-        return Readout(pool=lambda tokens: vit.encoder.ln(tokens)[:, 0], head=vit.heads)
+        return Readout(
+            pooling=lambda tokens: vit.encoder.ln(tokens)[:, 0],
+            head=vit.heads,
+            dtype=eval_mode_dtype(vit),
+        )
 
     def capture_modules(self, capture: Capture, restore: contextlib.ExitStack) -> None:
         for index, module in enumerate(self.modules):
