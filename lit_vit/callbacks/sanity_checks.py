@@ -202,8 +202,9 @@ class SanityChecks(AttentionCallback):
 
         explain_all = _estimating(
             explain_now,
-            len(steps) + 1,  # each step, and a random class
-            lambda seconds: self.progress(run, f"at most about {duration(seconds)}"),
+            len(steps),
+            bool(sparse),
+            lambda seconds: self.progress(run, f"about {duration(seconds)} more"),
         )
         return cascading_randomization(pl_module, steps, explain_all, self.seed), sparse, patches
 
@@ -275,17 +276,24 @@ class SanityChecks(AttentionCallback):
 
 
 def _estimating(
-    explain_all: Callable[[], dict[str, Tensor]], calls: int, say: Callable[[float], None]
+    explain_all: Callable[[], dict[str, Tensor]],
+    steps: int,
+    sparse: bool,
+    say: Callable[[float], None],
 ) -> Callable[[], dict[str, Tensor]]:
-    """``explain_all`` that, after its first call, says how long ``calls`` more would take."""
-    timed = []
+    """``explain_all`` that says how long the rest of the checks will take: the trained and
+    the fully random model and a random class explained with every explainer, the ``steps``
+    between without the ``sparse`` ones (timed on the first call of each kind)."""
+    timed: list[float] = []
 
     def explain_and_estimate() -> dict[str, Tensor]:
         start = time.perf_counter()
         maps = explain_all()
-        if not timed:
-            timed.append(time.perf_counter() - start)
-            say(timed[0] * calls)
+        timed.append(time.perf_counter() - start)
+        if len(timed) == (2 if sparse else 1):
+            full, between = timed[0], timed[-1]
+            total = 3 * full + (steps - 1) * between  # ends, random class; steps between
+            say(total - sum(timed))
         return maps
 
     return explain_and_estimate

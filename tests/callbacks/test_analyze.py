@@ -317,4 +317,4 @@ def test_on_a_large_grid_the_cascade_computes_flow_at_its_two_ends(tmp_path, pho
     sanity = report[report.index("## Sanity checks") :]
     assert "On 81 patches flow costs seconds per image" in sanity
     assert "| flow |" in sanity, "still a verdict: both ends computed"
-    assert "SanityChecks: at most about" in caplog.text
+    assert re.search(r"SanityChecks: about \d+ s more", caplog.text)
