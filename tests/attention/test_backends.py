@@ -17,7 +17,10 @@ from torchvision.models import VisionTransformer
 
 from lit_vit.attention import (
     AttentionRecorder,
+    block_modules,
+    find_readout,
     gradient_rollout,
+    logit_lens,
     resize_images,
     resolution_sweep,
     rollout,
@@ -264,3 +267,34 @@ def test_timm_and_hugging_face_on_shared_weights_give_the_same_attention_and_log
     torch.testing.assert_close(from_hf.attention, from_timm.attention, atol=1e-5, rtol=0)
     torch.testing.assert_close(from_hf.logits, from_timm.logits, atol=1e-5, rtol=0)
     assert from_hf.layout == from_timm.layout
+
+
+def timm_vit(**overrides):
+    torch.manual_seed(0)
+    shape = dict(img_size=SIZE, patch_size=PATCH, depth=LAYERS, embed_dim=WIDTH)
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_heads=HEADS, num_classes=CLASSES,
+        **shape, **overrides,
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["timm", "timm avg pool", "huggingface", "torchvision"])
+def test_the_logit_lens_at_the_last_layer_is_the_models_output(family):
+    model = {
+        "timm": timm_vit,
+        "timm avg pool": lambda: timm_vit(global_pool="avg", class_token=False),
+        "huggingface": hf_vit,
+        "torchvision": torchvision_vit,
+    }[family]()
+    recorder = AttentionRecorder(model)
+    recording = recorder.record(images(5), full=False, hidden_states=True)
+    assert recording.hidden_states.shape == (LAYERS, 5, recording.layout.num_tokens, WIDTH)
+    assert len(block_modules(model, recorder.backend)) == LAYERS
+    readout = find_readout(recorder.backend)
+    torch.testing.assert_close(readout.logits(recording.hidden_states[-1]), recording.logits)
+    labels = recording.logits.argmax(dim=-1)
+    lens = logit_lens(recording.hidden_states, readout.logits, labels)
+    assert float(lens.accuracy[-1]) == 1.0, "the model's own predictions as labels"
+    expected = recording.logits.softmax(-1).max(-1).values.mean()
+    assert float(lens.true_probability[-1]) == pytest.approx(float(expected), rel=1e-5)
+    assert lens.first_readable_layer(1.0) in (0, 1)

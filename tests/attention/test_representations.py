@@ -5,19 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
-import timm
 import torch
-import torchvision
 
 from lit_vit.attention import (
-    AttentionRecorder,
-    block_modules,
     cka_matrix,
     collapsed_layers,
-    find_readout,
     layer_cka,
     linear_cka,
-    logit_lens,
     sink_rate,
     token_norms,
 )
@@ -114,63 +108,3 @@ def test_entropy_collapse_needs_a_fall_below_the_fraction():
     assert collapsed_layers(history) == [2], "layer 1 was always low: no collapse"
     assert collapsed_layers(history[:1]) == []
     assert collapsed_layers(history, fraction=0.35) == [0, 2]
-
-
-def tiny_models():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.ViTConfig(
-        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, num_labels=3,
-    )  # fmt: skip
-    return {
-        "timm": timm.create_model(
-            "vit_tiny_patch16_224",
-            pretrained=False,
-            img_size=32,
-            patch_size=8,
-            depth=2,
-            embed_dim=32,
-            num_heads=2,
-            num_classes=3,
-        ),  # fmt: skip
-        "timm avg pool": timm.create_model(
-            "vit_tiny_patch16_224",
-            pretrained=False,
-            img_size=32,
-            patch_size=8,
-            depth=2,
-            embed_dim=32,
-            num_heads=2,
-            num_classes=3,
-            global_pool="avg",
-            class_token=False,
-        ),  # fmt: skip
-        "huggingface": transformers.ViTForImageClassification(config),
-        "torchvision": torchvision.models.VisionTransformer(
-            image_size=32,
-            patch_size=8,
-            num_layers=2,
-            num_heads=2,
-            hidden_dim=32,
-            mlp_dim=64,
-            num_classes=3,
-        ),  # fmt: skip
-    }
-
-
-@pytest.mark.parametrize("family", ["timm", "timm avg pool", "huggingface", "torchvision"])
-def test_the_logit_lens_at_the_last_layer_is_the_models_output(family):
-    model = tiny_models()[family].eval()
-    recorder = AttentionRecorder(model)
-    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    recording = recorder.record(images, full=False, hidden_states=True)
-    assert recording.hidden_states.shape == (2, 5, recording.layout.num_tokens, 32)
-    assert len(block_modules(model, recorder.backend)) == 2
-    readout = find_readout(recorder.backend)
-    torch.testing.assert_close(readout.logits(recording.hidden_states[-1]), recording.logits)
-    labels = recording.logits.argmax(dim=-1)
-    lens = logit_lens(recording.hidden_states, readout.logits, labels)
-    assert float(lens.accuracy[-1]) == 1.0, "the model's own predictions as labels"
-    expected = recording.logits.softmax(-1).max(-1).values.mean()
-    assert float(lens.true_probability[-1]) == pytest.approx(float(expected), rel=1e-5)
-    assert lens.first_readable_layer(1.0) in (0, 1)

@@ -51,6 +51,16 @@ def analyze(tmp_path: Path, *args: str) -> Path:
     return run_dir
 
 
+def tiny_timm(photos: Path, model_kwargs: str = TINY_TIMM) -> list[str]:
+    """The options of a random-weight tiny timm ViT analysed on ``photos``."""
+    return [
+        "--model=vit_tiny_patch16_224",
+        "--pretrained=false",
+        f"--model_kwargs={model_kwargs}",
+        f"--data={photos}",
+    ]
+
+
 def report_rows(report: str, header: str) -> list[list[str]]:
     lines = report[report.index(header) :].splitlines()[2:]
     rows = []
@@ -66,10 +76,7 @@ def test_a_timm_model_on_an_image_folder_gets_the_full_report_with_folder_classe
 ):
     run_dir = analyze(
         tmp_path,
-        "--model=vit_tiny_patch16_224",
-        "--pretrained=false",
-        f"--model_kwargs={TINY_TIMM}",
-        f"--data={photos}",
+        *tiny_timm(photos),
     )
     report = (run_dir / "attention" / "report.md").read_text()
     assert "- Model: vit_tiny_patch16_224: 2 layers, width 32" in report
@@ -87,10 +94,7 @@ def test_a_model_with_other_classes_than_the_data_is_analysed_without_accuracy(t
     tiny_with_five_classes = TINY_TIMM.replace("}", ", num_classes: 5}")
     run_dir = analyze(
         tmp_path,
-        "--model=vit_tiny_patch16_224",
-        "--pretrained=false",
-        f"--model_kwargs={tiny_with_five_classes}",
-        f"--data={photos}",
+        *tiny_timm(photos, tiny_with_five_classes),
     )
     report = (run_dir / "attention" / "report.md").read_text()
     assert "- Test accuracy" not in report and "## Which explainer can I trust here?" in report
@@ -258,10 +262,7 @@ def test_an_unreadable_or_too_large_image_is_named_with_the_fix(
     shutil.copytree(photos, folder)
     command = [
         "analyze",
-        "--model=vit_tiny_patch16_224",
-        "--pretrained=false",
-        f"--model_kwargs={TINY_TIMM}",
-        f"--data={folder}",
+        *tiny_timm(folder),
         f"--save_dir={tmp_path / 'logs'}",
     ]
     (folder / "coat" / "notes.png").write_text("not an image")
@@ -286,10 +287,7 @@ def test_skip_leaves_out_flow_sanity_and_resolution_and_each_section_says_it_sta
     caplog.set_level("INFO")
     run_dir = analyze(
         tmp_path,
-        "--model=vit_tiny_patch16_224",
-        "--pretrained=false",
-        f"--model_kwargs={TINY_TIMM}",
-        f"--data={photos}",
+        *tiny_timm(photos),
         "--skip=flow, sanity,resolution",
     )
     report = (run_dir / "attention" / "report.md").read_text()
@@ -307,10 +305,7 @@ def test_on_a_large_grid_the_cascade_computes_flow_at_its_two_ends(tmp_path, pho
     fine_grid = TINY_TIMM.replace("img_size: 32", "img_size: 36, patch_size: 4")  # 81 patches
     run_dir = analyze(
         tmp_path,
-        "--model=vit_tiny_patch16_224",
-        "--pretrained=false",
-        f"--model_kwargs={fine_grid}",
-        f"--data={photos}",
+        *tiny_timm(photos, fine_grid),
         "--skip=resolution",
     )
     report = (run_dir / "attention" / "report.md").read_text()
