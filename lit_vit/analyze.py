@@ -12,7 +12,6 @@ and the report is written to ``<save_dir>/analyze_<model>/version_<n>/``.
 from __future__ import annotations
 
 import re
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 
 import timm
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
@@ -46,8 +46,11 @@ from lit_vit.data import CLASS_NAMES, DEBIAN_DIR, PIXEL_MEAN, PIXEL_STD, Fashion
 from lit_vit.hub import offline_unless_reachable
 from lit_vit.image_data import FASHION_MNIST, ImageTestDataModule
 from lit_vit.model import LitViT, create_vit
+from lit_vit.progress import console_progress
 
 HF_PREFIX = "hf:"
+# Grids above which the sanity checks compute attention flow at the cascade's two ends only.
+FLOW_AT_ENDS_ABOVE = 64
 # The expensive parts of the report that --skip leaves out.
 SKIPPABLE = ("flow", "sanity", "resolution", "faithfulness")
 # ViT image processors' defaults, for a Hugging Face folder saved without its processor.
@@ -207,8 +210,9 @@ def analyze(
         LayerRepresentations(),
         FocusCoverage(test_images=test_images),
         *([] if "faithfulness" in skipped else [Faithfulness(test_images=faithfulness_images)]),
-        *([] if "sanity" in skipped else [SanityChecks()]),
+        *([] if "sanity" in skipped else [SanityChecks(flow_at_ends_above=FLOW_AT_ENDS_ABOVE)]),
         *([] if "resolution" in skipped else [ResolutionSweep(images=test_images)]),
+        console_progress(TQDMProgressBar()),  # as the CLI's: a bar on a terminal only
     ]
     logger = TensorBoardLogger(save_dir, name=f"analyze_{_run_name(ckpt_path, name)}")
     trainer = Trainer(
@@ -218,7 +222,6 @@ def analyze(
         callbacks=callbacks,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=sys.stdout.isatty(),  # off a terminal: the sections' lines only
     )
     rank_zero_info(f"Analysing {name} on {_describe(datamodule)}; logs: {logger.log_dir}")
     with warnings.catch_warnings():

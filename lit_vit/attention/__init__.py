@@ -5,6 +5,8 @@ then compute rollout and the measures defined in ``docs/attention.md``.
 """
 
 from lit_vit.attention._validate import NonFiniteAttentionError
+from lit_vit.attention.backends import Readout
+from lit_vit.attention.blocks import block_modules
 from lit_vit.attention.capture import AttentionRecorder, AttentionRecording
 from lit_vit.attention.controls import CONTROLS, controls, input_x_gradient
 from lit_vit.attention.explainers import (
@@ -36,7 +38,6 @@ from lit_vit.attention.metrics import (
     object_mass,
     query_distribution,
 )
-from lit_vit.attention.readout import Readout, block_modules, find_readout
 from lit_vit.attention.reduced import ReducedAttention
 from lit_vit.attention.representations import (
     HIGH_NORM_ABSOLUTE,
@@ -88,7 +89,6 @@ __all__ = [
     "block_modules",
     "cka_matrix",
     "collapsed_layers",
-    "find_readout",
     "layer_cka",
     "linear_cka",
     "logit_lens",

@@ -29,8 +29,8 @@ from lit_vit.attention.backends import (
     model_logits,
     no_attention_message,
 )
+from lit_vit.attention.blocks import block_modules
 from lit_vit.attention.layout import TokenLayout, _unwrap
-from lit_vit.attention.readout import block_modules
 from lit_vit.attention.reduced import (
     HEAD_FUSIONS,
     LayerReduction,

@@ -97,7 +97,7 @@ class HeadDiversity(HistoryCallback):
     ) -> None:
         reduced = analysis.recording.reduced
         diversity = reduced.head_diversity().cpu()  # (L,)
-        entropy = reduced.attention_entropy().normalized.cpu()  # (L, H)
+        entropy = analysis.entropy  # (L, H)
         distance = reduced.mean_attention_distance()
         pixels, relative = distance.pixels.cpu(), distance.relative.cpu()  # (L, H) each
         scalars = {}

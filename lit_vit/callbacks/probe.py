@@ -173,6 +173,11 @@ class ProbeAnalysis:
         """``(L, B, H)`` attention mass the query puts on prefix tokens."""
         return self._query_attention.prefix_mass.cpu()
 
+    @cached_property
+    def entropy(self) -> Tensor:
+        """``(L, H)`` attention entropy as a fraction of the uniform entropy."""
+        return self.recording.reduced.attention_entropy().normalized.cpu()
+
     def gradient_rollout(self, target: str) -> Tensor:
         """``(B, gh, gw)`` gradient rollout for ``"predicted"`` or ``"true"`` classes."""
         cache = self.__dict__.setdefault("_gradient_maps", {})

@@ -14,7 +14,6 @@ from lit_vit.attention import (
     SINK_THRESHOLD,
     cka_matrix,
     collapsed_layers,
-    find_readout,
     layer_cka,
     logit_lens,
     token_norms,
@@ -138,7 +137,7 @@ class LayerRepresentations(HistoryCallback):
     ) -> None:
         hidden = analysis.recording.hidden_states  # (L, B, N, D)
         layout = analysis.recording.layout
-        readout = find_readout(self.probe.recorder.backend)
+        readout = self.probe.recorder.backend.readout()
         with torch.no_grad():
             pooled = torch.stack([readout.pool(layer) for layer in hidden]).cpu()
         lens = None
@@ -146,7 +145,7 @@ class LayerRepresentations(HistoryCallback):
             lens = logit_lens(hidden, readout.logits, analysis.probe.labels)
         norms = token_norms(hidden, layout.num_prefix_tokens)
         sinks = analysis.recording.reduced.sink_rate().cpu()  # (L,)
-        entropy = analysis.recording.reduced.attention_entropy().normalized.mean(dim=1).cpu()
+        entropy = analysis.entropy.mean(dim=1)  # (L,)
         debiased = len(pooled[0]) >= MIN_CKA_IMAGES  # else the biased estimator, said so
         similarity = {
             "pooled tokens" + ("" if debiased else " (biased: < 4 images)"): cka_matrix(

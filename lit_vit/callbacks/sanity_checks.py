@@ -30,10 +30,8 @@ from lit_vit.plotting import randomization_figure
 
 # Fewest test images a verdict rests on.
 MIN_IMAGES = 32
-# Explainers that cost seconds per image on large grids (a maximum flow per patch), and the
-# grid above which the cascade computes them at its two ends only.
+# Explainers that cost seconds per image on large grids (a maximum flow per patch).
 SPARSE_EXPLAINERS = ("flow",)
-EVERY_STEP_PATCHES = 64
 
 
 class SanityChecks(AttentionCallback):
@@ -78,6 +76,10 @@ class SanityChecks(AttentionCallback):
         seed: Seed of the re-initialisation (step ``i`` uses ``seed + i``), of the
             random classes and of the bootstrap.
         at_fit_end: Also check the trained model at the end of fit.
+        flow_at_ends_above: On grids of more patches than this, attention flow (seconds per
+            image there) is computed for the trained and the fully random model only, the
+            two ends the verdict compares, and the report says so; ``None`` (the
+            definition): after every step.
         name: See :class:`~lit_vit.callbacks.base.AttentionCallback`.
 
     Raises:
@@ -104,6 +106,7 @@ class SanityChecks(AttentionCallback):
         images: int = 32,
         seed: int = 0,
         at_fit_end: bool = False,
+        flow_at_ends_above: int | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
@@ -118,6 +121,7 @@ class SanityChecks(AttentionCallback):
         self.images = images
         self.seed = seed
         self.at_fit_end = at_fit_end
+        self.flow_at_ends_above = flow_at_ends_above
 
     @property
     def explained_test_images(self) -> int:
@@ -189,7 +193,8 @@ class SanityChecks(AttentionCallback):
         explainers = self.probe.explainers
         patches = recorder.backend.layout(tuple(images.shape[-2:])).num_patches
         sparse = [name for name in SPARSE_EXPLAINERS if name in explainers]
-        sparse = sparse if patches > EVERY_STEP_PATCHES else []
+        above = self.flow_at_ends_above
+        sparse = sparse if above is not None and patches > above else []
         self.progress(run, f"cascading randomisation of {len(steps)} steps on {len(images)} images")
         calls = itertools.count()
 

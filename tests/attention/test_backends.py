@@ -18,7 +18,6 @@ from torchvision.models import VisionTransformer
 from lit_vit.attention import (
     AttentionRecorder,
     block_modules,
-    find_readout,
     gradient_rollout,
     logit_lens,
     resize_images,
@@ -290,7 +289,7 @@ def test_the_logit_lens_at_the_last_layer_is_the_models_output(family):
     recording = recorder.record(images(5), full=False, hidden_states=True)
     assert recording.hidden_states.shape == (LAYERS, 5, recording.layout.num_tokens, WIDTH)
     assert len(block_modules(model, recorder.backend)) == LAYERS
-    readout = find_readout(recorder.backend)
+    readout = recorder.backend.readout()
     torch.testing.assert_close(readout.logits(recording.hidden_states[-1]), recording.logits)
     labels = recording.logits.argmax(dim=-1)
     lens = logit_lens(recording.hidden_states, readout.logits, labels)

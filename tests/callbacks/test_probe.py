@@ -179,3 +179,9 @@ def test_every_callback_fits_and_tests_in_reduced_precision_through_the_cli(
     report = next((tmp_path / "logs").glob("*/version_1/attention/report.md")).read_text()
     assert "## Faithfulness" in report and "## Sanity checks" in report
     assert (checkpoint.parents[1] / "attention" / "epoch_000" / "cp_lrp.png").is_file()
+
+
+def test_an_unknown_explainer_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match=r"explainers=\['flo'\] names \['flo'\]; choose from"):
+        AttentionProbe(explainers=["flo"])
+    assert AttentionProbe(explainers=["cp-lrp", "rollout"]).explainers == ("rollout", "cp-lrp")

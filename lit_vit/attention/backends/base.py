@@ -30,7 +30,11 @@ Capture = Callable[[int, Tensor], None]
 
 @dataclass(frozen=True)
 class Readout:
-    """How the model reads its last block's output.
+    """How the model reads its last block's output, so that any block's can be read the same
+    way (the logit lens): timm's ``norm`` then ``forward_head`` (its own pooling, ``fc_norm``
+    and head); torchvision's ``encoder.ln``, the class token, ``heads``; a Hugging Face
+    classifier's ``layernorm``, the class token, ``classifier`` (ViT, DeiT). A model whose
+    head is not known gets the class token after the final norm and no head.
 
     Attributes:
         pooling: ``(B, N, D)`` tokens to ``(B, F)`` pooled features (after the final norm),
