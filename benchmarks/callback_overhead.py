@@ -130,7 +130,7 @@ PIECES = (
     ("measures", "logit lens", "lit_vit.callbacks.representations:logit_lens"),
     ("measures", "token norms", "lit_vit.callbacks.representations:token_norms"),
     ("figures", "build (matplotlib artists)", "every *_figure of lit_vit.plotting"),
-    ("figures", "render (one Agg draw per figure)", "lit_vit.callbacks.probe:figure_to_image"),
+    ("figures", "render (one Agg draw per figure)", "lit_vit.callbacks.outputs:figure_to_image"),
     (
         "figures",
         "PNG encode (once, for TensorBoard and file)",

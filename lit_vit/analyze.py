@@ -30,7 +30,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.datasets.folder import find_classes
 
 from lit_vit.attention import EXPLAINERS
-from lit_vit.attention.backends import model_logits
+from lit_vit.attention.backends import find_backend, model_logits
 from lit_vit.callbacks import (
     AttentionMaps,
     AttentionProbe,
@@ -49,8 +49,13 @@ from lit_vit.model import LitViT, create_vit
 from lit_vit.progress import console_progress
 
 HF_PREFIX = "hf:"
-# Grids above which the sanity checks compute attention flow at the cascade's two ends only.
-FLOW_AT_ENDS_ABOVE = 64
+# Grids of more patches are large: attention flow (a maximum flow per patch and image) and
+# ROAD's imputations (a sparse solve per removed region) grow with the grid faster than the
+# rest, so analyze's defaults there leave out flow and score fewer faithfulness images, and the
+# sanity checks compute flow at the cascade's two ends only.
+LARGE_GRID = 64
+LARGE_GRID_FAITHFULNESS_IMAGES = 8
+FAITHFULNESS_IMAGES = 256
 # The expensive parts of the report that --skip leaves out.
 SKIPPABLE = ("flow", "sanity", "resolution", "faithfulness")
 # ViT image processors' defaults, for a Hugging Face folder saved without its processor.
@@ -135,11 +140,11 @@ def analyze(
     num_workers: int = 0,
     probe_size: int = 8,
     test_images: int = 1000,
-    faithfulness_images: int = 256,
+    faithfulness_images: int | None = None,
     save_dir: str = "logs",
     accelerator: str = "auto",
     classes: list[str] | None = None,
-    skip: str = "",
+    skip: str | None = None,
 ) -> Path:
     """Write the attention report of a model on a test set, without training.
 
@@ -160,7 +165,9 @@ def analyze(
         probe_size: Probe images (class-balanced, from the test set).
         test_images: Test images of the per-class focus, coverage and lift
             and of the resolution sweep.
-        faithfulness_images: Test images of the deletion/insertion scores.
+        faithfulness_images: Test images of the faithfulness scores (deletion,
+            insertion, ROAD, SaCo); ``None``: 256, or 8 on grids of more than 64 patches
+            (about 25 s per 224 px image on two CPU cores).
         save_dir: Logs go to ``<save_dir>/analyze_<run>/version_<n>/``, ``<run>`` the
             checkpoint's run (``fashion_mnist_version_0``) or the model's name.
         accelerator: Lightning's accelerator.
@@ -176,7 +183,8 @@ def analyze(
             at each of the model's randomisation steps), ``resolution`` (the resolution
             sweep) and ``faithfulness`` (deletion, insertion, ROAD and SaCo: hundreds of
             forwards and, for ROAD, 18 sparse solves per image and map), e.g.
-            ``flow,sanity``. Each expensive part says its estimate when it starts.
+            ``flow,sanity``; ``""`` for none. ``None``: ``flow`` on grids of more than 64
+            patches, else none. Each expensive part says its estimate when it starts.
 
     Returns:
         The report's path.
@@ -193,7 +201,7 @@ def analyze(
             "give one of --ckpt_path (a lit-vit checkpoint) and --model (a timm name or "
             "hf:<hub id or folder>)."
         )
-    skipped = _skipped(skip)
+    skipped = None if skip is None else _skipped(skip)  # checked before the model loads
     test_data = TestData(data, data_dir, system_dir, batch_size, num_workers)
     if ckpt_path is not None:
         module, datamodule, name = _from_checkpoint(ckpt_path, test_data, classes)
@@ -201,6 +209,7 @@ def analyze(
         module, datamodule, name = _from_name(
             model, pretrained, model_kwargs or {}, test_data, classes
         )
+    skipped, faithfulness_images = _proportionate(module, skipped, faithfulness_images)
     explainers = [name for name in EXPLAINERS if name not in skipped]
     callbacks = [
         AttentionProbe(size=probe_size, explainers=explainers),
@@ -210,7 +219,7 @@ def analyze(
         LayerRepresentations(),
         FocusCoverage(test_images=test_images),
         *([] if "faithfulness" in skipped else [Faithfulness(test_images=faithfulness_images)]),
-        *([] if "sanity" in skipped else [SanityChecks(flow_at_ends_above=FLOW_AT_ENDS_ABOVE)]),
+        *([] if "sanity" in skipped else [SanityChecks(flow_at_ends_above=LARGE_GRID)]),
         *([] if "resolution" in skipped else [ResolutionSweep(images=test_images)]),
         console_progress(TQDMProgressBar()),  # as the CLI's: a bar on a terminal only
     ]
@@ -307,6 +316,34 @@ def _from_name(
     datamodule.setup("test")
     module = PretrainedClassifier(model, name, num_classes, datamodule.scored)
     return module, datamodule, name
+
+
+def _proportionate(
+    module: LightningModule, skipped: set[str] | None, faithfulness_images: int | None
+) -> tuple[set[str], int]:
+    """The parts to skip and the faithfulness images, where the user left them to analyze:
+    everything on small grids; on large ones no attention flow and fewer faithfulness images,
+    said on the console with the options that restore them."""
+    backend = find_backend(module)
+    patches = backend.layout(backend.input_size()).num_patches
+    large = patches > LARGE_GRID
+    reduced, options = [], []
+    if skipped is None:
+        skipped = {"flow"} if large else set()
+        if large:
+            reduced.append("attention flow left out")
+            options.append("--skip ''")
+    if faithfulness_images is None:
+        faithfulness_images = LARGE_GRID_FAITHFULNESS_IMAGES if large else FAITHFULNESS_IMAGES
+        if large:
+            reduced.append(f"Faithfulness on the first {faithfulness_images} test images")
+            options.append(f"--faithfulness_images {FAITHFULNESS_IMAGES}")
+    if reduced:
+        rank_zero_info(
+            f"{patches} patches per image: {' and '.join(reduced)}, to keep the report to "
+            f"minutes on a CPU; {' '.join(options)} to analyse everything."
+        )
+    return skipped, faithfulness_images
 
 
 def _skipped(skip: str) -> set[str]:

@@ -19,10 +19,8 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_vit.distance_bias import DistanceBiasAttention, set_prefix_tokens
+from lit_vit.ema import SwappedEma
 from lit_vit.hub import offline_unless_reachable
-
-# Checkpoint key of the raw (non-EMA) weights when EMA is on; ``state_dict`` holds the EMA ones.
-TRAINING_WEIGHTS_KEY = "lit_vit_training_weights"
 
 
 class LitViT(LightningModule):
@@ -124,41 +122,12 @@ class LitViT(LightningModule):
         ema_decay: float | None = None,
     ) -> None:
         super().__init__()
-        if lr <= 0 or weight_decay < 0 or not 0 <= label_smoothing < 1:
-            raise ValueError(
-                f"lr={lr} must be > 0, weight_decay={weight_decay} >= 0 and "
-                f"label_smoothing={label_smoothing} in [0, 1)."
-            )
-        if mixup_alpha < 0 or cutmix_alpha < 0:
-            raise ValueError(
-                f"mixup_alpha={mixup_alpha} and cutmix_alpha={cutmix_alpha} must be >= 0 "
-                "(0 turns each off)."
-            )
-        for name, value in (("mix_prob", mix_prob), ("mix_switch_prob", mix_switch_prob)):
-            if not 0 <= value <= 1:
-                raise ValueError(f"{name}={value} must be a probability in [0, 1].")
-        if ema_decay is not None and not 0 < ema_decay < 1:
-            raise ValueError(
-                f"ema_decay={ema_decay} must be in (0, 1), e.g. 0.9998; or null for no EMA."
-            )
-        if pos_embed_init == "sincos" and pretrained:
-            raise ValueError(
-                "pos_embed_init='sincos' would overwrite the pretrained position embedding: "
-                "use it with model.pretrained: false, or keep pos_embed_init: timm."
-            )
-        if distance_bias and pretrained:
-            raise ValueError(
-                "distance_bias adds parameters that pretrained weights do not have: use it with "
-                "model.pretrained: false, or set model.distance_bias: false."
-            )
         self.save_hyperparameters()
-        architecture = {
-            "patch_size": patch_size,
-            "embed_dim": embed_dim,
-            "depth": depth,
-            "num_heads": num_heads,
-            "mlp_ratio": mlp_ratio,
-        }
+        _check_hyperparameters(self.hparams)
+        architecture = dict(
+            patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+        )  # fmt: skip
         self.vit = create_vit(
             model_name,
             pretrained=pretrained,
@@ -185,10 +154,9 @@ class LitViT(LightningModule):
                 num_classes=num_classes,
             )
             self.mixed_criterion = SoftTargetCrossEntropy()
-        # Outside the module tree, so that only one ViT is found in the module and saved.
-        self._ema: list[ModelEmaV3] = []
-        self._ema_holds_training_weights = False
-        self._restored_weights: dict[str, dict[str, Tensor]] | None = None
+        # A plain object: its EMA copy stays outside the module tree, so that only one ViT is
+        # found in the module and saved.
+        self._swapped_ema = SwappedEma(ema_decay) if ema_decay is not None else None
         self.test_images = 0  # images of the latest test run
         # False: test batches are only counted (lit-vit analyze on data whose labels are not
         # this model's classes): no test/acc or test/loss that would compare other indices.
@@ -272,75 +240,69 @@ class LitViT(LightningModule):
     @property
     def ema(self) -> ModelEmaV3 | None:
         """timm's ``ModelEmaV3`` of :attr:`vit` during fit with ``ema_decay``, else ``None``."""
-        return self._ema[0] if self._ema else None
+        return self._swapped_ema.ema if self._swapped_ema is not None else None
 
     def on_fit_start(self) -> None:
-        if self.hparams.ema_decay is None:
-            return
-        # With timm's warm-up the decay grows with the step, so that the early EMA is not
-        # mostly the initial weights (at 0.9995 without it, 22% of them after 3,000 steps).
-        ema = ModelEmaV3(
-            self.vit, decay=self.hparams.ema_decay, use_warmup=True, device=self.device
-        )
-        self._ema = [ema]
-        self._ema_holds_training_weights = False
-        if self._restored_weights is not None:  # resuming: vit holds the EMA weights
-            self.ema.module.load_state_dict(self._restored_weights["ema"])
-            self.vit.load_state_dict(self._restored_weights["training"])
-            self._restored_weights = None
+        if self._swapped_ema is not None:
+            self._swapped_ema.start(self.vit, self.device)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.ema is not None and self._ema_holds_training_weights:
-            self._swap_ema()  # back to the training weights after a validation run
+        if self.ema is not None:
+            self._swapped_ema.train_with(self.vit)  # after a validation run
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
-            self.ema.update(self.vit, step=self.global_step)
+            self._swapped_ema.update(self.vit, step=self.global_step)
 
     def on_validation_epoch_start(self) -> None:
-        if self.ema is not None and not self._ema_holds_training_weights:
-            self._swap_ema()  # validate (and let the attention callbacks see) the EMA weights
+        if self.ema is not None:
+            self._swapped_ema.evaluate_with(self.vit)  # also what the attention callbacks see
 
     def on_fit_end(self) -> None:
-        if self.ema is not None and not self._ema_holds_training_weights:
-            self._swap_ema()  # after fit, the module is the EMA model
+        if self.ema is not None:
+            self._swapped_ema.evaluate_with(self.vit)  # after fit, the module is the EMA model
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """``state_dict`` holds the EMA weights; the training weights are kept beside them."""
-        if self.ema is None:
-            return
-        holder = self.ema.module
-        ema, training = (
-            (self.vit, holder) if self._ema_holds_training_weights else (holder, self.vit)
-        )
-        state = checkpoint["state_dict"]
-        for name, tensor in ema.state_dict().items():
-            state[f"vit.{name}"] = tensor.detach().clone()
-        checkpoint[TRAINING_WEIGHTS_KEY] = {
-            name: tensor.detach().clone() for name, tensor in training.state_dict().items()
-        }
+        if self.ema is not None:
+            self._swapped_ema.save(self.vit, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep both weight sets for a resumed fit; evaluation uses ``state_dict`` (EMA)."""
-        training = checkpoint.get(TRAINING_WEIGHTS_KEY)
-        if training is not None:
-            ema = {
-                name.removeprefix("vit."): tensor
-                for name, tensor in checkpoint["state_dict"].items()
-                if name.startswith("vit.")
-            }
-            self._restored_weights = {"ema": ema, "training": training}
+        if self._swapped_ema is not None:
+            self._swapped_ema.load(checkpoint)
 
-    @torch.no_grad()
-    def _swap_ema(self) -> None:
-        """Exchange the weights of :attr:`vit` and the EMA in place (the optimizer keeps its
-        parameters)."""
-        ema_state = self.ema.module.state_dict()
-        for name, tensor in self.vit.state_dict().items():
-            kept = tensor.clone()
-            tensor.copy_(ema_state[name])
-            ema_state[name].copy_(kept)
-        self._ema_holds_training_weights = not self._ema_holds_training_weights
+
+def _check_hyperparameters(hp: dict[str, Any]) -> None:
+    """Refuse training hyperparameters out of range, naming the value and the fix."""
+    lr, weight_decay, smoothing = hp["lr"], hp["weight_decay"], hp["label_smoothing"]
+    if lr <= 0 or weight_decay < 0 or not 0 <= smoothing < 1:
+        raise ValueError(
+            f"lr={lr} must be > 0, weight_decay={weight_decay} >= 0 and "
+            f"label_smoothing={smoothing} in [0, 1)."
+        )
+    if hp["mixup_alpha"] < 0 or hp["cutmix_alpha"] < 0:
+        raise ValueError(
+            f"mixup_alpha={hp['mixup_alpha']} and cutmix_alpha={hp['cutmix_alpha']} must be "
+            ">= 0 (0 turns each off)."
+        )
+    for name in ("mix_prob", "mix_switch_prob"):
+        if not 0 <= hp[name] <= 1:
+            raise ValueError(f"{name}={hp[name]} must be a probability in [0, 1].")
+    if hp["ema_decay"] is not None and not 0 < hp["ema_decay"] < 1:
+        raise ValueError(
+            f"ema_decay={hp['ema_decay']} must be in (0, 1), e.g. 0.9998; or null for no EMA."
+        )
+    if hp["pos_embed_init"] == "sincos" and hp["pretrained"]:
+        raise ValueError(
+            "pos_embed_init='sincos' would overwrite the pretrained position embedding: "
+            "use it with model.pretrained: false, or keep pos_embed_init: timm."
+        )
+    if hp["distance_bias"] and hp["pretrained"]:
+        raise ValueError(
+            "distance_bias adds parameters that pretrained weights do not have: use it with "
+            "model.pretrained: false, or set model.distance_bias: false."
+        )
 
 
 def create_vit(

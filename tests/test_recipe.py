@@ -8,7 +8,8 @@ from torchvision.transforms import v2
 
 from lit_vit.cli import main
 from lit_vit.data import PIXEL_MEAN, PIXEL_STD, FashionMNISTDataModule, apply_policy
-from lit_vit.model import TRAINING_WEIGHTS_KEY, LitViT
+from lit_vit.ema import TRAINING_WEIGHTS_KEY
+from lit_vit.model import LitViT
 from tests.conftest import read_events, run_dirs, tiny_run_args
 
 LOW, HIGH = -PIXEL_MEAN / PIXEL_STD, (1 - PIXEL_MEAN) / PIXEL_STD  # normalised black, white

@@ -195,40 +195,14 @@ def deletion_insertion_auc(
             return ``(n, num_classes)`` logits.
     """
     ph, pw = _patch_size(patch_size)
-    if not (baseline is None or baseline == "blur" or isinstance(baseline, int | float)):
-        raise ValueError(f"baseline must be None, a number or 'blur', got {baseline!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
+    _check_arguments(baseline, steps, max_batch)
     maps, grid = checked_maps(images, saliency, (ph, pw))
     b = len(images)
     num_patches = grid[0] * grid[1]
     device = images.device
 
-    # The pixels a removed patch takes: (B, C, H, W), or (B, 1, 1, 1) for a constant.
-    if baseline == "blur":
-        base = torch.full((b,), math.nan, device=device)
-        fill = gaussian_blur(images.detach(), sigma=float(max(ph, pw)))
-    else:
-        if baseline is None:
-            base = images.detach().amin(dim=(1, 2, 3))
-        else:
-            base = torch.full((b,), float(baseline), dtype=images.dtype, device=device)
-        fill = base.view(-1, 1, 1, 1)
-
-    # Orders: one per map, then the random one. order[o, b, k] = patch at position k.
-    saliency_orders = [
-        torch.argsort(
-            values.detach().reshape(b, num_patches).float(), dim=1, descending=True, stable=True
-        ).to(device)
-        for values in maps.values()
-    ]
-    generator = torch.Generator().manual_seed(seed)
-    random_order = torch.rand(b, num_patches, generator=generator).argsort(dim=1).to(device)
-    orders = torch.stack([*saliency_orders, random_order])  # (S+1, B, G)
-    positions = torch.arange(num_patches, device=device).expand_as(orders)
-    ranks = torch.empty_like(orders).scatter_(2, orders, positions)  # rank of each patch
+    base, fill = _removed_pixels(images, baseline, (ph, pw))
+    ranks = _patch_ranks(maps, num_patches, seed, device)  # (S+1, B, G): random order last
 
     # moved[o, b, t, j]: patch j is among the first counts[t] of order o.
     counts = _counts(steps, num_patches).to(device)
@@ -249,7 +223,7 @@ def deletion_insertion_auc(
         model, images, distinct[:, 1:].bool().view(-1, *grid), distinct[:, 0], fill, (ph, pw),
         max_batch,
     )  # fmt: skip
-    logits = logits[copy_of].view(len(orders), directions, b, steps + 1, -1)  # (S+1, D, B, T+1, K)
+    logits = logits[copy_of].view(len(ranks), directions, b, steps + 1, -1)  # (S+1, D, B, T+1, K)
     predicted = logits[0, 0, :, 0].argmax(dim=-1)  # deletion at fraction 0 = clean image
     index = predicted.view(1, 1, b, 1, 1).expand(*logits.shape[:-1], 1)
     curves = logits.softmax(dim=-1).gather(-1, index).squeeze(-1)  # (S+1, D, B, T+1)
@@ -276,6 +250,50 @@ def deletion_insertion_auc(
         for o, name in enumerate(maps)
     }
     return results if isinstance(saliency, Mapping) else results["saliency"]
+
+
+def _check_arguments(baseline: object, steps: object, max_batch: object) -> None:
+    if not (baseline is None or baseline == "blur" or isinstance(baseline, int | float)):
+        raise ValueError(f"baseline must be None, a number or 'blur', got {baseline!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
+
+
+def _removed_pixels(
+    images: Tensor, baseline: float | str | None, patch: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """The ``(B,)`` baseline value of each image (NaN for ``"blur"``) and the pixels a removed
+    patch takes: ``(B, C, H, W)`` blurred images, or ``(B, 1, 1, 1)`` for a constant."""
+    b, device = len(images), images.device
+    if baseline == "blur":
+        base = torch.full((b,), math.nan, device=device)
+        return base, gaussian_blur(images.detach(), sigma=float(max(patch)))
+    if baseline is None:
+        base = images.detach().amin(dim=(1, 2, 3))
+    else:
+        base = torch.full((b,), float(baseline), dtype=images.dtype, device=device)
+    return base, base.view(-1, 1, 1, 1)
+
+
+def _patch_ranks(
+    maps: Mapping[str, Tensor], num_patches: int, seed: int, device: torch.device
+) -> Tensor:
+    """``(S + 1, B, G)`` rank of each patch in each map's order (most salient first, ties by
+    patch index), then in a random order drawn with ``seed``, on ``device``."""
+    b = next(iter(maps.values())).shape[0]
+    saliency_orders = [
+        torch.argsort(
+            values.detach().reshape(b, num_patches).float(), dim=1, descending=True, stable=True
+        ).to(device)
+        for values in maps.values()
+    ]
+    generator = torch.Generator().manual_seed(seed)
+    random_order = torch.rand(b, num_patches, generator=generator).argsort(dim=1).to(device)
+    orders = torch.stack([*saliency_orders, random_order])  # order[o, b, k] = patch at k
+    positions = torch.arange(num_patches, device=device).expand_as(orders)
+    return torch.empty_like(orders).scatter_(2, orders, positions)
 
 
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:

@@ -26,7 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_vit.attention.backends import eval_mode_dtype, find_backend, model_logits
+from lit_vit.attention.backends import (
+    CaptureBackend,
+    eval_mode_dtype,
+    find_backend,
+    model_logits,
+)
 from lit_vit.attention.capture import AttentionRecorder
 from lit_vit.attention.metrics import coverage, focus_score
 
@@ -179,54 +184,56 @@ def resolution_sweep(
     backend = find_backend(model, vit_name)
     patch = backend.layout(backend.input_size()).patch_size
     pairs = [check_size(s, patch) for s in sizes]
+    return [
+        _at_size(model, backend, images, labels, size, batch_size, timing_repeats) for size in pairs
+    ]
 
-    results = []
-    for size in pairs:
-        resized = backend.resized_copy(model, size)
-        resized.eval()
-        device = next(resized.parameters()).device
-        # Resized in float32, then in the model's own dtype (bf16, float64, ...).
-        x = resize_images(images.detach().to(device), size).to(eval_mode_dtype(resized))
 
-        correct = 0
-        with torch.no_grad():
-            for start in range(0, x.shape[0], batch_size):
-                out = resized(x[start : start + batch_size])
-                logits = model_logits(out)
-                pred = logits.argmax(dim=-1)
-                correct += int((pred == labels[start : start + batch_size].to(pred.device)).sum())
-        accuracy = correct / x.shape[0]
-
-        probe = x[:batch_size]
-        recorder = AttentionRecorder(resized, vit_name=backend.vit_name or None)
-        recording = recorder.record(probe, full=False)
-        reduced, layout = recording.reduced, recording.layout
-        distance = reduced.mean_attention_distance()
-        entropy = reduced.attention_entropy()
-        maps = reduced.rollout()
-
-        best = float("inf")
-        with torch.no_grad():
-            for _ in range(timing_repeats):
-                _sync(device)
-                t0 = time.perf_counter()
-                resized(probe)
-                _sync(device)
-                best = min(best, time.perf_counter() - t0)
-
-        results.append(
-            ResolutionResult(
-                image_size=size,
-                grid_size=layout.grid_size,
-                accuracy=accuracy,
-                relative_distance=distance.relative.mean(dim=-1),
-                entropy=entropy.normalized.mean(dim=-1),
-                effective_area=entropy.effective_area.mean(dim=-1),
-                focus=focus_score(maps, k=0.1),
-                coverage=coverage(maps, m=0.5),
-                rollout_maps=maps,
-                seconds_per_image=best / probe.shape[0],
-            )
-        )
-        del resized
-    return results
+def _at_size(
+    model: nn.Module,
+    backend: CaptureBackend,
+    images: Tensor,
+    labels: Tensor,
+    size: tuple[int, int],
+    batch_size: int,
+    timing_repeats: int,
+) -> ResolutionResult:
+    """One size of the sweep: accuracy on every image, attention of the first ``batch_size``,
+    the best of ``timing_repeats`` timed forwards of them."""
+    resized = backend.resized_copy(model, size).eval()
+    device = next(resized.parameters()).device
+    # Resized in float32, then in the model's own dtype (bf16, float64, ...).
+    x = resize_images(images.detach().to(device), size).to(eval_mode_dtype(resized))
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            pred = model_logits(resized(x[start : start + batch_size])).argmax(dim=-1)
+            correct += int((pred == labels[start : start + batch_size].to(pred.device)).sum())
+    probe = x[:batch_size]
+    recording = AttentionRecorder(resized, vit_name=backend.vit_name or None).record(
+        probe, full=False
+    )
+    reduced = recording.reduced
+    distance, entropy, maps = (
+        reduced.mean_attention_distance(), reduced.attention_entropy(), reduced.rollout()
+    )  # fmt: skip
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(timing_repeats):
+            _sync(device)
+            start = time.perf_counter()
+            resized(probe)
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+    return ResolutionResult(
+        image_size=size,
+        grid_size=recording.layout.grid_size,
+        accuracy=correct / x.shape[0],
+        relative_distance=distance.relative.mean(dim=-1),
+        entropy=entropy.normalized.mean(dim=-1),
+        effective_area=entropy.effective_area.mean(dim=-1),
+        focus=focus_score(maps, k=0.1),
+        coverage=coverage(maps, m=0.5),
+        rollout_maps=maps,
+        seconds_per_image=best / probe.shape[0],
+    )

@@ -12,8 +12,8 @@ from torch import Tensor
 from lit_vit.attention import resize_images
 from lit_vit.attention.reduced import HEAD_FUSIONS
 from lit_vit.callbacks._data import predicted_class_names
+from lit_vit.callbacks.analysis import ProbeAnalysis
 from lit_vit.callbacks.base import HistoryCallback, ReportSection
-from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.plotting import rollout_evolution_figure, rollout_figure
 
 # Epochs the rollout strip shows at most, spread evenly over the analysed ones.

@@ -22,7 +22,9 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from lit_vit.callbacks._data import class_names, predicted_class_names
-from lit_vit.callbacks.probe import AttentionProbe, ProbeAnalysis, ProbeRun
+from lit_vit.callbacks.analysis import ProbeAnalysis
+from lit_vit.callbacks.outputs import ProbeRun
+from lit_vit.callbacks.probe import AttentionProbe
 from lit_vit.callbacks.report import ReportSection
 
 
@@ -135,7 +137,7 @@ class AttentionCallback(Callback):
         Returns:
             The PNG's path relative to the run's folder.
         """
-        return self.probe.log_figure(trainer, run, self.key(key), figure)
+        return self.probe.outputs.log_figure(trainer, run, self.key(key), figure)
 
     def log_scalars(
         self, pl_module: LightningModule, run: ProbeRun, values: dict[str, float | Tensor]
@@ -149,7 +151,7 @@ class AttentionCallback(Callback):
         ``test/acc`` and ``test/loss``.
         """
         scalars = {f"{run.tag_root}/{self.key(key)}": float(value) for key, value in values.items()}
-        self.probe.note_scalars(pl_module.trainer, run, scalars)
+        self.probe.outputs.note_scalars(pl_module.trainer, run, scalars)
         if run.stage == "val":
             for tag, value in scalars.items():
                 pl_module.log(tag, value, rank_zero_only=True)

@@ -18,8 +18,8 @@ from lit_vit.attention import (
     object_mass,
 )
 from lit_vit.callbacks._data import class_names
+from lit_vit.callbacks.analysis import ProbeAnalysis
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
-from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import metric_by_class_figure, per_image_metrics_figure
 
@@ -161,22 +161,35 @@ class FocusCoverage(AttentionCallback):
         names = self.class_names(trainer, analysis)
         true_names = [names[label] for label in probe.labels]
         predicted_names = self.predicted_names(trainer, analysis)
-        uniform = self._uniform(layout)
         figure = per_image_metrics_figure(
-            probe_values, true_names, predicted_names, uniform, self.k, self.m
+            probe_values, true_names, predicted_names, self._uniform(layout), self.k, self.m
         )
         probe_path = self.log_figure(trainer, run, "focus_coverage", figure)
-        if analysis.stage != "test":
-            return
-        limit = len(probe.labels) if analysis.reduced else self.test_images
+        if analysis.stage == "test":
+            probe_rows = [
+                (int(index), true_names[i], predicted_names[i], *probe_values.values(i))
+                for i, index in enumerate(probe.indices)
+            ]
+            self._analyze_test_set(trainer, pl_module, analysis, probe_rows, probe_path)
+
+    def _analyze_test_set(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        analysis: ProbeAnalysis,
+        probe_rows: list[tuple],
+        probe_path: str,
+    ) -> None:
+        """Every map's measures on the test images: the rollout's means (scalars, per-class
+        figures, the report section) and every map's lift (the trust table)."""
+        limit = len(analysis.probe.labels) if analysis.reduced else self.test_images
         every_map, labels = self._measure_test_set(trainer, pl_module, limit)
         test_values = every_map["rollout"]
-        self.log_scalars(pl_module, run, _scalars(test_values, "test_mean"))
-        self.probe.add_scores(
+        self.log_scalars(pl_module, analysis.run, _scalars(test_values, "test_mean"))
+        self.probe.trust.add(
             "lift", {name: values.means()["lift"] for name, values in every_map.items()}
         )
-        num_classes = analysis.recording.logits.shape[-1]
-        all_names = class_names(trainer, num_classes)
+        all_names = class_names(trainer, analysis.recording.logits.shape[-1])
         class_paths = []
         for name, label in (
             ("focus", f"focus@{self.k:g}"),
@@ -186,18 +199,30 @@ class FocusCoverage(AttentionCallback):
             figure = metric_by_class_figure(
                 getattr(test_values, name), labels, all_names, f"Rollout {label} per class", label
             )
-            class_paths.append(self.log_figure(trainer, run, f"{name}_by_class", figure))
-        probe_rows = [
-            (int(index), true_names[i], predicted_names[i], *probe_values.values(i))
-            for i, index in enumerate(probe.indices)
-        ]
+            class_paths.append(self.log_figure(trainer, analysis.run, f"{name}_by_class", figure))
         class_rows = []
         for label, name in enumerate(all_names):
             chosen = labels == label
             if chosen.any():
                 class_means = test_values.select(chosen).means().values()
                 class_rows.append((name, int(chosen.sum()), *class_means))
-        means = test_values.means()
+        uniform = self._uniform(analysis.recording.layout)
+        self.report_section = self._section(
+            test_values.means(), len(labels), uniform, probe_rows, class_rows,
+            [probe_path, *class_paths],
+        )  # fmt: skip
+
+    def _section(
+        self,
+        means: dict[str, float],
+        images: int,
+        uniform: dict[str, float],
+        probe_rows: list[tuple],
+        class_rows: list[tuple],
+        paths: list[str],
+    ) -> ReportSection:
+        """The report section: the definitions, the probe's and the classes' tables, the
+        figures (``paths``: the probe's, then the per-class ones)."""
         body = "\n\n".join(
             [
                 f"Rollout map (mean head fusion, no discard): focus@{self.k:g} is the mass on "
@@ -211,23 +236,21 @@ class FocusCoverage(AttentionCallback):
                     ["index", "class", "predicted", "focus", "coverage", "object mass", "lift"],
                     probe_rows,
                 ),
-                f"![focus and coverage per probe image]({probe_path})",
-                f"Mean per true class over {len(labels)} test images:",
+                f"![focus and coverage per probe image]({paths[0]})",
+                f"Mean per true class over {images} test images:",
                 markdown_table(
                     ["class", "n", "focus", "coverage", "object mass", "lift"], class_rows
                 ),
-                " ".join(f"![{path[:-4]}]({path})" for path in class_paths),
+                " ".join(f"![{path[:-4]}]({path})" for path in paths[1:]),
             ]
         )
         summary = (
             f"- Rollout focus@{self.k:.0%}: {means['focus']:.3f} of the mass on the top patches "
             f"(uniform: {uniform['focus']:.3f}); coverage@{self.m:.0%}: "
             f"{means['coverage']:.3f} of the grid; lift on the object {means['lift']:.2f} "
-            f"(1.00 = no better than uniform); means over {len(labels)} test images."
+            f"(1.00 = no better than uniform); means over {images} test images."
         )
-        self.report_section = ReportSection(
-            self.title("Focus and coverage"), self.report_order, body, [summary]
-        )
+        return ReportSection(self.title("Focus and coverage"), self.report_order, body, [summary])
 
     def measure(self, saliency: Tensor, pixels: Tensor, layout: TokenLayout) -> SaliencyMeasures:
         """Focus, coverage, object mass and lift of ``(B, gh, gw)`` saliency maps.

@@ -9,8 +9,8 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from lit_vit.attention import bootstrap_interval, compare
+from lit_vit.callbacks.analysis import ProbeAnalysis
 from lit_vit.callbacks.base import HistoryCallback, ReportSection
-from lit_vit.callbacks.probe import ProbeAnalysis
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import (
     distance_scatter_figure,

@@ -13,178 +13,33 @@ pixels, never the images.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from matplotlib.figure import Figure
-from torch import Tensor
 
 from lit_vit._private import logged_step
 from lit_vit.attention import (
     EXPLAINERS,
     AttentionRecorder,
-    AttentionRecording,
     NonFiniteAttentionError,
-    QueryAttention,
     TokenLayout,
 )
 from lit_vit.attention.reduced import HEAD_FUSIONS
-from lit_vit.callbacks._data import (
-    Probe,
-    select_probe,
-)
-from lit_vit.callbacks._loggers import IMAGE_LOGGERS, LayerRuns, log_image, log_report
+from lit_vit.callbacks._data import Probe, select_probe
+from lit_vit.callbacks.analysis import ProbeAnalysis, ProbeConsumer
 from lit_vit.callbacks.explained import ExplainedBatch, exceeds, explain_test_set
-from lit_vit.callbacks.hparams import (
-    attention_summary,
-    drop_placeholder_metric,
-    write_fit_row,
-    write_test_row,
-)
-from lit_vit.callbacks.report import (
-    ProbeFacts,
-    ReportSection,
-    explainer_table,
-    report_header,
-    write_report,
-)
-from lit_vit.plotting import encode_png, figure_to_image, save_image
+from lit_vit.callbacks.outputs import ProbeRun, RunOutputs
+from lit_vit.callbacks.report import ProbeFacts, TrustScores, report_header, write_report
 
-# Roots of the attention tags: after Lightning's "val/" and "test/" in TensorBoard's sorted
-# lists, so that the training metrics stay on top.
-VAL_ROOT, TEST_ROOT = "val_attention", "test_attention"
 # Gradient targets an analysis callback may ask for, in the order they are recorded.
 GRADIENT_TARGETS = ("predicted", "true")
 # Above this many probe images, setup warns about the cost.
 LARGE_PROBE = 64
 # Strategies whose parameters are sharded: a forward pass on rank zero alone would deadlock.
 SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
-
-
-class ProbeConsumer(Protocol):
-    """What the probe reads of an analysis callback
-    (:class:`~lit_vit.callbacks.base.AttentionCallback` implements it): so the probe and
-    its consumers do not import each other's classes."""
-
-    name: str | None
-    per_run: bool
-    hidden_states: bool
-    report_section: ReportSection | None
-
-    @property
-    def state_key(self) -> str: ...
-
-    @property
-    def gradients(self) -> frozenset[str]: ...
-
-    @property
-    def head_fusions(self) -> frozenset[str]: ...
-
-    @property
-    def explained_test_images(self) -> int | None: ...
-
-    def due(self, trainer: Trainer) -> bool: ...
-
-    def charts(self) -> dict[str, list[str]]: ...
-
-    def progress(self, run: ProbeRun, message: str) -> None: ...
-
-    def analyze(
-        self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
-    ) -> None: ...
-
-
-@dataclass(frozen=True)
-class ProbeRun:
-    """Where one analysed run logs.
-
-    Attributes:
-        stage: ``"val"`` (a validation run during fit), ``"fit_end"`` or ``"test"``.
-        step: The logger step, the one of this run's ``val/*`` or ``test/*`` metrics.
-        folder: Folder of this run's PNG files; ``None`` writes no file
-            (``fast_dev_run``).
-        tag_root: ``"val_attention"`` during fit, ``"test_attention"`` at test, so
-            test values never land on the validation charts.
-    """
-
-    stage: str
-    step: int
-    folder: Path | None
-    tag_root: str
-
-
-@dataclass
-class ProbeAnalysis:
-    """One captured pass over the probe, with the maps several callbacks use.
-
-    Attributes:
-        probe: The probe images.
-        recording: Attention of every layer (validated when recorded), reduced to
-            what the analyses read (``recording.reduced``), with the gradient
-            products for the targets the callbacks asked for; the full
-            ``recording.attention`` only with ``AttentionProbe(full_attention=True)``.
-        run: Where this run logs.
-        figure_rows: Probe images that image grids show (the first ones);
-            measures use all of them.
-        reduced: ``fast_dev_run``: test-set samples shrink to the probe size.
-    """
-
-    probe: Probe
-    recording: AttentionRecording
-    run: ProbeRun
-    figure_rows: int
-    reduced: bool = False
-    _gradient_index: dict[str, int] = field(default_factory=dict, repr=False)
-
-    @property
-    def stage(self) -> str:
-        return self.run.stage
-
-    @property
-    def predictions(self) -> Tensor:
-        """``(B,)`` predicted classes."""
-        return self.recording.logits.argmax(dim=-1).cpu()
-
-    @cached_property
-    def rollout(self) -> Tensor:
-        """``(B, gh, gw)`` attention rollout (mean fusion, no discard)."""
-        return self.recording.reduced.rollout().cpu()
-
-    @cached_property
-    def _query_attention(self) -> QueryAttention:
-        return self.recording.reduced.cls_attention()
-
-    @property
-    def query_maps(self) -> Tensor:
-        """``(L, B, H, gh, gw)`` class-token (query) attention per layer and head."""
-        return self._query_attention.maps.cpu()
-
-    @property
-    def prefix_mass(self) -> Tensor:
-        """``(L, B, H)`` attention mass the query puts on prefix tokens."""
-        return self._query_attention.prefix_mass.cpu()
-
-    @cached_property
-    def entropy(self) -> Tensor:
-        """``(L, H)`` attention entropy as a fraction of the uniform entropy."""
-        return self.recording.reduced.attention_entropy().normalized.cpu()
-
-    def gradient_rollout(self, target: str) -> Tensor:
-        """``(B, gh, gw)`` gradient rollout for ``"predicted"`` or ``"true"`` classes."""
-        cache = self.__dict__.setdefault("_gradient_maps", {})
-        if target not in cache:
-            reduced = self.recording.reduced
-            cache[target] = reduced.gradient_rollout(self._gradient_index[target]).cpu()
-        return cache[target]
 
 
 class AttentionProbe(Callback):
@@ -265,22 +120,16 @@ class AttentionProbe(Callback):
         self.full_attention = full_attention
         self.consumers: list[ProbeConsumer] = []
         self.recorder: AttentionRecorder | None = None
-        self._log_root: Path | None = None
+        self.outputs = RunOutputs()
+        self.trust = TrustScores()
         self._setup_key: tuple[int, str] | None = None
         self._probes: dict[str, Probe] = {}
         self._restored: dict[str, Any] | None = None
         self._checkpoint: dict[str, Any] = {}
         self._test_images = 0
-        self._scores: dict[str, dict[str, Tensor | float | str]] = {}
-        self._correct: list[Tensor] = []  # per explained test batch, (B,) 1.0 where right
-        self._classes: int | None = None
         self._heads = 0
         self._layout: TokenLayout | None = None
-        self._last_val_step: int | None = None
         self._warned_divergence = False
-        # The latest value of every attention scalar, by tag, for the runs' hparams summary.
-        self._latest_scalars: dict[str, float] = {}
-        self._layer_runs = LayerRuns()
         # This test run's explained test batches and how many images they cover (None: all).
         self._explained: tuple[int | None, list[ExplainedBatch]] | None = None
 
@@ -347,73 +196,58 @@ class AttentionProbe(Callback):
                 "strategy=ddp (or a single device) for runs with attention callbacks."
             )
         self.recorder = AttentionRecorder(pl_module, vit_name=self.module)
-        drop_placeholder_metric(trainer)
-        # On every rank: under DDP, trainer.log_dir is a collective (a broadcast from rank 0).
-        log_dir = trainer.log_dir or trainer.default_root_dir
-        self._log_root = None if trainer.fast_dev_run else _run_folder(trainer, log_dir)
+        self.outputs.setup(trainer)
         self._check_size(trainer, stage)
-        self._tell_where_figures_go(trainer)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """TensorBoard's custom scalars: one multi-line chart per measure (a line per layer)."""
-        charts = {
-            title: ["Multiline", patterns]
-            for consumer in self.consumers
-            for title, patterns in consumer.charts().items()
-        }
-        if not charts or not trainer.is_global_zero:
-            return
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_custom_scalars({"attention": charts})
+        charts = {title: p for consumer in self.consumers for title, p in consumer.charts().items()}
+        self.outputs.add_charts(trainer, charts)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._write_fit_row(trainer, pl_module)
+        self.outputs.write_fit_row(trainer, pl_module)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._layer_runs.close()
+        self.outputs.close()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self._last_val_step = logged_step(trainer)
+        self.outputs.last_val_step = logged_step(trainer)
         due = [c for c in self.consumers if c.per_run and c.due(trainer)]
         if not due or not trainer.is_global_zero:
             return
-        self._dispatch(trainer, pl_module, self.run(trainer, "val"), due)
+        self._dispatch(trainer, pl_module, self.outputs.run(trainer, "val"), due)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self._test_images += len(batch[0])
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._test_images = 0
-        self._scores = {}
-        self._correct = []
-        self._classes = None
+        self.trust = TrustScores()
         self._explained = None
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         due = [c for c in self.consumers if c.per_run]
         if due and trainer.is_global_zero:
-            self._dispatch(trainer, pl_module, self.run(trainer, "test"), due)
+            self._dispatch(trainer, pl_module, self.outputs.run(trainer, "test"), due)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._explained = None  # the test images and their maps: not kept past the test
-        if not trainer.is_global_zero or self._log_root is None:
+        if not trainer.is_global_zero or self.outputs.root is None:
             return
         sections = [c.report_section for c in self.consumers if c.report_section is not None]
-        if self._scores:
-            correct = torch.cat(self._correct) if self._correct else None
-            trust = explainer_table(self._scores, correct, self._classes)
-            self.log_text(trainer, self.run(trainer, "test"), "trust_table", trust.body)
+        trust = self.trust.table()
+        if trust is not None:
+            self.outputs.log_text(
+                trainer, self.outputs.run(trainer, "test"), "trust_table", trust.body
+            )
             sections.append(trust)
         path = write_report(
-            self._log_root / "report.md", self._report_header(trainer, pl_module), sections
+            self.outputs.root / "report.md", self._report_header(trainer, pl_module), sections
         )
-        step = self.run(trainer, "test").step
-        for logger in trainer.loggers:
-            log_report(logger, path, f"{TEST_ROOT}/report", step)
-        self._write_test_row(trainer, pl_module)
+        self.outputs.log_report(trainer, path)
+        self.outputs.write_test_row(trainer, pl_module)
         rank_zero_info(f"Attention report: {path}")
 
     def on_load_checkpoint(
@@ -448,27 +282,7 @@ class AttentionProbe(Callback):
     @property
     def reduced(self) -> bool:
         """``fast_dev_run``: no files, no resolution sweep, small test samples."""
-        return self._log_root is None
-
-    def run(self, trainer: Trainer, stage: str) -> ProbeRun:
-        """Where a run of ``stage`` (``"val"``, ``"fit_end"`` or ``"test"``) logs now."""
-        # The step Lightning logs epoch-level metrics at (see LoggerConnector.log_metrics);
-        # at fit end, that of the last validation run, whose model the sweep analyses.
-        step = logged_step(trainer)
-        if stage == "fit_end" and self._last_val_step is not None:
-            step = self._last_val_step
-        if stage == "val":
-            folder = f"epoch_{trainer.current_epoch:03d}"
-            if _validations_per_epoch(trainer) > 1:
-                folder += f"_step_{step:07d}"
-        else:
-            folder = stage
-        return ProbeRun(
-            stage=stage,
-            step=step,
-            folder=None if self._log_root is None else self._log_root / folder,
-            tag_root=TEST_ROOT if stage == "test" else VAL_ROOT,
-        )
+        return self.outputs.root is None
 
     def probe(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> Probe:
         """The probe of ``"val"`` (also used at fit end) or ``"test"``, selected once."""
@@ -476,22 +290,6 @@ class AttentionProbe(Callback):
         if split not in self._probes:
             self._probes[split] = self._select(trainer, pl_module, split)
         return self._probes[split]
-
-    def log_figure(self, trainer: Trainer, run: ProbeRun, key: str, figure: Figure) -> str:
-        """Send ``figure`` as image ``<tag_root>/<key>`` at the run's step to every logger that
-        shows images (TensorBoard, Weights & Biases, MLflow) and save it as a PNG.
-
-        Returns:
-            The PNG's path relative to the run's folder, ``<key>.png``.
-        """
-        image = figure_to_image(figure)  # (3, H, W) uint8: one render for the loggers and file
-        png = encode_png(image)  # one encoding for TensorBoard and the file
-        for logger in trainer.loggers:
-            log_image(logger, f"{run.tag_root}/{key}", image, run.step, png)
-        name = f"{key}.png"
-        if run.folder is not None:
-            save_image(png, run.folder / name)
-        return name
 
     def explained_test_set(
         self, trainer: Trainer, pl_module: LightningModule, limit: int | None
@@ -522,34 +320,6 @@ class AttentionProbe(Callback):
             batches.append(batch.head(remaining))
             remaining -= len(batch.labels)
         return batches
-
-    def note_scalars(self, trainer: Trainer, run: ProbeRun, scalars: dict[str, float]) -> None:
-        """Remember the latest value of each attention scalar (by full tag) and write the
-        per-layer ones as TensorBoard runs of their own."""
-        self._latest_scalars.update(scalars)
-        self._layer_runs.log(trainer.loggers, scalars, run.step)
-
-    def add_scores(self, column: str, values: dict[str, Tensor | float | str]) -> None:
-        """Add a column to the test report's table of explainers and controls (one row each):
-        ``(n,)`` per-image scores (shown with their bootstrap interval), a number or a verdict."""
-        self._scores.setdefault(column, {}).update(values)
-
-    def note_predictions(self, predicted: Tensor, labels: Tensor, num_classes: int) -> None:
-        """Record the model's ``(B,)`` predictions on explained test images against their
-        ``(B,)`` labels (of ``num_classes``): the trust table withholds verdicts from a model
-        near chance."""
-        self._correct.append((predicted.cpu() == labels.cpu()).float())
-        self._classes = num_classes
-
-    def log_text(self, trainer: Trainer, run: ProbeRun, key: str, text: str) -> None:
-        """Log Markdown ``text`` as text ``<tag_root>/<key>``; save it as ``<key>.md``."""
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text(f"{run.tag_root}/{key}", text, run.step)
-        if run.folder is not None:
-            path = run.folder / f"{key}.md"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text + "\n")
 
     # -- internals --------------------------------------------------------------------
 
@@ -602,17 +372,6 @@ class AttentionProbe(Callback):
             _gradient_index={target: index for index, target in enumerate(targets)},
         )
 
-    def _write_fit_row(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking and self._log_root is not None:
-            write_fit_row(
-                trainer, pl_module, attention_summary(self._latest_scalars, VAL_ROOT, "val")
-            )
-
-    def _write_test_row(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero and self._log_root is not None:
-            summary = attention_summary(self._latest_scalars, TEST_ROOT, "test")
-            write_test_row(trainer, pl_module, summary, self.run(trainer, "test").step)
-
     def _warn_divergence(
         self, trainer: Trainer, consumers: Sequence[ProbeConsumer], error: Exception
     ) -> None:
@@ -649,19 +408,6 @@ class AttentionProbe(Callback):
                 f"epoch. Image grids show the first {self.figure_rows} (figure_rows)."
             )
 
-    def _tell_where_figures_go(self, trainer: Trainer) -> None:
-        if self._log_root is None:
-            rank_zero_info(
-                "AttentionProbe: fast_dev_run, so the attention callbacks run a reduced "
-                "analysis (no files, no resolution sweep, test samples of the probe's size)."
-            )
-        elif not any(isinstance(lg, IMAGE_LOGGERS) for lg in trainer.loggers):
-            rank_zero_info(
-                f"AttentionProbe: no logger that shows images (TensorBoard, Weights & Biases, "
-                f"MLflow), so attention figures are saved as PNG files under {self._log_root} "
-                "only; scalars go to the trainer's loggers."
-            )
-
     def _report_header(self, trainer: Trainer, pl_module: LightningModule) -> list[str]:
         facts = ProbeFacts(
             vit=self.recorder.vit,
@@ -672,25 +418,6 @@ class AttentionProbe(Callback):
             seed=self.seed,
             checkpoint=self._checkpoint,
             test_images=self._test_images,
+            explainers=self.explainers,
         )
         return report_header(trainer, pl_module, facts)
-
-
-def _run_folder(trainer: Trainer, log_dir: str) -> Path:
-    """``<log_dir>/attention``, or ``<log_dir>/attention/<run>`` for a logger whose folder is
-    shared by all its runs (MLflow, Weights & Biases), so that no run overwrites another's."""
-    root = Path(log_dir) / "attention"
-    logger = trainer.loggers[0] if trainer.loggers else None
-    if logger is None or not trainer.is_global_zero:
-        return root
-    version = logger.version
-    versioned = version is None or f"version_{version}" in Path(log_dir).parts
-    return root if versioned or str(version) in Path(log_dir).parts else root / str(version)
-
-
-def _validations_per_epoch(trainer: Trainer) -> float:
-    """How many validation runs a training epoch has (1 for the usual once per epoch)."""
-    batches, interval = trainer.num_training_batches, trainer.val_check_batch
-    if not isinstance(interval, (int, float)) or not interval or math.isinf(batches):
-        return 1.0
-    return batches / interval

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 
@@ -79,6 +80,34 @@ def write_report(path: Path, header: Sequence[str], sections: Sequence) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+class TrustScores:
+    """The test run's scores of every explainer and control, as the callbacks add them, and
+    the model's predictions on the explained images: what :func:`explainer_table` reads."""
+
+    def __init__(self) -> None:
+        self.scores: dict[str, dict[str, Tensor | float | str]] = {}
+        self._correct: list[Tensor] = []  # per explained test batch, (B,) 1.0 where right
+        self._classes: int | None = None
+
+    def add(self, column: str, values: dict[str, Tensor | float | str]) -> None:
+        """Add a column (one row per map): ``(n,)`` per-image scores (shown with their
+        bootstrap interval), a number or a verdict."""
+        self.scores.setdefault(column, {}).update(values)
+
+    def note_predictions(self, predicted: Tensor, labels: Tensor, num_classes: int) -> None:
+        """Record ``(B,)`` predictions on explained test images against their ``(B,)`` labels
+        (of ``num_classes``): the table withholds verdicts from a model near chance."""
+        self._correct.append((predicted.cpu() == labels.cpu()).float())
+        self._classes = num_classes
+
+    def table(self) -> ReportSection | None:
+        """The trust table, or ``None`` when no callback scored a map."""
+        if not self.scores:
+            return None
+        correct = torch.cat(self._correct) if self._correct else None
+        return explainer_table(self.scores, correct, self._classes)
 
 
 def explainer_table(
@@ -242,6 +271,7 @@ class ProbeFacts:
         size, seed: The probe's size and seed.
         checkpoint: ``epoch`` and ``global_step`` of the tested checkpoint (empty: none).
         test_images: Test images the model saw.
+        explainers: The explainers the test-time analyses compare.
     """
 
     vit: nn.Module
@@ -252,6 +282,7 @@ class ProbeFacts:
     seed: int
     checkpoint: dict
     test_images: int
+    explainers: tuple[str, ...] = EXPLAINERS
 
 
 def report_header(trainer: Trainer, pl_module: LightningModule, facts: ProbeFacts) -> list[str]:
@@ -289,8 +320,17 @@ def report_header(trainer: Trainer, pl_module: LightningModule, facts: ProbeFact
         f"{parameters:,} parameters",
         f"- Data: {_describe_data(trainer)}",
         f"- Probe: {facts.size} images (seed {facts.seed})",
+        *_explainers_line(facts.explainers),
         f"- Written {date.today().isoformat()} by lit-vit {__version__}",
     ]
+
+
+def _explainers_line(explainers: tuple[str, ...]) -> list[str]:
+    """The explainers compared, when some were left out (none: every one of them)."""
+    left_out = [name for name in EXPLAINERS if name not in explainers]
+    if not left_out:
+        return []
+    return [f"- Explainers: {', '.join(explainers)} (left out: {', '.join(left_out)})"]
 
 
 def _width(vit) -> int | str:

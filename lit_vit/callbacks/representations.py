@@ -18,8 +18,9 @@ from lit_vit.attention import (
     logit_lens,
     token_norms,
 )
+from lit_vit.callbacks.analysis import ProbeAnalysis
 from lit_vit.callbacks.base import HistoryCallback, ReportSection
-from lit_vit.callbacks.probe import ProbeAnalysis, ProbeRun
+from lit_vit.callbacks.outputs import ProbeRun
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import (
     evolution_figure,
@@ -215,7 +216,7 @@ class LayerRepresentations(HistoryCallback):
             "unstable: lower the learning rate or warm up longer."
         )
         rank_zero_warn(message)
-        self.probe.log_text(trainer, run, self.key("entropy_collapse"), message)
+        self.probe.outputs.log_text(trainer, run, self.key("entropy_collapse"), message)
 
     def _figures(self, trainer, analysis, similarity, values, norm_ratio, norms) -> dict:
         """Log this run's figures; their PNG paths by key."""

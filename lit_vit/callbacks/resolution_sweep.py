@@ -10,7 +10,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lit_vit.attention import ResolutionResult, check_size, resize_images, resolution_sweep
 from lit_vit.callbacks._data import class_names, iterate_batches
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
-from lit_vit.callbacks.probe import ProbeRun
+from lit_vit.callbacks.outputs import ProbeRun
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import resolution_figure
 
@@ -150,11 +150,11 @@ class ResolutionSweep(AttentionCallback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero and not self.probe.reduced:
-            self.sweep(trainer, pl_module, self.probe.run(trainer, "fit_end"))
+            self.sweep(trainer, pl_module, self.probe.outputs.run(trainer, "fit_end"))
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero and not self.probe.reduced:
-            self.sweep(trainer, pl_module, self.probe.run(trainer, "test"))
+            self.sweep(trainer, pl_module, self.probe.outputs.run(trainer, "test"))
 
     # -- analysis ---------------------------------------------------------------------
 
@@ -197,7 +197,7 @@ class ResolutionSweep(AttentionCallback):
         backend = self.probe.recorder.backend
         prefix = backend.layout(backend.input_size()).num_prefix_tokens
         table = self._table(results, prefix)
-        self.probe.log_text(
+        self.probe.outputs.log_text(
             trainer,
             run,
             self.key("resolution/table"),

@@ -24,7 +24,7 @@ from lit_vit.attention import (
 )
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.explained import duration
-from lit_vit.callbacks.probe import ProbeRun
+from lit_vit.callbacks.outputs import ProbeRun
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import randomization_figure
 
@@ -129,11 +129,11 @@ class SanityChecks(AttentionCallback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.at_fit_end and trainer.is_global_zero and not self.probe.reduced:
-            self.check(trainer, pl_module, self.probe.run(trainer, "fit_end"))
+            self.check(trainer, pl_module, self.probe.outputs.run(trainer, "fit_end"))
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero and not self.probe.reduced:
-            self.check(trainer, pl_module, self.probe.run(trainer, "test"))
+            self.check(trainer, pl_module, self.probe.outputs.run(trainer, "test"))
 
     def check(self, trainer: Trainer, pl_module: LightningModule, run: ProbeRun) -> None:
         """Both checks on ``run``'s images (test: the first ``images`` test images; fit end:
@@ -172,16 +172,16 @@ class SanityChecks(AttentionCallback):
                 "two ends); its curve has no points between."
             )
         if run.stage != "test":
-            self.probe.log_text(trainer, run, self.key("sanity_checks/table"), section.body)
+            self.probe.outputs.log_text(trainer, run, self.key("sanity_checks/table"), section.body)
             return
         model_free = dict.fromkeys(CONTROLS, "1 (model-free)")
         not_applicable = dict.fromkeys(CONTROLS, "n/a")
         agnostic = {n: "n/a (class-agnostic)" for n in curve.randomised if n not in random_logit}
-        self.probe.add_scores("Spearman after full randomisation", curve.randomised | model_free)
-        self.probe.add_scores("random-logit Spearman", random_logit | agnostic | model_free)
+        self.probe.trust.add("Spearman after full randomisation", curve.randomised | model_free)
+        self.probe.trust.add("random-logit Spearman", random_logit | agnostic | model_free)
         for index, column in enumerate(("randomisation check", "random-logit check")):
             verdicts = {name: pair[index] for name, pair in checks.items()}
-            self.probe.add_scores(column, verdicts | not_applicable)
+            self.probe.trust.add(column, verdicts | not_applicable)
         self.report_section = section
 
     def _cascade(self, pl_module: LightningModule, run: ProbeRun, images: Tensor, predicted):

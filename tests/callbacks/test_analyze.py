@@ -313,3 +313,33 @@ def test_on_a_large_grid_the_cascade_computes_flow_at_its_two_ends(tmp_path, pho
     assert "On 81 patches flow costs seconds per image" in sanity
     assert "| flow |" in sanity, "still a verdict: both ends computed"
     assert re.search(r"SanityChecks: about \d+ s more", caplog.text)
+
+
+def test_on_a_large_grid_the_defaults_leave_out_flow_and_score_fewer_images(
+    tmp_path, photos, caplog
+):
+    caplog.set_level("INFO")
+    fine_grid = TINY_TIMM.replace("img_size: 32", "img_size: 36, patch_size: 4")  # 81 patches
+    main(
+        [
+            "analyze",
+            *tiny_timm(photos, fine_grid),
+            f"--save_dir={tmp_path / 'logs'}",
+            "--probe_size=3",
+            "--test_images=12",
+            "--batch_size=8",
+        ]
+    )
+    assert (
+        "81 patches per image: attention flow left out and Faithfulness on the first 8 test "
+        "images, to keep the report to minutes on a CPU; --skip '' --faithfulness_images 256 "
+        "to analyse everything."
+    ) in caplog.text
+    (run_dir,) = (tmp_path / "logs").glob("analyze_*/version_*")
+    report = (run_dir / "attention" / "report.md").read_text()
+    assert (
+        "- Explainers: rollout, class token, grad rollout, input x gradient, cp-lrp (left "
+        "out: flow)" in report
+    )
+    assert "Seven faithfulness metrics on 8 test images" in report
+    assert "| flow |" not in report and "## Sanity checks" in report

@@ -237,3 +237,10 @@ def test_the_evolution_figure_draws_a_line_per_map_on_the_data_range():
     low, high = deletion.get_ylim()
     assert 0.2 < low <= 0.25 and 0.40 <= high < 0.45  # the AUCs' range, not 0-1
     assert deletion.get_ylabel() == "mean AUC (lower is better)"
+
+
+def test_forwards_are_cache_sized_on_a_cpu_unless_max_batch_is_given():
+    on_cpu, elsewhere = torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8, device="meta")
+    assert Faithfulness()._max_batch(on_cpu) == 32
+    assert Faithfulness()._max_batch(elsewhere) == 512
+    assert Faithfulness(max_batch=7)._max_batch(on_cpu) == 7

@@ -1,0 +1,120 @@
+"""What the probe hands its analysis callbacks, and what it reads of them.
+
+:class:`ProbeAnalysis` is one captured pass over the probe with the maps
+several callbacks read (computed once, on first use); :class:`ProbeConsumer`
+is the protocol an analysis callback implements
+(:class:`~lit_vit.callbacks.base.AttentionCallback` does), so the probe and its
+consumers do not import each other's classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Protocol
+
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
+
+from lit_vit.attention import AttentionRecording, QueryAttention
+from lit_vit.callbacks._data import Probe
+from lit_vit.callbacks.outputs import ProbeRun
+from lit_vit.callbacks.report import ReportSection
+
+
+@dataclass
+class ProbeAnalysis:
+    """One captured pass over the probe, with the maps several callbacks use.
+
+    Attributes:
+        probe: The probe images.
+        recording: Attention of every layer (validated when recorded), reduced to
+            what the analyses read (``recording.reduced``), with the gradient
+            products for the targets the callbacks asked for; the full
+            ``recording.attention`` only with ``AttentionProbe(full_attention=True)``.
+        run: Where this run logs.
+        figure_rows: Probe images that image grids show (the first ones);
+            measures use all of them.
+        reduced: ``fast_dev_run``: test-set samples shrink to the probe size.
+    """
+
+    probe: Probe
+    recording: AttentionRecording
+    run: ProbeRun
+    figure_rows: int
+    reduced: bool = False
+    _gradient_index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def stage(self) -> str:
+        return self.run.stage
+
+    @property
+    def predictions(self) -> Tensor:
+        """``(B,)`` predicted classes."""
+        return self.recording.logits.argmax(dim=-1).cpu()
+
+    @cached_property
+    def rollout(self) -> Tensor:
+        """``(B, gh, gw)`` attention rollout (mean fusion, no discard)."""
+        return self.recording.reduced.rollout().cpu()
+
+    @cached_property
+    def _query_attention(self) -> QueryAttention:
+        return self.recording.reduced.cls_attention()
+
+    @property
+    def query_maps(self) -> Tensor:
+        """``(L, B, H, gh, gw)`` class-token (query) attention per layer and head."""
+        return self._query_attention.maps.cpu()
+
+    @property
+    def prefix_mass(self) -> Tensor:
+        """``(L, B, H)`` attention mass the query puts on prefix tokens."""
+        return self._query_attention.prefix_mass.cpu()
+
+    @cached_property
+    def entropy(self) -> Tensor:
+        """``(L, H)`` attention entropy as a fraction of the uniform entropy."""
+        return self.recording.reduced.attention_entropy().normalized.cpu()
+
+    def gradient_rollout(self, target: str) -> Tensor:
+        """``(B, gh, gw)`` gradient rollout for ``"predicted"`` or ``"true"`` classes."""
+        cache = self.__dict__.setdefault("_gradient_maps", {})
+        if target not in cache:
+            reduced = self.recording.reduced
+            cache[target] = reduced.gradient_rollout(self._gradient_index[target]).cpu()
+        return cache[target]
+
+
+class ProbeConsumer(Protocol):
+    """What the probe reads of an analysis callback
+    (:class:`~lit_vit.callbacks.base.AttentionCallback` implements it): so the probe and
+    its consumers do not import each other's classes."""
+
+    name: str | None
+    per_run: bool
+    hidden_states: bool
+    report_section: ReportSection | None
+
+    @property
+    def state_key(self) -> str: ...
+
+    @property
+    def gradients(self) -> frozenset[str]: ...
+
+    @property
+    def head_fusions(self) -> frozenset[str]: ...
+
+    @property
+    def explained_test_images(self) -> int | None: ...
+
+    def due(self, trainer: Trainer) -> bool: ...
+
+    def charts(self) -> dict[str, list[str]]: ...
+
+    def progress(self, run: ProbeRun, message: str) -> None: ...
+
+    def analyze(
+        self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
+    ) -> None: ...
