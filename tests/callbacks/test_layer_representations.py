@@ -14,7 +14,8 @@ from lit_vit.callbacks import LayerRepresentations
 def test_the_entropy_alarm_fires_once_a_layer_falls_below_the_fraction():
     callback = LayerRepresentations(collapse_fraction=0.1)
     texts = []
-    callback.probe = SimpleNamespace(log_text=lambda trainer, run, key, text: texts.append(key))
+    outputs = SimpleNamespace(log_text=lambda trainer, run, key, text: texts.append(key))
+    callback.probe = SimpleNamespace(outputs=outputs)
     trainer, run = SimpleNamespace(current_epoch=1), SimpleNamespace(stage="val")
     pooled = torch.zeros(2, 4, 3)
     for epoch, entropy in enumerate(([0.6, 0.5], [0.4, 0.05])):
