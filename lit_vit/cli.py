@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import logging
 import os
 import pickle
 import re
 import sys
-import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from jsonargparse import ActionConfigFile, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
@@ -40,13 +40,14 @@ from lit_vit import __version__
 from lit_vit._private import parser_options, subcommand_parser
 from lit_vit.analyze import analyze
 from lit_vit.callbacks import PredictionWriter
+from lit_vit.callbacks.analysis import check_distinct_names
 from lit_vit.callbacks.finite_checkpoint import FiniteModelCheckpoint, finite_weights
 from lit_vit.config_files import check_config_file, config_files
 from lit_vit.data import FashionMNISTDataModule
 from lit_vit.interrupts import Terminated, stop_on_sigterm
 from lit_vit.model import LitViT
-from lit_vit.progress import console_progress
-from lit_vit.runs import RunFolders
+from lit_vit.progress import console_progress, quiet_lightning
+from lit_vit.runs import RunFolders, check_checkpoint_matches
 
 SUBCOMMANDS_WITH_CKPT = ("fit", "validate", "test", "predict")
 EVALUATING = ("validate", "test", "predict")
@@ -209,7 +210,13 @@ class LitViTCLI(LightningCLI):
             )
         if self.subcommand in EVALUATING:
             self._refuse_untrained(config)
-        _refuse_unnamed_twins(config.trainer.get("callbacks") or [])
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, once lit-vit has checked its analysis callbacks' names (before
+        Lightning's own error about stateful twins, which names no fix)."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        check_distinct_names(config.trainer.get("callbacks") or [])
+        return super().instantiate_trainer(**kwargs)
 
     def after_instantiate_classes(self) -> None:
         callbacks = self.trainer.callbacks
@@ -348,51 +355,6 @@ def _keeps_no_files(logger) -> bool:
     return bool(uri) and not uri.startswith("file:")
 
 
-def _refuse_unnamed_twins(callbacks) -> None:
-    """Two lit-vit callbacks of one class need distinct names: their tags, files and
-    checkpoint state would collide."""
-    seen = set()
-    for callback in callbacks:
-        class_path = getattr(callback, "class_path", "")
-        if not class_path.startswith("lit_vit.callbacks"):
-            continue
-        key = (class_path.rpartition(".")[2], (callback.get("init_args") or {}).get("name"))
-        if key in seen:
-            kind, name = key
-            shared = f"the name {name!r}" if name else "no name"
-            raise ValueError(
-                f"trainer.callbacks has two {kind} with {shared}: their figures, tags, report "
-                f"sections and checkpoint state would collide. Give each its own "
-                f"`init_args: {{name: ...}}` (e.g. name: {kind.lower()}_2)."
-            )
-        seen.add(key)
-
-
-def check_checkpoint_matches(ckpt_path: str, model: torch.nn.Module) -> None:
-    """Fail early, and clearly, when a checkpoint was made for another model shape.
-
-    Raises:
-        ValueError: Listing up to five tensors whose shapes differ or that
-            are missing, and the fix.
-    """
-    # Tensors and plain containers only: a checkpoint that carries code is refused, not run.
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("state_dict", {})
-    expected = model.state_dict()
-    problems = [
-        f"{name}: checkpoint {tuple(state[name].shape)}, model {tuple(tensor.shape)}"
-        for name, tensor in expected.items()
-        if name in state and state[name].shape != tensor.shape
-    ]
-    problems += [f"{name}: missing from the checkpoint" for name in expected if name not in state]
-    if problems:
-        listed = "\n  ".join(problems[:5])
-        raise ValueError(
-            f"--ckpt_path '{ckpt_path}' belongs to another model shape ({len(problems)} "
-            f"tensors differ):\n  {listed}\nUse the config the checkpoint was trained with, e.g. "
-            "the config.yaml saved beside it in its version directory."
-        )
-
-
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lit-vit`` and ``python -m lit_vit``.
 
@@ -404,7 +366,7 @@ def main(args: ArgsType = None) -> None:
     ``fit`` stops at the next batch, Lightning's way).
     """
     argv = list(sys.argv[1:] if args is None else args)
-    _quiet_lightning()
+    quiet_lightning()
     stops = stop_on_sigterm() if argv[:1] != ["fit"] else contextlib.nullcontext()
     try:
         for path in config_files(argv):
@@ -451,22 +413,6 @@ def _run_lightning_cli(args: ArgsType) -> None:
         # None: LightningCLI reads sys.argv itself (given both, it warns on every command).
         args=args,
     )
-
-
-class _DropTips(logging.Filter):
-    """Drops Lightning's advertising lines ("💡 Tip: ...") from its console output."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith("💡 Tip:")
-
-
-def _quiet_lightning() -> None:
-    """The CLI's console shows lit-vit's lines and Lightning's own, not its tips or the
-    deprecation noise of its internals under this torch (tested with Lightning 2.6)."""
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropTips) for f in logger.filters):
-        logger.addFilter(_DropTips())
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def analyze_main(args: list[str]) -> None:

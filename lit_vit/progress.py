@@ -1,4 +1,4 @@
-"""What the console shows while a model trains: a bar on a terminal, a line per epoch otherwise.
+"""What the console shows: a bar on a terminal, a line per epoch otherwise, and no tips.
 
 On a terminal, Lightning's tqdm or rich bar, with the epoch out of the total
 (``Epoch 3/30``, where Lightning shows ``Epoch 2/29``). When the output goes to
@@ -9,8 +9,10 @@ write a line per refresh (about half a megabyte for a short run), so
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+import warnings
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
@@ -76,3 +78,19 @@ def console_progress(bar: ProgressBar) -> ProgressBar:
     if not sys.stdout.isatty():
         return EpochLines()
     return {TQDMProgressBar: EpochProgressBar, RichProgressBar: EpochRichProgressBar}[type(bar)]()
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertising lines ("💡 Tip: ...") from its console output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip:")
+
+
+def quiet_lightning() -> None:
+    """The CLI's console shows lit-vit's lines and Lightning's own, not its tips or the
+    deprecation noise of its internals under this torch (tested with Lightning 2.6)."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in logger.filters):
+        logger.addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

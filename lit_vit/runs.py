@@ -1,13 +1,16 @@
 """The runs of one config on disk: ``<save_dir>/<name>/version_<n>/checkpoints/``.
 
 What ``--ckpt_path last`` and ``--ckpt_path best`` resolve against: the
-latest version folder of the config's logger that has such a checkpoint.
+latest version folder of the config's logger that has such a checkpoint; and
+the check that a checkpoint fits the model before Lightning loads it.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import torch
 
 # The best checkpoint's file name carries its score: "epoch012-val_acc0.9121.ckpt".
 SCORE = re.compile(r"val_acc(\d+(?:\.\d+)?)")
@@ -70,3 +73,28 @@ class RunFolders:
             if (match := SCORE.search(path.stem)) is not None
         ]
         return max(scored)[1] if scored else None
+
+
+def check_checkpoint_matches(ckpt_path: str, model: torch.nn.Module) -> None:
+    """Fail early, and clearly, when a checkpoint was made for another model shape.
+
+    Raises:
+        ValueError: Listing up to five tensors whose shapes differ or that
+            are missing, and the fix.
+    """
+    # Tensors and plain containers only: a checkpoint that carries code is refused, not run.
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("state_dict", {})
+    expected = model.state_dict()
+    problems = [
+        f"{name}: checkpoint {tuple(state[name].shape)}, model {tuple(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in state and state[name].shape != tensor.shape
+    ]
+    problems += [f"{name}: missing from the checkpoint" for name in expected if name not in state]
+    if problems:
+        listed = "\n  ".join(problems[:5])
+        raise ValueError(
+            f"--ckpt_path '{ckpt_path}' belongs to another model shape ({len(problems)} "
+            f"tensors differ):\n  {listed}\nUse the config the checkpoint was trained with, e.g. "
+            "the config.yaml saved beside it in its version directory."
+        )

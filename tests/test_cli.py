@@ -329,7 +329,7 @@ def test_two_unnamed_callbacks_of_one_kind_are_refused(tmp_path, fake_fashion_mn
     )
     args = tiny_run_args(tmp_path, fake_fashion_mnist, "--config", str(config))
     message = expect_cli_error(["fit", *args], capsys)
-    assert "trainer.callbacks has two HeadDiversity with no name" in message
+    assert "two HeadDiversity callbacks have no name=" in message
     assert "name: headdiversity_2" in message and "Traceback" not in message
 
 
@@ -409,14 +409,14 @@ def test_the_console_shows_no_args_warning_and_no_tips(caplog):
 
     from lightning.pytorch import Trainer
 
-    from lit_vit.cli import _quiet_lightning
+    from lit_vit.progress import quiet_lightning
 
     result = subprocess.run(
         [sys.executable, "-m", "lit_vit", "--version"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and result.stdout.strip() == f"lit-vit {__version__}"
     assert result.stderr == ""  # no "LightningCLI's args parameter ..." warning
-    _quiet_lightning()
+    quiet_lightning()
     with caplog.at_level(logging.INFO):
         Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     assert "GPU available" in caplog.text and "Tip" not in caplog.text

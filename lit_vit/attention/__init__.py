@@ -6,6 +6,7 @@ then compute rollout and the measures defined in ``docs/attention.md``.
 
 from lit_vit.attention._validate import NonFiniteAttentionError
 from lit_vit.attention.backends import Readout
+from lit_vit.attention.battery import SACO_GROUPS, Battery, faithfulness_battery
 from lit_vit.attention.blocks import block_modules
 from lit_vit.attention.capture import AttentionRecorder, AttentionRecording
 from lit_vit.attention.controls import CONTROLS, controls, input_x_gradient
@@ -95,6 +96,9 @@ __all__ = [
     "sink_rate",
     "token_norms",
     "FAITHFULNESS_METRICS",
+    "SACO_GROUPS",
+    "Battery",
+    "faithfulness_battery",
     "INDISTINGUISHABLE",
     "ROAD_FRACTIONS",
     "Interval",

@@ -14,17 +14,17 @@ Several saliency maps of the same images can be scored in one call: they share
 the random order, its curves and the clean-image prediction, so ``S`` maps
 cost ``2 (S + 1)`` curves per image instead of ``4 S``. All masked copies
 (orders x deletion / insertion x ``T + 1`` fractions x ``B`` images) are
-described by one boolean patch mask; the pixel
-images are built from it chunk by chunk (the mask upsampled with
-``repeat_interleave``), and each chunk of at most ``max_batch`` images is one
-forward pass. The predicted class comes from the fraction-0 deletion copies
-(the clean images), so no extra forward pass is needed.
+described by one boolean patch mask; the pixel images are built from it chunk by
+chunk, each chunk of at most ``max_batch`` images one forward pass. The predicted
+class comes from the fraction-0 deletion copies (the clean images), so no extra
+forward pass is needed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, overload
 
@@ -72,6 +72,18 @@ class FaithfulnessResult:
     random_insertion_curve: Tensor
     predicted: Tensor
     baseline: Tensor
+
+    @classmethod
+    def cat(cls, parts: Sequence[FaithfulnessResult]) -> FaithfulnessResult:
+        """The results of several batches as one: per-image fields concatenated on the CPU,
+        forward passes summed."""
+        shared = ("fractions", "forward_passes")
+        names = [field.name for field in dataclasses.fields(cls) if field.name not in shared]
+        return cls(
+            **{name: torch.cat([getattr(part, name).cpu() for part in parts]) for name in names},
+            fractions=parts[0].fractions.cpu(),
+            forward_passes=sum(part.forward_passes for part in parts),
+        )
 
 
 def _patch_size(patch_size: int | tuple[int, int] | TokenLayout) -> tuple[int, int]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.sparse import coo_matrix
-from scipy.sparse.linalg import splu
+from scipy.sparse.linalg import spsolve
 from torch import Tensor, nn
 
 from lit_vit.attention.faithfulness import _patch_size, checked_maps, classifier_logits
@@ -151,15 +151,7 @@ def _impute(values: np.ndarray, removed: np.ndarray) -> np.ndarray:
     system = coo_matrix(
         (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), (size, size)
     ).tocsc()
-    # A symmetric, diagonally dominant M-matrix (non-singular: every hole touches a known
-    # pixel): no pivoting is needed, so SuperLU keeps the symmetric fill-reducing order.
-    factor = splu(
-        system,
-        permc_spec="MMD_AT_PLUS_A",
-        diag_pivot_thresh=0.0,
-        options={"SymmetricMode": True},
-    )
-    solution = factor.solve(rhs).reshape(size, c)
+    solution = spsolve(system, rhs).reshape(size, c)
     flat_values = flat_values.copy()
     flat_values[unknown] = solution
     return flat_values.reshape(m, h, w, c).transpose(0, 3, 1, 2)

@@ -21,6 +21,9 @@ from torch import Tensor
 
 from lit_vit._private import transfer_batch
 
+# Above this many probe images, setup warns about the cost.
+LARGE_PROBE = 64
+
 # Scanning more than this many images to balance classes buys nothing for a probe of 8-64.
 MAX_SCAN_IMAGES = 4096
 
@@ -171,6 +174,32 @@ class Probe:
         """SHA-256 of the images' float32 bytes (16 hex digits): the same probe, or not."""
         data = self.images.detach().float().contiguous().numpy().tobytes()
         return hashlib.sha256(data).hexdigest()[:16]
+
+
+def check_probe_size(
+    trainer: Trainer, stage: str, size: int, num_layers: int, figure_rows: int
+) -> None:
+    """Refuse a probe of ``size`` images larger than the split it is drawn from; warn about the
+    cost of a large one.
+
+    Raises:
+        ValueError: Naming the split's size and the fix.
+    """
+    split = "val" if stage in ("fit", "validate") else "test"
+    dataset = getattr(trainer.datamodule, f"{split}_dataset", None)
+    if dataset is not None and len(dataset) < size:
+        raise ValueError(
+            f"AttentionProbe: size={size} but the {split} set has only {len(dataset)} images; "
+            f"use size <= {len(dataset)}."
+        )
+    if size > LARGE_PROBE:
+        rank_zero_warn(
+            f"AttentionProbe: size={size} probe images. Each analysed run records "
+            f"(L={num_layers}, B={size}, H, N, N) attention and its gradients, and the "
+            "faithfulness callback runs about 70 masked forward passes per image; "
+            f"above {LARGE_PROBE} images this costs seconds to minutes and gigabytes per "
+            f"epoch. Image grids show the first {figure_rows} (figure_rows)."
+        )
 
 
 def select_probe(

@@ -9,6 +9,7 @@ consumers do not import each other's classes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
@@ -118,3 +119,26 @@ class ProbeConsumer(Protocol):
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None: ...
+
+
+def check_distinct_names(callbacks: Iterable[object]) -> None:
+    """Refuse two analysis callbacks of one kind and name (``state_key``): their figures, tags,
+    report sections and checkpoint state would collide. Other callbacks are ignored.
+
+    Raises:
+        ValueError: Naming the kind and the fix (a ``name=`` of its own).
+    """
+    seen: dict[str, object] = {}
+    for callback in callbacks:
+        if not hasattr(callback, "report_section"):  # not a ProbeConsumer
+            continue
+        other = seen.setdefault(callback.state_key, callback)
+        if other is not callback:
+            kind = type(callback).__name__
+            shared = f"the name {callback.name!r}" if callback.name else "no name="
+            raise ValueError(
+                f"two {kind} callbacks have {shared}, so their figures, tags, report sections "
+                f"and checkpoint state would collide; give each its own name= (e.g. "
+                f"{kind}(name='{kind.lower()}_2'), or `init_args: {{name: {kind.lower()}_2}}` "
+                "in YAML)."
+            )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +57,44 @@ class ExplainedBatch:
             layout=self.layout,
             maps={name: saliency[:count] for name, saliency in self.maps.items()},
         )
+
+
+class ExplainedTestSet:
+    """A test run's explained images: explained once, for as many images as the most demanding
+    consumer declares, and shared by all."""
+
+    def __init__(self) -> None:
+        self._covered: int | None = None  # images the explanation was asked for (None: all)
+        self._batches: list[ExplainedBatch] | None = None
+
+    def clear(self) -> None:
+        """Forget the images and their maps (not kept past a test run)."""
+        self._batches = None
+
+    def first(
+        self,
+        limit: int | None,
+        wanted: Sequence[int | None],
+        explain: Callable[[int | None], list[ExplainedBatch]],
+    ) -> list[ExplainedBatch]:
+        """The first ``limit`` explained images (``None``: all), batch by batch.
+
+        Args:
+            limit: Images this consumer reads.
+            wanted: What every consumer declares it reads (``None``: all).
+            explain: Explains the first ``n`` test images (``None``: all); called once, or
+                again when ``limit`` goes beyond what was explained.
+        """
+        if self._batches is None or exceeds(limit, self._covered):
+            most = None if None in wanted or limit is None else max([limit, *wanted])
+            self._covered, self._batches = most, explain(most)
+        batches, remaining = [], sys.maxsize if limit is None else limit
+        for batch in self._batches:
+            if remaining <= 0:
+                break
+            batches.append(batch.head(remaining))
+            remaining -= len(batch.labels)
+        return batches
 
 
 def explain_test_set(

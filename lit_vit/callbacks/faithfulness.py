@@ -10,21 +10,21 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from lit_vit.attention import (
     EXPLAINERS,
     FAITHFULNESS_METRICS,
     ROAD_FRACTIONS,
+    SACO_GROUPS,
     FaithfulnessResult,
-    TokenLayout,
     classifier_logits,
     cp_lrp,
     deletion_insertion_auc,
+    faithfulness_battery,
     noisy_linear_imputation,
     positive_patch_map,
-    road,
-    saco,
 )
 from lit_vit.callbacks.analysis import ProbeAnalysis
 from lit_vit.callbacks.base import HistoryCallback, ReportSection
@@ -34,8 +34,6 @@ from lit_vit.plotting import evolution_curves_figure, faithfulness_figure, signe
 
 # Controls scored as maps by deletion / insertion; the random one is the shared random order.
 MAP_CONTROLS = ("intensity", "edges", "centre")
-# SaCo's number of patch groups (Wu et al. 2024).
-SACO_GROUPS = 10
 # Images whose forward is timed (one batch) for the estimate of the test-set scoring.
 FORWARD_TIMING_IMAGES = 32
 # Masked images per forward pass by default, on a CPU (cache-sized) and on an accelerator.
@@ -187,7 +185,7 @@ class Faithfulness(HistoryCallback):
             self._remember(trainer.current_epoch, means)
         evolution = None
         if self.history["epoch"]:
-            figure = self._evolution_figure()
+            figure = _evolution_figure(self.history)
             evolution = self.log_figure(trainer, analysis.run, "faithfulness_evolution", figure)
         if analysis.stage == "test":
             for metric, values in per_image.items():
@@ -210,7 +208,10 @@ class Faithfulness(HistoryCallback):
             "grad rollout": analysis.gradient_rollout("predicted"),
             "cp-lrp": positive_patch_map(relevance, layout.patch_size),
         }
-        return self.score(pl_module, images, maps, layout, 0, self.val_steps)
+        return deletion_insertion_auc(
+            pl_module, images, {name: values.to(images.device) for name, values in maps.items()},
+            layout, steps=self.val_steps, max_batch=self._max_batch(images), seed=self.seed,
+        )  # fmt: skip
 
     def _probe_relevance(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
@@ -234,31 +235,6 @@ class Faithfulness(HistoryCallback):
         figure = signed_relevance_figure(analysis.probe.pixels[:rows], relevance[:rows], titles)
         return relevance, self.log_figure(trainer, analysis.run, "cp_lrp", figure)
 
-    def score(
-        self,
-        model: LightningModule,
-        images: Tensor,
-        maps: Mapping[str, Tensor],
-        layout: TokenLayout,
-        batch_index: int,
-        steps: int,
-        baseline: str | None = None,
-    ) -> dict[str, FaithfulnessResult]:
-        """:func:`~lit_vit.attention.deletion_insertion_auc` of the ``(B, gh, gw)`` maps at
-        ``steps`` intervals, with the background (``None``: deletion and insertion) or the
-        blurred baseline (deletion only, the trust table's column)."""
-        return deletion_insertion_auc(
-            model,
-            images,
-            {method: saliency.to(images.device) for method, saliency in maps.items()},
-            layout,
-            steps=steps,
-            baseline=baseline,
-            insertion=baseline is None,
-            max_batch=self._max_batch(images),
-            seed=self.seed + batch_index,
-        )
-
     def _max_batch(self, images: Tensor) -> int:
         if self.max_batch is not None:
             return self.max_batch
@@ -279,39 +255,21 @@ class Faithfulness(HistoryCallback):
         self._say_cost(pl_module, batches)
         for batch in batches:
             maps = {n: batch.maps[n] for n in (*EXPLAINERS, *MAP_CONTROLS) if n in batch.maps}
-            background = self.score(
-                pl_module, batch.images, maps, batch.layout, batch.index, self.steps
-            )
-            blurred = self.score(
-                pl_module, batch.images, maps, batch.layout, batch.index, self.steps, "blur"
-            )
-            scored = {**maps, "random": batch.maps["random"]}
-            on_device = {name: values.to(batch.images.device) for name, values in scored.items()}
-            removed = road(
-                pl_module, batch.images, on_device, batch.layout,
-                seed=self.seed + batch.index, max_batch=self._max_batch(batch.images),
-            )  # fmt: skip
-            groups = min(SACO_GROUPS, batch.layout.num_patches)  # tiny grids: one patch each
-            coefficients = saco(
-                pl_module, batch.images, on_device, batch.layout, groups=groups,
+            battery = faithfulness_battery(
+                pl_module, batch.images, maps, batch.maps["random"], batch.layout,
+                steps=self.steps, seed=self.seed + batch.index,
                 max_batch=self._max_batch(batch.images),
             )  # fmt: skip
+            background = battery.background
             parts.append(background)
-            for name in scored:
-                batch_scores = {
-                    "deletion AUC (background)": _aucs(background)[name][0],
-                    "insertion AUC (background)": _aucs(background)[name][1],
-                    "deletion AUC (blurred)": _aucs(blurred)[name][0],
-                    "ROAD MoRF": removed[name].morf,
-                    "ROAD LeRF": removed[name].lerf,
-                    "ROAD LeRF - MoRF": removed[name].lerf - removed[name].morf,
-                    "SaCo": coefficients[name],
-                }
-                for metric, values in batch_scores.items():
+            for metric, by_map in battery.scores.items():
+                for name, values in by_map.items():
                     per_image[metric].setdefault(name, []).append(values.float().cpu())
             predicted = background["rollout"].predicted.cpu()
             self.probe.trust.note_predictions(predicted, batch.labels, classes)
-        results = {method: _cat([part[method] for part in parts]) for method in parts[0]}
+        results = {
+            method: FaithfulnessResult.cat([p[method] for p in parts]) for method in parts[0]
+        }
         scores = {
             metric: {name: torch.cat(values) for name, values in by_map.items()}
             for metric, by_map in per_image.items()
@@ -335,25 +293,6 @@ class Faithfulness(HistoryCallback):
                 values = self.history[kind].setdefault(method, [math.nan] * analysed)
                 values.append(pair[index])
 
-    def _evolution_figure(self):
-        """The probe's mean deletion and insertion AUC of each map over the epochs, a line per
-        map: AUCs of 0.2-0.4 are one colour on a heatmap."""
-        methods = list(self.history["deletion"])
-        measures = {
-            f"{kind} AUC": torch.tensor([self.history[kind][m] for m in methods])  # (M, E)
-            for kind in ("deletion", "insertion")
-        }
-        return evolution_curves_figure(
-            self.history["epoch"],
-            measures,
-            methods,
-            {
-                "deletion AUC": "mean AUC (lower is better)",
-                "insertion AUC": "mean AUC (higher is better)",
-            },
-            "Faithfulness on the probe over the epochs",
-        )
-
     def _section(
         self,
         per_image: dict[str, dict[str, Tensor]],
@@ -369,25 +308,7 @@ class Faithfulness(HistoryCallback):
         ]
         body = "\n\n".join(
             [
-                f"Seven faithfulness metrics on {count} test images, each for every explainer "
-                "and every control (maps that know nothing about the model: a random map, the "
-                "image's intensity, its edges, a centred Gaussian). Each follows the probability "
-                "of the class predicted on the clean image while patches are removed:",
-                "- **deletion / insertion AUC (background)** (Petsiuk et al. 2018): patches in "
-                f"map order set to each image's minimum value (its background), {self.steps} "
-                "steps; lower deletion, higher insertion is better. On dark-background images "
-                "a hole of background colour is out of distribution, which favours maps of the "
-                "image's brightness whatever the model does;",
-                "- **deletion AUC (blurred)**: removed patches take the values of the image "
-                "blurred with a Gaussian of sigma = the patch size;",
-                "- **ROAD** (Rong et al. 2022): 10%, ..., 90% of the patches removed, most "
-                "relevant first (MoRF, lower is better) or least relevant first (LeRF, higher is "
-                "better), every removed pixel filled by noisy linear imputation from its "
-                "neighbours (noise sigma 0.01), so the hole carries no shape; AUCs over the "
-                "fractions divided by their span; LeRF - MoRF higher is better;",
-                "- **SaCo** (Wu et al. 2024): 10 patch groups by saliency, each removed alone "
-                "(set to the image's mean); 1 when every more salient group costs more "
-                "confidence, about 0 for a random map.",
+                *_metric_definitions(count, self.steps),
                 "Means over the images (intervals and verdicts: *Which explainer can I trust "
                 "here?*):",
                 markdown_table(["map", *per_image], rows),
@@ -407,6 +328,51 @@ class Faithfulness(HistoryCallback):
             ]
         )
         return ReportSection(self.title("Faithfulness"), self.report_order, body)
+
+
+def _evolution_figure(history: dict[str, Any]) -> Figure:
+    """The probe's mean deletion and insertion AUC of each map over the epochs, a line per
+    map: AUCs of 0.2-0.4 are one colour on a heatmap."""
+    methods = list(history["deletion"])
+    measures = {
+        f"{kind} AUC": torch.tensor([history[kind][m] for m in methods])  # (M, E)
+        for kind in ("deletion", "insertion")
+    }
+    return evolution_curves_figure(
+        history["epoch"],
+        measures,
+        methods,
+        {
+            "deletion AUC": "mean AUC (lower is better)",
+            "insertion AUC": "mean AUC (higher is better)",
+        },
+        "Faithfulness on the probe over the epochs",
+    )
+
+
+def _metric_definitions(count: int, steps: int) -> list[str]:
+    """The report's paragraphs that say what each metric does, on ``count`` images."""
+    return [
+        f"Seven faithfulness metrics on {count} test images, each for every explainer "
+        "and every control (maps that know nothing about the model: a random map, the "
+        "image's intensity, its edges, a centred Gaussian). Each follows the probability "
+        "of the class predicted on the clean image while patches are removed:",
+        "- **deletion / insertion AUC (background)** (Petsiuk et al. 2018): patches in "
+        f"map order set to each image's minimum value (its background), {steps} "
+        "steps; lower deletion, higher insertion is better. On dark-background images "
+        "a hole of background colour is out of distribution, which favours maps of the "
+        "image's brightness whatever the model does;",
+        "- **deletion AUC (blurred)**: removed patches take the values of the image "
+        "blurred with a Gaussian of sigma = the patch size;",
+        "- **ROAD** (Rong et al. 2022): 10%, ..., 90% of the patches removed, most "
+        "relevant first (MoRF, lower is better) or least relevant first (LeRF, higher is "
+        "better), every removed pixel filled by noisy linear imputation from its "
+        "neighbours (noise sigma 0.01), so the hole carries no shape; AUCs over the "
+        "fractions divided by their span; LeRF - MoRF higher is better;",
+        "- **SaCo** (Wu et al. 2024): 10 patch groups by saliency, each removed alone "
+        "(set to the image's mean); 1 when every more salient group costs more "
+        "confidence, about 0 for a random map.",
+    ]
 
 
 def _metric_means(per_image: dict[str, dict[str, Tensor]]) -> dict[str, float]:
@@ -468,24 +434,3 @@ def _curves(results: Mapping[str, FaithfulnessResult]) -> tuple[Tensor, dict[str
     curves["deletion: random"] = first.random_deletion_curve
     curves["insertion: random"] = first.random_insertion_curve
     return first.fractions, curves
-
-
-def _cat(parts: list[FaithfulnessResult]) -> FaithfulnessResult:
-    """Results of several batches as one (per-image fields concatenated, on the CPU)."""
-    per_image = (
-        "deletion",
-        "insertion",
-        "random_deletion",
-        "random_insertion",
-        "deletion_curve",
-        "insertion_curve",
-        "random_deletion_curve",
-        "random_insertion_curve",
-        "predicted",
-        "baseline",
-    )
-    return FaithfulnessResult(
-        **{name: torch.cat([getattr(part, name).cpu() for part in parts]) for name in per_image},
-        fractions=parts[0].fractions.cpu(),
-        forward_passes=sum(part.forward_passes for part in parts),
-    )

@@ -28,16 +28,14 @@ from lit_vit.attention import (
     TokenLayout,
 )
 from lit_vit.attention.reduced import HEAD_FUSIONS
-from lit_vit.callbacks._data import Probe, select_probe
-from lit_vit.callbacks.analysis import ProbeAnalysis, ProbeConsumer
-from lit_vit.callbacks.explained import ExplainedBatch, exceeds, explain_test_set
+from lit_vit.callbacks._data import Probe, check_probe_size, select_probe
+from lit_vit.callbacks.analysis import ProbeAnalysis, ProbeConsumer, check_distinct_names
+from lit_vit.callbacks.explained import ExplainedBatch, ExplainedTestSet, explain_test_set
 from lit_vit.callbacks.outputs import ProbeRun, RunOutputs
 from lit_vit.callbacks.report import ProbeFacts, TrustScores, report_header, write_report
 
 # Gradient targets an analysis callback may ask for, in the order they are recorded.
 GRADIENT_TARGETS = ("predicted", "true")
-# Above this many probe images, setup warns about the cost.
-LARGE_PROBE = 64
 # Strategies whose parameters are sharded: a forward pass on rank zero alone would deadlock.
 SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
@@ -130,8 +128,7 @@ class AttentionProbe(Callback):
         self._heads = 0
         self._layout: TokenLayout | None = None
         self._warned_divergence = False
-        # This test run's explained test batches and how many images they cover (None: all).
-        self._explained: tuple[int | None, list[ExplainedBatch]] | None = None
+        self._explained = ExplainedTestSet()  # this test run's, shared by the consumers
 
     # -- finding the probe ------------------------------------------------------------
 
@@ -162,18 +159,9 @@ class AttentionProbe(Callback):
         return probe
 
     def _register(self, consumer: ProbeConsumer) -> None:
-        if consumer in self.consumers:
-            return
-        clash = [other for other in self.consumers if other.state_key == consumer.state_key]
-        if clash:
-            kind = type(consumer).__name__
-            shared = f"the name {consumer.name!r}" if consumer.name else "no name="
-            raise ValueError(
-                f"two {kind} callbacks have {shared}, so their figures, tags and report "
-                f"sections would collide; give each its own name= (e.g. "
-                f"{kind}(name='{kind.lower()}_2') or `init_args: {{name: ...}}` in YAML)."
-            )
-        self.consumers.append(consumer)
+        if consumer not in self.consumers:
+            check_distinct_names([*self.consumers, consumer])
+            self.consumers.append(consumer)
 
     # -- Lightning hooks --------------------------------------------------------------
 
@@ -197,7 +185,7 @@ class AttentionProbe(Callback):
             )
         self.recorder = AttentionRecorder(pl_module, vit_name=self.module)
         self.outputs.setup(trainer)
-        self._check_size(trainer, stage)
+        check_probe_size(trainer, stage, self.size, self.num_layers, self.figure_rows)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """TensorBoard's custom scalars: one multi-line chart per measure (a line per layer)."""
@@ -225,7 +213,7 @@ class AttentionProbe(Callback):
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._test_images = 0
         self.trust = TrustScores()
-        self._explained = None
+        self._explained.clear()
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         due = [c for c in self.consumers if c.per_run]
@@ -233,7 +221,7 @@ class AttentionProbe(Callback):
             self._dispatch(trainer, pl_module, self.outputs.run(trainer, "test"), due)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._explained = None  # the test images and their maps: not kept past the test
+        self._explained.clear()  # the test images and their maps: not kept past the test
         if not trainer.is_global_zero or self.outputs.root is None:
             return
         sections = [c.report_section for c in self.consumers if c.report_section is not None]
@@ -303,23 +291,17 @@ class AttentionProbe(Callback):
         in :attr:`ProbeConsumer.explained_test_images`,
         and every consumer reads its share.
         """
-        if self._explained is None or exceeds(limit, self._explained[0]):
-            wanted = [consumer.explained_test_images for consumer in self.consumers]
-            most = None if None in wanted or limit is None else max([limit, *wanted])
+
+        def explain(most: int | None) -> list[ExplainedBatch]:
             if self.reduced:
                 most = min(most or self.size, self.size)
             total = min(most or sys.maxsize, self._test_images or sys.maxsize)
-            explained = explain_test_set(
+            return explain_test_set(
                 trainer, pl_module, self.recorder, self.explainers, self.seed, most, total
             )
-            self._explained = (most, explained)
-        batches, remaining = [], sys.maxsize if limit is None else limit
-        for batch in self._explained[1]:
-            if remaining <= 0:
-                break
-            batches.append(batch.head(remaining))
-            remaining -= len(batch.labels)
-        return batches
+
+        wanted = [consumer.explained_test_images for consumer in self.consumers]
+        return self._explained.first(limit, wanted, explain)
 
     # -- internals --------------------------------------------------------------------
 
@@ -388,25 +370,6 @@ class AttentionProbe(Callback):
     def _select(self, trainer: Trainer, pl_module: LightningModule, split: str) -> Probe:
         restored = self._restored if split == "val" else None
         return select_probe(trainer, pl_module, split, self.size, self.seed, restored)
-
-    def _check_size(self, trainer: Trainer, stage: str) -> None:
-        datamodule = trainer.datamodule
-        split = "val" if stage in ("fit", "validate") else "test"
-        dataset = getattr(datamodule, f"{split}_dataset", None)
-        if dataset is not None and len(dataset) < self.size:
-            raise ValueError(
-                f"AttentionProbe: size={self.size} but the {split} set has only "
-                f"{len(dataset)} images; use size <= {len(dataset)}."
-            )
-        if self.size > LARGE_PROBE:
-            layers = self.num_layers
-            rank_zero_warn(
-                f"AttentionProbe: size={self.size} probe images. Each analysed run records "
-                f"(L={layers}, B={self.size}, H, N, N) attention and its gradients, and the "
-                "faithfulness callback runs about 70 masked forward passes per image; "
-                f"above {LARGE_PROBE} images this costs seconds to minutes and gigabytes per "
-                f"epoch. Image grids show the first {self.figure_rows} (figure_rows)."
-            )
 
     def _report_header(self, trainer: Trainer, pl_module: LightningModule) -> list[str]:
         facts = ProbeFacts(

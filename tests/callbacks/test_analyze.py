@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from lit_vit.analyze import _imagenet_names, hugging_face_model, resize_config
 from lit_vit.cli import main
 from lit_vit.data import CLASS_NAMES, PIXEL_MEAN, PIXEL_STD
 from lit_vit.image_data import ImageTestDataModule, match_classes
+from lit_vit.pretrained import hugging_face_model, imagenet_names, resize_config
 from tests.conftest import hparams_rows, read_events
 
 CLASSES = ("boot", "coat", "shirt")
@@ -251,7 +251,7 @@ def test_classes_match_by_name_case_and_punctuation_aside_and_by_any_alias():
 def test_a_timm_imagenet_classifier_names_its_classes_readably_then_by_wordnet_id():
     import timm
 
-    names = _imagenet_names(timm.create_model("vit_tiny_patch16_224", pretrained=False))
+    names = imagenet_names(timm.create_model("vit_tiny_patch16_224", pretrained=False))
     assert len(names) == 1000 and names[0] == ("tench", "Tinca tinca", "n01440764")
 
 

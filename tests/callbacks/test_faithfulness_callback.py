@@ -28,7 +28,7 @@ from lit_vit.attention import (
     rollout,
     saco,
 )
-from lit_vit.callbacks.faithfulness import Faithfulness
+from lit_vit.callbacks.faithfulness import Faithfulness, _evolution_figure
 from lit_vit.data import PIXEL_MEAN, PIXEL_STD
 from tests.callbacks.conftest import (
     BATCH_SIZE,
@@ -229,7 +229,7 @@ def test_the_evolution_figure_draws_a_line_per_map_on_the_data_range():
         means = {"rollout": (0.30 + shift, 0.40), "cp-lrp": (0.25, 0.45 - shift)}
         callback._remember(epoch, means)
     callback._remember(3, {**means, "flow": (0.3, 0.4)})  # a map new to the history
-    deletion, insertion = callback._evolution_figure().axes
+    deletion, insertion = _evolution_figure(callback.history).axes
     assert [line.get_label() for line in deletion.lines] == ["rollout", "cp-lrp", "flow"]
     assert list(deletion.lines[0].get_ydata()) == pytest.approx([0.30, 0.35, 0.40, 0.40])
     assert list(insertion.lines[1].get_ydata()) == pytest.approx([0.45, 0.40, 0.35, 0.35])

@@ -155,7 +155,7 @@ def test_test_images_are_explained_once_for_every_callback_that_reads_them(tmp_p
     # for the 20 images FocusCoverage reads (Faithfulness reads the first 12 of them), its
     # first image alone (to say how long the rest takes).
     assert explained == [1, 7, 8, 4]
-    assert callbacks[0]._explained is None, "the test images' maps are not kept past the test"
+    assert callbacks[0]._explained._batches is None, "the maps are not kept past the test"
     report = (tmp_path / "run" / "version_0" / "attention" / "report.md").read_text()
     assert "over 20 test images" in report and "12 test images" in report
 
