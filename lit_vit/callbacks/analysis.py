@@ -9,7 +9,7 @@ consumers do not import each other's classes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
@@ -25,26 +25,40 @@ from lit_vit.callbacks.report import ReportSection
 
 @dataclass
 class ProbeAnalysis:
-    """One captured pass over the probe, with the maps several callbacks use.
+    """One analysed run of the probe, with the maps several callbacks use.
+
+    The probe's pass is captured when a consumer first reads :attr:`recording`
+    (once per run, for all the run's consumers): a run whose consumers read
+    none (the sanity checks and the resolution sweep at fit end) captures
+    nothing.
 
     Attributes:
         probe: The probe images.
-        recording: Attention of every layer (validated when recorded), reduced to
-            what the analyses read (``recording.reduced``), with the gradient
-            products for the targets the callbacks asked for; the full
-            ``recording.attention`` only with ``AttentionProbe(full_attention=True)``.
         run: Where this run logs.
         figure_rows: Probe images that image grids show (the first ones);
             measures use all of them.
+        record: The capture: attention of every layer (validated when recorded),
+            reduced to what the analyses read (``recording.reduced``), with the
+            gradient products for the targets the run's consumers asked for; the full
+            ``recording.attention`` only with ``AttentionProbe(full_attention=True)``.
         reduced: ``fast_dev_run``: test-set samples shrink to the probe size.
     """
 
     probe: Probe
-    recording: AttentionRecording
     run: ProbeRun
     figure_rows: int
+    record: Callable[[], AttentionRecording] = field(repr=False)
     reduced: bool = False
     _gradient_index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def recording(self) -> AttentionRecording:
+        """The run's one captured pass (see :attr:`record`).
+
+        Raises:
+            NonFiniteAttentionError: The model's attention or logits are not finite.
+        """
+        return self.record()
 
     @property
     def stage(self) -> str:
@@ -94,7 +108,7 @@ class ProbeConsumer(Protocol):
     its consumers do not import each other's classes."""
 
     name: str | None
-    per_run: bool
+    stages: frozenset[str]
     hidden_states: bool
     report_section: ReportSection | None
 

@@ -4,11 +4,11 @@ An analysis callback finds the trainer's
 :class:`~lit_vit.callbacks.probe.AttentionProbe` at ``setup`` (one with
 default settings is added when there is none) and declares what it needs
 from the probe's capture (:attr:`AttentionCallback.gradients`,
-:attr:`AttentionCallback.head_fusions`). Per-run
-callbacks (:attr:`AttentionCallback.per_run`) implement
-:meth:`AttentionCallback.analyze`, which the probe calls with the shared
-:class:`~lit_vit.callbacks.probe.ProbeAnalysis` at due validation runs and
-at test; at test they set :attr:`AttentionCallback.report_section`.
+:attr:`AttentionCallback.head_fusions`) and the runs it analyses
+(:attr:`AttentionCallback.stages`: due validation runs, fit end, test). It
+implements :meth:`AttentionCallback.analyze`, which the probe calls with the
+run's shared :class:`~lit_vit.callbacks.analysis.ProbeAnalysis`; at test it
+sets :attr:`AttentionCallback.report_section`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class AttentionCallback(Callback):
     """
 
     report_order: ClassVar[int] = 100
-    per_run: ClassVar[bool] = True  # analysed by the probe at validation runs and at test
+    # The runs the probe hands this callback: "val" (due validation runs), "fit_end", "test".
+    stages: frozenset[str] = frozenset({"val", "test"})
     hidden_states: ClassVar[bool] = False  # reads every block's output from the capture
 
     def __init__(self, every_n_epochs: int = 1, name: str | None = None) -> None:

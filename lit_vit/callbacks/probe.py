@@ -24,6 +24,7 @@ from lit_vit._private import logged_step
 from lit_vit.attention import (
     EXPLAINERS,
     AttentionRecorder,
+    AttentionRecording,
     NonFiniteAttentionError,
     TokenLayout,
 )
@@ -194,6 +195,7 @@ class AttentionProbe(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.outputs.write_fit_row(trainer, pl_module)
+        self._dispatch(trainer, pl_module, "fit_end")
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.outputs.close()
@@ -202,10 +204,7 @@ class AttentionProbe(Callback):
         if trainer.sanity_checking:
             return
         self.outputs.last_val_step = logged_step(trainer)
-        due = [c for c in self.consumers if c.per_run and c.due(trainer)]
-        if not due or not trainer.is_global_zero:
-            return
-        self._dispatch(trainer, pl_module, self.outputs.run(trainer, "val"), due)
+        self._dispatch(trainer, pl_module, "val")
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self._test_images += len(batch[0])
@@ -216,9 +215,7 @@ class AttentionProbe(Callback):
         self._explained.clear()
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        due = [c for c in self.consumers if c.per_run]
-        if due and trainer.is_global_zero:
-            self._dispatch(trainer, pl_module, self.outputs.run(trainer, "test"), due)
+        self._dispatch(trainer, pl_module, "test")
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._explained.clear()  # the test images and their maps: not kept past the test
@@ -305,51 +302,52 @@ class AttentionProbe(Callback):
 
     # -- internals --------------------------------------------------------------------
 
-    def _dispatch(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        run: ProbeRun,
-        consumers: Sequence[ProbeConsumer],
-    ) -> None:
-        analysis = self._capture(trainer, pl_module, run, consumers)
-        if analysis is None:
+    def _dispatch(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Hand this ``stage``'s run to every consumer that analyses it (on rank zero), with one
+        capture for all of them on first read; a diverged capture skips them, warned once."""
+        consumers = [
+            consumer
+            for consumer in self.consumers
+            if stage in consumer.stages and (stage != "val" or consumer.due(trainer))
+        ]
+        if not consumers or not trainer.is_global_zero:
             return
+        analysis = self._analysis(pl_module, self.outputs.run(trainer, stage), consumers)
         for consumer in consumers:
-            consumer.progress(run, "analysing")
-            consumer.analyze(trainer, pl_module, analysis)
+            consumer.progress(analysis.run, "analysing")
+            try:
+                consumer.analyze(trainer, pl_module, analysis)
+            except NonFiniteAttentionError as error:
+                self._warn_divergence(trainer, consumers, error)
+                return
 
-    def _capture(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        run: ProbeRun,
-        consumers: Sequence[ProbeConsumer],
-    ) -> ProbeAnalysis | None:
-        """The one captured pass of this run, or ``None`` (with one warning) when it diverged."""
-        probe = self.probe(trainer, pl_module, run.stage)
+    def _analysis(
+        self, pl_module: LightningModule, run: ProbeRun, consumers: Sequence[ProbeConsumer]
+    ) -> ProbeAnalysis:
+        """The run's analysis: its probe, and a capture with the gradients, head fusions and
+        block outputs ``consumers`` declare, run when first read."""
+        probe = self.probe(pl_module.trainer, pl_module, run.stage)
         wanted = {target for consumer in consumers for target in consumer.gradients}
         targets = [target for target in GRADIENT_TARGETS if target in wanted]
-        labels = probe.labels.to(pl_module.device)
-        grad_targets = [None if target == "predicted" else labels for target in targets]
         fusions = {"mean"}.union(*(consumer.head_fusions for consumer in consumers))
-        try:
+
+        def record() -> AttentionRecording:
+            labels = probe.labels.to(pl_module.device)
             recording = self.recorder.record(
                 probe.images.to(pl_module.device),
-                grad_targets=grad_targets,
+                grad_targets=[None if target == "predicted" else labels for target in targets],
                 full=self.full_attention,
                 head_fusions=[fusion for fusion in HEAD_FUSIONS if fusion in fusions],
                 hidden_states=any(consumer.hidden_states for consumer in consumers),
             )
-        except NonFiniteAttentionError as error:
-            self._warn_divergence(trainer, consumers, error)
-            return None
-        self._heads, self._layout = recording.reduced.query_rows.shape[2], recording.layout
+            self._heads, self._layout = recording.reduced.query_rows.shape[2], recording.layout
+            return recording
+
         return ProbeAnalysis(
             probe=probe,
-            recording=recording,
             run=run,
             figure_rows=min(self.figure_rows, len(probe.labels)),
+            record=record,
             reduced=self.reduced,
             _gradient_index={target: index for index, target in enumerate(targets)},
         )

@@ -9,6 +9,7 @@ from lightning.pytorch import LightningModule, Trainer
 
 from lit_vit.attention import ResolutionResult, check_size, resize_images, resolution_sweep
 from lit_vit.callbacks._data import class_names, iterate_batches
+from lit_vit.callbacks.analysis import ProbeAnalysis
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.outputs import ProbeRun
 from lit_vit.callbacks.report import markdown_table
@@ -101,7 +102,7 @@ class ResolutionSweep(AttentionCallback):
     """
 
     report_order = 30
-    per_run = False
+    stages = frozenset({"fit_end", "test"})
 
     def __init__(
         self,
@@ -148,15 +149,11 @@ class ResolutionSweep(AttentionCallback):
                 f"sizes {self.sizes} give {self._pairs}. List square sizes (ints)."
             )
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero and not self.probe.reduced:
-            self.sweep(trainer, pl_module, self.probe.outputs.run(trainer, "fit_end"))
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero and not self.probe.reduced:
-            self.sweep(trainer, pl_module, self.probe.outputs.run(trainer, "test"))
-
-    # -- analysis ---------------------------------------------------------------------
+    def analyze(
+        self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
+    ) -> None:
+        if not analysis.reduced:  # fast_dev_run: skipped
+            self.sweep(trainer, pl_module, analysis.run)
 
     def sweep(self, trainer: Trainer, pl_module: LightningModule, run: ProbeRun) -> None:
         """Evaluate every size on the images of ``run``'s stage; log, and at test report."""

@@ -22,6 +22,7 @@ from lit_vit.attention import (
     spearman,
     threshold_verdict,
 )
+from lit_vit.callbacks.analysis import ProbeAnalysis
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
 from lit_vit.callbacks.explained import duration
 from lit_vit.callbacks.outputs import ProbeRun
@@ -98,7 +99,6 @@ class SanityChecks(AttentionCallback):
     """
 
     report_order = 70
-    per_run = False
 
     def __init__(
         self,
@@ -121,19 +121,18 @@ class SanityChecks(AttentionCallback):
         self.images = images
         self.seed = seed
         self.at_fit_end = at_fit_end
+        self.stages = frozenset({"fit_end", "test"} if at_fit_end else {"test"})
         self.flow_at_ends_above = flow_at_ends_above
 
     @property
     def explained_test_images(self) -> int:
         return self.images
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.at_fit_end and trainer.is_global_zero and not self.probe.reduced:
-            self.check(trainer, pl_module, self.probe.outputs.run(trainer, "fit_end"))
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero and not self.probe.reduced:
-            self.check(trainer, pl_module, self.probe.outputs.run(trainer, "test"))
+    def analyze(
+        self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
+    ) -> None:
+        if not analysis.reduced:  # fast_dev_run: skipped
+            self.check(trainer, pl_module, analysis.run)
 
     def check(self, trainer: Trainer, pl_module: LightningModule, run: ProbeRun) -> None:
         """Both checks on ``run``'s images (test: the first ``images`` test images; fit end:

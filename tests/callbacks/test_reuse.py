@@ -200,7 +200,7 @@ def test_memory_stays_flat_over_many_epochs(tmp_path, monkeypatch):
     def six_epochs() -> int:
         for epoch in range(6):
             trainer.fit_loop.epoch_progress.current.completed = epoch  # a new folder each call
-            probe._dispatch(trainer, module, probe.outputs.run(trainer, "val"), callbacks)
+            probe._dispatch(trainer, module, "val")
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
 
     warm = six_epochs()
