@@ -12,7 +12,6 @@ and the report is written to ``<save_dir>/analyze_<model>/version_<n>/``.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,10 +192,7 @@ def analyze(
         enable_model_summary=False,
     )
     rank_zero_info(f"Analysing {name} on {_describe(datamodule)}; logs: {logger.log_dir}")
-    with warnings.catch_warnings():
-        # Lightning asks for the fit's callbacks (ModelCheckpoint) to restore: none is needed.
-        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     report = Path(logger.log_dir) / "attention" / "report.md"
     metrics = trainer.callback_metrics
     if "test/acc" in metrics:

@@ -88,9 +88,12 @@ class _DropTips(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """The CLI's console shows lit-vit's lines and Lightning's own, not its tips or the
-    deprecation noise of its internals under this torch (tested with Lightning 2.6)."""
+    """The CLI's console shows lit-vit's lines and Lightning's own, not its tips, the
+    deprecation noise of its internals under this torch, or its advice to pass the fit's
+    checkpoint callback to an evaluation (tested with Lightning 2.6)."""
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropTips) for f in logger.filters):
         logger.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # test, validate, predict and analyze leave out the fit's ModelCheckpoint on purpose.
+    warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")

@@ -211,6 +211,7 @@ def test_best_and_last_resolve_to_the_latest_run_with_them(
     results = capsys.readouterr().out
     assert "test/acc" in results and "test_attention" not in results, "the result, not buried"
     assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
+    assert not [w for w in recwarn if "Be aware that when using `ckpt_path`" in str(w.message)]
     (best,) = (run_dir / "checkpoints").glob("epoch*-val_acc*.ckpt")
     assert f"--ckpt_path best: {best}" in caplog.text
     report = run_dirs(tmp_path / "logs")[-1] / "attention" / "report.md"
