@@ -1,4 +1,5 @@
-"""The package's structure: no import circle, imports under TYPE_CHECKING counted too."""
+"""The package's structure: no import circle (imports under TYPE_CHECKING counted too), and
+modules and functions of a readable size."""
 
 from __future__ import annotations
 
@@ -70,3 +71,36 @@ def test_no_import_circle_between_modules():
 
 def test_the_cycle_finder_finds_a_circle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# The sizes the rooms were cut to: lines of a module, and of a function body (its
+# signature and docstring aside).
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 60
+
+
+def function_body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    body = node.body
+    if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    return body[-1].end_lineno - body[0].lineno + 1 if body else 0
+
+
+def test_no_module_or_function_is_longer_than_a_room_should_be():
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text()
+        name, lines = path.relative_to(PACKAGE.parent), source.count("\n")
+        if lines > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {lines} lines")
+        too_long += [
+            f"{name}:{node.lineno} {node.name}"
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            and function_body_lines(node) > MAX_FUNCTION_LINES
+        ]
+    assert not too_long, too_long
+
+
+def test_the_size_check_counts_a_body_without_its_docstring():
+    (function,) = ast.parse('def f():\n    """Doc."""\n    a = 1\n    return a\n').body
+    assert function_body_lines(function) == 2

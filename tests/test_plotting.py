@@ -19,7 +19,7 @@ from matplotlib.text import Text
 from PIL import Image
 
 from lit_vit import plotting
-from lit_vit.plotting import mosaics
+from lit_vit.plotting import _grid
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,7 +65,7 @@ def assert_nothing_clipped(fig: Figure) -> None:
 def mosaic_of(fig: Figure) -> tuple:
     """The one Axes of an image grid figure and its ``(h, w, 3)`` uint8 mosaic."""
     (ax,) = fig.axes
-    (image,) = [a for a in fig.artists if isinstance(a, mosaics._PastedPixels)]
+    (image,) = [a for a in fig.artists if isinstance(a, _grid._PastedPixels)]
     pixels = image.pixels  # pasted unresampled under the Axes that places the text
     assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
     return ax, pixels
@@ -79,10 +79,10 @@ def row_labels(ax) -> list[tuple[str, str]]:
     return [(t.get_text(), t.get_color()) for t in ax.texts if t.get_rotation() == 90]
 
 
-def cell(pixels: np.ndarray, row: int, column: int, shape, row_gap=mosaics._GAP_PX) -> np.ndarray:
+def cell(pixels: np.ndarray, row: int, column: int, shape, row_gap=_grid._GAP_PX) -> np.ndarray:
     """Cell ``(row, column)`` of a mosaic of ``shape`` cells: 1-pixel margin, gaps between."""
     height, width = shape
-    top, left = 1 + row * (height + row_gap), 1 + column * (width + mosaics._GAP_PX)
+    top, left = 1 + row * (height + row_gap), 1 + column * (width + _grid._GAP_PX)
     return pixels[top : top + height, left : left + width].astype(np.float64) / 255
 
 
@@ -117,12 +117,12 @@ def test_layer_maps_figure(channels, height, width, grid, layers, shape):
     fig = plotting.layer_maps_figure(images, maps, ["Coat", "Bag"], ["Coat", "Shirt"])
     assert isinstance(fig, Figure)
     ax, pixels = mosaic_of(fig)
-    gap = mosaics._GAP_PX
+    gap = _grid._GAP_PX
     assert pixels.shape[:2] == (2 * shape[0] + gap + 2, (1 + layers) * (shape[1] + gap) - gap + 2)
     assert column_titles(ax) == ["image"] + [f"layer {i}" for i in range(layers)]
     assert row_labels(ax) == [
         ("true: Coat\npred: Coat", "black"),
-        ("true: Bag\npred: Shirt", mosaics._WRONG_COLOR),
+        ("true: Bag\npred: Shirt", _grid._WRONG_COLOR),
     ]
     factor = shape[0] // height
     for row in range(2):
@@ -136,7 +136,7 @@ def test_layer_maps_figure(channels, height, width, grid, layers, shape):
             assert np.abs(overlay - reference).max() <= 1 / 255
     rendered = assert_renders(fig).permute(1, 2, 0).numpy()
     # Pasted pixel for pixel where the row labels and title leave room for it.
-    top, left = mosaics._TOP_PX, mosaics._LEFT_PX
+    top, left = _grid._TOP_PX, _grid._LEFT_PX
     first_cell = (slice(1, 1 + shape[0]), slice(1, 1 + shape[1]))
     placed = rendered[top:, left:][first_cell]
     assert np.array_equal(placed, pixels[first_cell])
@@ -145,14 +145,14 @@ def test_layer_maps_figure(channels, height, width, grid, layers, shape):
 def test_layer_maps_one_layer_no_names():
     fig = plotting.layer_maps_figure(make_images(1, 1, 28, 28), torch.rand(1, 1, 7, 7))
     ax, pixels = mosaic_of(fig)
-    assert pixels.shape[:2] == (112 + 2, 2 * 112 + mosaics._GAP_PX + 2)
+    assert pixels.shape[:2] == (112 + 2, 2 * 112 + _grid._GAP_PX + 2)
     assert row_labels(ax) == []
 
 
 def test_layer_maps_shrinks_large_images():
     fig = plotting.layer_maps_figure(make_images(1, 3, 224, 224), torch.rand(2, 1, 14, 14))
     _, pixels = mosaic_of(fig)
-    assert pixels.shape[:2] == (125 + 2, 3 * (125 + mosaics._GAP_PX) - mosaics._GAP_PX + 2)
+    assert pixels.shape[:2] == (125 + 2, 3 * (125 + _grid._GAP_PX) - _grid._GAP_PX + 2)
 
 
 def test_layer_maps_rejects_mismatched_batch():
@@ -170,11 +170,11 @@ def test_head_maps_figure(heads, rows):
     maps = torch.rand(heads, 7, 10)
     fig = plotting.head_maps_figure(image, maps, layer=4, class_name="Sneaker")
     ax, pixels = mosaic_of(fig)
-    columns = min(1 + heads, mosaics.MAX_COLUMNS)
-    row_gap = mosaics._GAP_PX + (mosaics._TITLE_PX if rows > 1 else 0)
+    columns = min(1 + heads, _grid.MAX_COLUMNS)
+    row_gap = _grid._GAP_PX + (_grid._TITLE_PX if rows > 1 else 0)
     assert pixels.shape[:2] == (
         rows * (84 + row_gap) - row_gap + 2,
-        columns * (120 + mosaics._GAP_PX) - mosaics._GAP_PX + 2,
+        columns * (120 + _grid._GAP_PX) - _grid._GAP_PX + 2,
     )
     assert column_titles(ax) == ["Sneaker"] + [f"head {h}" for h in range(heads)]
     last = divmod(heads, columns)  # the cell of the last head
@@ -186,8 +186,8 @@ def test_head_maps_figure(heads, rows):
     assert "layer 4" in title and "Sneaker" in title
     rendered = assert_renders(fig).numpy()
     if rows > 1:  # the second row's titles are drawn over the pasted grid, not hidden by it
-        band_top = mosaics._TOP_PX + 1 + 84 + mosaics._GAP_PX
-        band = rendered[:, band_top : band_top + mosaics._TITLE_PX, mosaics._LEFT_PX :]
+        band_top = _grid._TOP_PX + 1 + 84 + _grid._GAP_PX
+        band = rendered[:, band_top : band_top + _grid._TITLE_PX, _grid._LEFT_PX :]
         assert band.min() < 100
 
 
@@ -200,7 +200,7 @@ def test_rollout_figure():
     }
     fig = plotting.rollout_figure(images, maps, ["Coat", "Bag", "Dress"])
     ax, pixels = mosaic_of(fig)
-    assert pixels.shape[1] == 7 * (120 + mosaics._GAP_PX) - mosaics._GAP_PX + 2
+    assert pixels.shape[1] == 7 * (120 + _grid._GAP_PX) - _grid._GAP_PX + 2
     titles = column_titles(ax)
     assert titles[:2] == ["image", "rollout"] and titles[5] == "grad rollout (pred)"
     assert titles[6] == "grad rollout (pred)\non image"
@@ -239,7 +239,7 @@ def test_resolution_figure():
     fig = plotting.resolution_figure(images, maps, ["Pullover", "Sandal"])
     ax, pixels = mosaic_of(fig)
     # Every size in the first size's cell: 20x20 enlarged 6x.
-    gap = mosaics._GAP_PX
+    gap = _grid._GAP_PX
     assert pixels.shape[:2] == (2 * (120 + gap) - gap + 2, 3 * (120 + gap) - gap + 2)
     assert column_titles(ax) == ["20x20 (5x5 grid)", "28x28 (7x7 grid)", "28x40 (7x10 grid)"]
     assert row_labels(ax) == [("Pullover", "black"), ("Sandal", "black")]
@@ -473,7 +473,7 @@ def test_accepts_low_precision_tensors_with_grad():
     images = make_images(1, 1, 28, 28).half()
     maps = torch.rand(2, 1, 7, 7, dtype=torch.bfloat16, requires_grad=True)
     fig = plotting.layer_maps_figure(images, maps)
-    assert mosaic_of(fig)[1].shape[1] == 3 * (112 + mosaics._GAP_PX) - mosaics._GAP_PX + 2
+    assert mosaic_of(fig)[1].shape[1] == 3 * (112 + _grid._GAP_PX) - _grid._GAP_PX + 2
     assert plotting.layer_bar_figure(maps[:, 0, 0, 0], "t", "y").axes
 
 

@@ -23,12 +23,8 @@ relative to itself, not its absolute value. The quantities are defined in
 from lit_vit.plotting._style import MAP_CMAP
 from lit_vit.plotting.charts import (
     distance_scatter_figure,
-    faithfulness_figure,
     layer_bar_figure,
     layer_head_heatmap_figure,
-    metric_by_class_figure,
-    per_image_metrics_figure,
-    randomization_figure,
 )
 from lit_vit.plotting.evolution import evolution_curves_figure, evolution_figure
 from lit_vit.plotting.export import encode_png, figure_to_image, save_image
@@ -41,6 +37,12 @@ from lit_vit.plotting.mosaics import (
     rollout_figure,
 )
 from lit_vit.plotting.relevance import RELEVANCE_CMAP, signed_relevance_figure
+from lit_vit.plotting.scores import (
+    faithfulness_figure,
+    metric_by_class_figure,
+    per_image_metrics_figure,
+    randomization_figure,
+)
 
 __all__ = [
     "MAP_CMAP",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -48,3 +49,12 @@ def as_cpu(x: Tensor | Sequence[float], name: str) -> Tensor:
 def check_dim(x: Tensor, dim: int, name: str, shape: str) -> None:
     if x.dim() != dim:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
+
+
+def category_colors(count: int) -> list:
+    """Distinct colours for ``count`` categories (tab10 / tab20, else viridis samples)."""
+    if count <= 10:
+        return [colormaps["tab10"](index) for index in range(count)]
+    if count <= 20:
+        return [colormaps["tab20"](index) for index in range(count)]
+    return [colormaps["viridis"](index / (count - 1)) for index in range(count)]

@@ -1,237 +1,25 @@
-"""Image grids: probe images, attention maps and overlays composed as one mosaic.
-
-Each grid's cells are composed as pixels (the map through the colormap, alpha-blended
-over the gray image), all cells of a column in one batched pass, and the mosaic is
-copied into the canvas pixel for pixel; titles and row labels are text around it.
-"""
+"""Image grids: probe images, attention maps and overlays composed as one mosaic
+(:mod:`lit_vit.plotting._grid` composes them)."""
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from matplotlib import colormaps
-from matplotlib.artist import Artist
-from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from lit_vit.plotting._style import DPI, FONT, MAP_CMAP, TITLE_FONT, as_cpu, check_dim
-
-OVERLAY_ALPHA = 0.5
-CELL = 1.25  # inches an image grid's cell is wide, roughly (whole-pixel enlargement)
-MAX_COLUMNS = 8  # head_maps_figure wraps after this many cells
-_LEFT_PX = 45  # pixels left of an image grid: two-line row labels
-_TOP_PX = 60  # pixels above it: the title and two-line column titles
-_PAD_PX = 8  # pixels right of and below it
-_GAP_PX = 8  # pixels between its cells
-_TITLE_PX = 14  # pixels more between rows when later rows have titles too
-_FRAME_GRAY = 0.6  # the 1-pixel frame around each cell
-_WRONG_COLOR = "tab:red"  # row label of a misclassified image
-
-
-def _images(images: Tensor, name: str = "images") -> Tensor:
-    """``(B, C, H, W)`` with C in {1, 3}, as float32 on the CPU."""
-    images = as_cpu(images, name)
-    check_dim(images, 4, name, "(B, C, H, W)")
-    if images.shape[1] not in (1, 3):
-        raise ValueError(
-            f"{name} must have 1 (gray) or 3 (RGB) channels, got shape {tuple(images.shape)}"
-        )
-    return images
-
-
-def _names(names: Sequence[str] | None, count: int, name: str) -> list[str] | None:
-    if names is None:
-        return None
-    names = [str(n) for n in names]
-    if len(names) != count:
-        raise ValueError(f"{name} must have one entry per image ({count}), got {len(names)}")
-    return names
-
-
-def _gray(images: Tensor) -> Tensor:
-    """``(B, C, H, W)`` in [0, 1] -> ``(B, 1, H, W)`` luminance."""
-    images = images.clamp(0, 1)
-    if images.shape[1] == 3:
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        return (images * weights).sum(1, keepdim=True)
-    return images
-
-
-def _scaled(grids: Tensor) -> Tensor:
-    """``(..., gh, gw)`` grids, each scaled to [0, 1] by its own range; a constant grid
-    (or one with a non-finite range) becomes 0.5."""
-    low = grids.amin(dim=(-2, -1), keepdim=True)
-    span = grids.amax(dim=(-2, -1), keepdim=True) - low
-    flat = ~torch.isfinite(span) | (span <= 1e-12)
-    return torch.where(flat, 0.5, (grids - low) / torch.where(flat, 1.0, span))
-
-
-def _upsample(grids: Tensor, size: tuple[int, int]) -> Tensor:
-    """``(..., gh, gw)`` -> ``(..., H, W)``, bilinear with patch centres on pixel centres."""
-    flat = grids.reshape(-1, 1, *grids.shape[-2:])
-    out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
-    return out.reshape(*grids.shape[:-2], *size)
-
-
-# --------------------------------------------------------------------------- image grids
-#
-# An image grid (layer maps, rollout, head maps, resolution) is one RGB mosaic
-# pasted into the canvas (``_PastedPixels``), with the titles and row labels
-# as text around it: the cells are composed here as pixels (the map through
-# the colormap, alpha-blended over the gray image) instead of one Axes per
-# cell, which for a 100-cell grid cost seconds in Axes creation, tick set-up
-# and drawing (``benchmarks/callback_overhead.py``).
-
-
-def _cell_shape(height: int, width: int) -> tuple[int, int]:
-    """Pixel size of a cell showing an ``height x width`` image, about ``CELL * DPI`` wide.
-
-    Small images are enlarged by a whole factor (sharp, even pixels); large
-    ones are shrunk to fit.
-    """
-    scale = CELL * DPI / max(height, width)
-    if scale >= 1:
-        scale = math.floor(scale)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def _fit(pixels: Tensor, shape: tuple[int, int]) -> Tensor:
-    """``(..., 3, h, w)`` -> ``(..., 3, *shape)``: blocks when enlarging, area average when
-    shrinking."""
-    if tuple(pixels.shape[-2:]) == shape:
-        return pixels
-    shrinking = shape[0] < pixels.shape[-2] or shape[1] < pixels.shape[-1]
-    mode = "area" if shrinking else "nearest-exact"
-    flat = pixels.reshape(-1, 3, *pixels.shape[-2:])
-    return F.interpolate(flat, size=shape, mode=mode).reshape(*pixels.shape[:-2], *shape)
-
-
-@functools.cache
-def _map_colormap() -> Colormap:
-    """``MAP_CMAP``, looked up once (the registry hands out a fresh copy per lookup)."""
-    return colormaps[MAP_CMAP]
-
-
-def _colorize(values: Tensor) -> Tensor:
-    """``(..., h, w)`` in [0, 1] -> ``(..., 3, h, w)`` RGB through ``MAP_CMAP``."""
-    rgba = _map_colormap()(values.numpy())  # (..., h, w, 4), one look-up for all cells
-    return torch.from_numpy(rgba[..., :3]).float().movedim(-1, -3)
-
-
-def _image_cells(images: Tensor, shape: tuple[int, int]) -> Tensor:
-    """``(B, C, H, W)`` in [0, 1] -> ``(B, 3, *shape)`` cells: gray for one channel, RGB for
-    three."""
-    return _fit(images.clamp(0, 1).expand(-1, 3, -1, -1), shape)
-
-
-def _map_cells(grids: Tensor, shape: tuple[int, int]) -> Tensor:
-    """``(B, gh, gw)`` -> ``(B, 3, *shape)`` cells: each map alone, scaled to its own range."""
-    return _fit(_colorize(_scaled(grids)), shape)
-
-
-def _overlay_cells(images: Tensor, grids: Tensor, shape: tuple[int, int]) -> Tensor:
-    """``(B, C, H, W)`` images and ``(K, B, gh, gw)`` maps -> ``(K, B, 3, *shape)`` cells.
-
-    Each map is upsampled bilinearly to its image, coloured and blended with
-    ``OVERLAY_ALPHA`` over the image's gray; all ``K * B`` cells in one pass.
-    """
-    heat = _colorize(_upsample(_scaled(grids), tuple(images.shape[-2:])))  # (K, B, 3, H, W)
-    blended = (1 - OVERLAY_ALPHA) * _gray(images) + OVERLAY_ALPHA * heat
-    return _fit(blended, shape)
-
-
-def _row_label(true: str | None, predicted: str | None) -> tuple[str, str] | None:
-    """Text and colour of a row label; red when the prediction is wrong."""
-    if true is None and predicted is None:
-        return None
-    if predicted is None:
-        return true, "black"
-    lines = ([f"true: {true}"] if true is not None else []) + [f"pred: {predicted}"]
-    wrong = true is not None and predicted != true
-    return "\n".join(lines), _WRONG_COLOR if wrong else "black"
-
-
-class _PastedPixels(Artist):
-    """``(3, H, W)`` RGB pixels in [0, 1] copied into the canvas as they are, their bottom-left
-    corner at figure pixel ``(x, y)``; :attr:`pixels` holds them as ``(H, W, 3)`` uint8.
-
-    ``figimage`` would colour-map, mask and resample even at one image pixel
-    per canvas pixel (0.9 s for a 4,500-pixel-wide grid against 0.05 s here).
-    """
-
-    def __init__(self, pixels: Tensor, x: int, y: int) -> None:
-        super().__init__()
-        self.set_zorder(-1)  # under the titles and labels
-        self.pixels = (pixels.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()  # (H, W, 3)
-        opaque = np.full((*self.pixels.shape[:2], 1), 255, np.uint8)
-        # RGBA rows bottom-up, as the renderer's pixel y grows upwards.
-        self._rgba = np.ascontiguousarray(np.concatenate([self.pixels, opaque], axis=2)[::-1])
-        self._x, self._y = x, y
-
-    def draw(self, renderer) -> None:
-        gc = renderer.new_gc()
-        renderer.draw_image(gc, self._x, self._y, self._rgba)
-        gc.restore()
-
-
-def _mosaic_figure(
-    cells: Sequence[Sequence[Tensor]],
-    suptitle: str,
-    titles: Mapping[tuple[int, int], str],
-    row_labels: Sequence[tuple[str, str] | None] = (),
-) -> Figure:
-    """One figure of a grid of equally sized image cells, drawn as one image.
-
-    Args:
-        cells: Rows of ``(3, ch, cw)`` RGB pixels in [0, 1], all of one size;
-            a shorter row leaves its last cells empty.
-        suptitle: Title of the figure.
-        titles: ``(row, column)`` -> the title above that cell.
-        row_labels: Per row, ``(text, colour)`` written left of it, or ``None``.
-    """
-    rows, columns = len(cells), max(len(row) for row in cells)
-    cell_h, cell_w = cells[0][0].shape[-2:]
-    row_gap = _GAP_PX + (_TITLE_PX if any(row > 0 for row, _ in titles) else 0)
-    # Top-left pixel of each cell; a 1-pixel margin around all for the frames.
-    tops = [1 + row * (cell_h + row_gap) for row in range(rows)]
-    lefts = [1 + column * (cell_w + _GAP_PX) for column in range(columns)]
-    mosaic = torch.ones(3, tops[-1] + cell_h + 1, lefts[-1] + cell_w + 1)  # (3, H, W)
-    for row_cells, top in zip(cells, tops, strict=True):
-        for pixels, left in zip(row_cells, lefts, strict=False):
-            mosaic[:, top - 1 : top + cell_h + 1, left - 1 : left + cell_w + 1] = _FRAME_GRAY
-            mosaic[:, top : top + cell_h, left : left + cell_w] = pixels
-
-    height_px = _TOP_PX + mosaic.shape[1] + _PAD_PX
-    width_px = _LEFT_PX + mosaic.shape[2] + _PAD_PX
-    fig = Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI)
-    # One image pixel per figure pixel: the Axes is exactly the mosaic's size.
-    left, bottom, width, height = _LEFT_PX, _PAD_PX, mosaic.shape[2], mosaic.shape[1]
-    ax = fig.add_axes((left / width_px, bottom / height_px, width / width_px, height / height_px))
-    # Pasted pixel for pixel; the Axes only gives the text the image's pixel coordinates.
-    fig.add_artist(_PastedPixels(mosaic, left, bottom))
-    ax.set_xlim(-0.5, width - 0.5)
-    ax.set_ylim(height - 0.5, -0.5)
-    ax.set_axis_off()
-    # Text in the image's pixel coordinates (pixel centres at integers, y down).
-    for (row, column), title in titles.items():
-        x = lefts[column] + (cell_w - 1) / 2
-        ax.text(x, tops[row] - 3, title, ha="center", va="bottom", fontsize=FONT)
-    for row, label in enumerate(row_labels):
-        if label is not None:
-            text, color = label
-            y = tops[row] + (cell_h - 1) / 2
-            ax.text(-4, y, text, rotation=90, ha="right", va="center", fontsize=FONT, color=color)
-    fig.suptitle(suptitle, fontsize=TITLE_FONT, y=1 - 4 / height_px, va="top", wrap=True)
-    return fig
-
-
-# --------------------------------------------------------------------------- map grids
+from lit_vit.plotting._grid import (
+    MAX_COLUMNS,
+    cell_shape,
+    checked_images,
+    checked_names,
+    image_cells,
+    map_cells,
+    mosaic_figure,
+    overlay_cells,
+    row_label,
+)
+from lit_vit.plotting._style import as_cpu, check_dim
 
 
 def layer_maps_figure(
@@ -252,7 +40,7 @@ def layer_maps_figure(
         class_names: One true class name per image.
         predicted_names: One predicted class name per image.
     """
-    images = _images(images)
+    images = checked_images(images)
     maps = as_cpu(maps, "maps")
     check_dim(maps, 4, "maps", "(L, B, gh, gw)")
     batch = images.shape[0]
@@ -260,20 +48,20 @@ def layer_maps_figure(
         raise ValueError(
             f"maps must have shape (L, B, gh, gw) with B = {batch} images, got {tuple(maps.shape)}"
         )
-    class_names = _names(class_names, batch, "class_names")
-    predicted_names = _names(predicted_names, batch, "predicted_names")
+    class_names = checked_names(class_names, batch, "class_names")
+    predicted_names = checked_names(predicted_names, batch, "predicted_names")
     layers = maps.shape[0]
 
     cells = _overlay_rows(images, maps)
     titles = {(0, 0): "image"} | {(0, 1 + layer): f"layer {layer}" for layer in range(layers)}
     labels = [
-        _row_label(
+        row_label(
             class_names[row] if class_names else None,
             predicted_names[row] if predicted_names else None,
         )
         for row in range(batch)
     ]
-    return _mosaic_figure(
+    return mosaic_figure(
         cells,
         "Class-token attention per layer (heads averaged, each map scaled to its range)",
         titles,
@@ -297,7 +85,7 @@ def rollout_evolution_figure(
         epochs: The ``E`` epochs, for the column titles.
         class_names: One class name per image (row labels).
     """
-    images = _images(images)
+    images = checked_images(images)
     maps = as_cpu(maps, "maps")
     check_dim(maps, 4, "maps", "(E, B, gh, gw)")
     if maps.shape[0] != len(epochs) or maps.shape[1] != images.shape[0]:
@@ -305,10 +93,10 @@ def rollout_evolution_figure(
             f"maps must have shape (E, B, gh, gw) with E = {len(epochs)} epochs and "
             f"B = {images.shape[0]} images, got {tuple(maps.shape)}"
         )
-    class_names = _names(class_names, images.shape[0], "class_names")
+    class_names = checked_names(class_names, images.shape[0], "class_names")
     titles = {(0, 0): "image"} | {(0, 1 + i): f"epoch {e}" for i, e in enumerate(epochs)}
-    labels = [_row_label(name, None) for name in class_names] if class_names else []
-    return _mosaic_figure(
+    labels = [row_label(name, None) for name in class_names] if class_names else []
+    return mosaic_figure(
         _overlay_rows(images, maps),
         "Rollout of each probe image over the epochs (each map scaled to its range)",
         titles,
@@ -318,8 +106,8 @@ def rollout_evolution_figure(
 
 def _overlay_rows(images: Tensor, maps: Tensor) -> list[list[Tensor]]:
     """Per image, its cell and the overlay of each of the ``(K, B, gh, gw)`` maps."""
-    shape = _cell_shape(*images.shape[-2:])
-    originals, overlays = _image_cells(images, shape), _overlay_cells(images, maps, shape)
+    shape = cell_shape(*images.shape[-2:])
+    originals, overlays = image_cells(images, shape), overlay_cells(images, maps, shape)
     return [[originals[row], *overlays[:, row]] for row in range(images.shape[0])]
 
 
@@ -336,15 +124,15 @@ def head_maps_figure(
         layer: 0-based index of the layer, for the title.
         class_name: Class of the image, for the title.
     """
-    image = _images(as_cpu(image, "image")[None], "image")[0]
+    image = checked_images(as_cpu(image, "image")[None], "image")[0]
     maps = as_cpu(maps, "maps")
     check_dim(maps, 3, "maps", "(H, gh, gw)")
     heads = maps.shape[0]
     columns = min(1 + heads, MAX_COLUMNS)
 
-    shape = _cell_shape(*image.shape[-2:])
-    sequence = [_image_cells(image[None], shape)[0]]
-    sequence += list(_overlay_cells(image[None], maps[:, None], shape)[:, 0])  # H cells
+    shape = cell_shape(*image.shape[-2:])
+    sequence = [image_cells(image[None], shape)[0]]
+    sequence += list(overlay_cells(image[None], maps[:, None], shape)[:, 0])  # H cells
     names = ["image" if class_name is None else class_name]
     names += [f"head {head}" for head in range(heads)]
     cells = [sequence[start : start + columns] for start in range(0, len(sequence), columns)]
@@ -353,7 +141,7 @@ def head_maps_figure(
     title = f"Layer {layer}: class-token attention per head (each map scaled to its range)"
     if class_name is not None:
         title = f"{class_name}: " + title[0].lower() + title[1:]
-    return _mosaic_figure(cells, title, titles)
+    return mosaic_figure(cells, title, titles)
 
 
 def rollout_figure(
@@ -377,7 +165,7 @@ def rollout_figure(
             label, red when they differ).
         title: The figure's title.
     """
-    images = _images(images)
+    images = checked_images(images)
     batch = images.shape[0]
     if not maps:
         raise ValueError("maps must name at least one map, got an empty mapping")
@@ -390,26 +178,26 @@ def rollout_figure(
                 f"got {tuple(grid.shape)}"
             )
         grids[name] = grid
-    class_names = _names(class_names, batch, "class_names")
-    predicted_names = _names(predicted_names, batch, "predicted_names")
+    class_names = checked_names(class_names, batch, "class_names")
+    predicted_names = checked_names(predicted_names, batch, "predicted_names")
 
-    shape = _cell_shape(*images.shape[-2:])
-    columns = [_image_cells(images, shape)]  # (B, 3, ch, cw) each
+    shape = cell_shape(*images.shape[-2:])
+    columns = [image_cells(images, shape)]  # (B, 3, ch, cw) each
     for grid in grids.values():
-        columns += [_map_cells(grid, shape), _overlay_cells(images, grid[None], shape)[0]]
+        columns += [map_cells(grid, shape), overlay_cells(images, grid[None], shape)[0]]
     cells = [[column[row] for column in columns] for row in range(batch)]
     titles = {(0, 0): "image"}
     for index, name in enumerate(grids):
         titles[0, 1 + 2 * index] = name
         titles[0, 2 + 2 * index] = f"{name}\non image"
     labels = [
-        _row_label(
+        row_label(
             class_names[row] if class_names else None,
             predicted_names[row] if predicted_names else None,
         )
         for row in range(batch)
     ]
-    return _mosaic_figure(cells, title, titles, labels)
+    return mosaic_figure(cells, title, titles, labels)
 
 
 def resolution_figure(
@@ -436,7 +224,7 @@ def resolution_figure(
             f"{sorted(images_by_size)} and {sorted(maps_by_size)}"
         )
     sizes = list(images_by_size)
-    images = {s: _images(images_by_size[s], f"images_by_size[{s!r}]") for s in sizes}
+    images = {s: checked_images(images_by_size[s], f"images_by_size[{s!r}]") for s in sizes}
     batch = images[sizes[0]].shape[0]
     grids = {}
     for size in sizes:
@@ -447,17 +235,17 @@ def resolution_figure(
                 f"B = {batch}, got {tuple(images[size].shape)} and {tuple(grid.shape)}"
             )
         grids[size] = grid
-    class_names = _names(class_names, batch, "class_names")
+    class_names = checked_names(class_names, batch, "class_names")
 
-    shape = _cell_shape(*images[sizes[0]].shape[-2:])
-    columns = [_overlay_cells(images[size], grids[size][None], shape)[0] for size in sizes]
+    shape = cell_shape(*images[sizes[0]].shape[-2:])
+    columns = [overlay_cells(images[size], grids[size][None], shape)[0] for size in sizes]
     cells = [[column[row] for column in columns] for row in range(batch)]
     titles = {}
     for column, size in enumerate(sizes):
         gh, gw = grids[size].shape[-2:]
         titles[0, column] = f"{size} ({gh}x{gw} grid)"
-    labels = [_row_label(class_names[row] if class_names else None, None) for row in range(batch)]
-    return _mosaic_figure(
+    labels = [row_label(class_names[row] if class_names else None, None) for row in range(batch)]
+    return mosaic_figure(
         cells, "Attention rollout by input size (each map scaled to its range)", titles, labels
     )
 
