@@ -52,6 +52,33 @@ def fake_fashion_mnist(tmp_path_factory) -> Path:
     return folder
 
 
+def every_callback_small(tmp_path: Path) -> Path:
+    """A config of every attention callback on few test images (``--config`` after
+    ``configs/smoke.yaml``, whose callbacks it replaces): for tests of what runs, not of
+    how much."""
+    from lit_vit.callbacks.sanity_checks import MIN_IMAGES
+
+    path = tmp_path / "every_callback_small.yaml"
+    path.write_text(
+        "trainer:\n  callbacks:\n"
+        + "".join(
+            f"    - class_path: lit_vit.callbacks.{name}\n      init_args: {{{options}}}\n"
+            for name, options in (
+                ("AttentionProbe", "size: 4"),
+                ("AttentionMaps", ""),
+                ("AttentionRollout", ""),
+                ("HeadDiversity", ""),
+                ("LayerRepresentations", ""),
+                ("FocusCoverage", "test_images: 8"),
+                ("Faithfulness", "test_images: 8, steps: 4"),
+                ("ResolutionSweep", "images: 8"),
+                ("SanityChecks", f"images: {MIN_IMAGES}"),
+            )
+        )
+    )
+    return path
+
+
 def tiny_run_args(tmp_path: Path, system_dir: Path, *extra: str) -> list[str]:
     """CLI arguments for a 2-layer, 32-wide ViT on the small files, a few batches."""
     return [

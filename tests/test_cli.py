@@ -13,7 +13,7 @@ from lit_vit import __version__
 from lit_vit.cli import main
 from lit_vit.data import CLASS_NAMES
 from lit_vit.model import LitViT
-from tests.conftest import read_events, run_dirs, tiny_run_args
+from tests.conftest import every_callback_small, read_events, run_dirs, tiny_run_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,10 @@ def test_fit_keeps_best_and_last_checkpoints_and_logs(fitted, capsys):
 def test_test_and_predict_from_the_checkpoint(fitted, fake_fashion_mnist, caplog):
     tmp_path, run_dir = fitted
     args = tiny_run_args(
-        tmp_path, fake_fashion_mnist, f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+        tmp_path,
+        fake_fashion_mnist,
+        f"--config={every_callback_small(tmp_path)}",
+        f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
     )
     main(["test", *args])
     caplog.set_level("INFO")
@@ -207,7 +210,8 @@ def test_best_and_last_resolve_to_the_latest_run_with_them(
 ):
     tmp_path, run_dir = fitted
     caplog.set_level("INFO")
-    main(["test", *tiny_run_args(tmp_path, fake_fashion_mnist, "--ckpt_path=best")])
+    small = f"--config={every_callback_small(tmp_path)}"
+    main(["test", *tiny_run_args(tmp_path, fake_fashion_mnist, small, "--ckpt_path=best")])
     results = capsys.readouterr().out
     assert "test/acc" in results and "test_attention" not in results, "the result, not buried"
     assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
