@@ -202,6 +202,50 @@ def check_probe_size(
         )
 
 
+class ProbeSelection:
+    """The probe of each split, selected once; the validation probe's checkpoint state is
+    its dataset positions and a fingerprint of its pixels, never the images.
+
+    Args:
+        size: Number of probe images.
+        seed: Seed of the selection.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed = size, seed
+        self._probes: dict[str, Probe] = {}
+        self._restored: dict | None = None  # a checkpoint's state, until the probe is drawn
+
+    def get(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> Probe:
+        """The probe of ``"val"`` (also used at fit end) or ``"test"``."""
+        split = "test" if stage == "test" else "val"
+        if split not in self._probes:
+            restored = self._restored if split == "val" else None
+            self._probes[split] = select_probe(
+                trainer, pl_module, split, self.size, self.seed, restored
+            )
+        return self._probes[split]
+
+    def forget(self) -> None:
+        """Select anew (another trainer, maybe other data)."""
+        self._probes = {}
+
+    def state_dict(self) -> dict:
+        probe = self._probes.get("val")
+        if probe is None:
+            return dict(self._restored or {})
+        return {
+            "size": self.size,
+            "seed": self.seed,
+            "indices": probe.indices.tolist(),
+            "fingerprint": probe.fingerprint,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restored = dict(state_dict) if state_dict else None
+        self._probes.pop("val", None)
+
+
 def select_probe(
     trainer: Trainer,
     pl_module: LightningModule,

@@ -9,18 +9,23 @@ consumers do not import each other's classes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
-from lit_vit.attention import AttentionRecording, QueryAttention
+from lit_vit.attention import AttentionRecorder, AttentionRecording, QueryAttention
+from lit_vit.attention.reduced import HEAD_FUSIONS
 from lit_vit.callbacks._data import Probe
 from lit_vit.callbacks.outputs import ProbeRun
 from lit_vit.callbacks.report import ReportSection
+
+# Gradient targets an analysis callback may ask for, in the order they are recorded.
+GRADIENT_TARGETS = ("predicted", "true")
 
 
 @dataclass
@@ -50,6 +55,49 @@ class ProbeAnalysis:
     record: Callable[[], AttentionRecording] = field(repr=False)
     reduced: bool = False
     _gradient_index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def prepare(
+        cls,
+        recorder: AttentionRecorder,
+        probe: Probe,
+        run: ProbeRun,
+        consumers: Sequence[ProbeConsumer],
+        *,
+        device: torch.device,
+        full_attention: bool,
+        figure_rows: int,
+        reduced: bool,
+    ) -> ProbeAnalysis:
+        """The run's analysis of ``probe``, whose capture (on ``device``) records the
+        gradients, head fusions and block outputs the run's ``consumers`` declare."""
+        wanted = {target for consumer in consumers for target in consumer.gradients}
+        targets = [target for target in GRADIENT_TARGETS if target in wanted]
+        fusions = {"mean"}.union(*(consumer.head_fusions for consumer in consumers))
+
+        def record() -> AttentionRecording:
+            labels = probe.labels.to(device)
+            return recorder.record(
+                probe.images.to(device),
+                grad_targets=[None if target == "predicted" else labels for target in targets],
+                full=full_attention,
+                head_fusions=[fusion for fusion in HEAD_FUSIONS if fusion in fusions],
+                hidden_states=any(consumer.hidden_states for consumer in consumers),
+            )
+
+        return cls(
+            probe=probe,
+            run=run,
+            figure_rows=min(figure_rows, len(probe.labels)),
+            record=record,
+            reduced=reduced,
+            _gradient_index={target: index for index, target in enumerate(targets)},
+        )
+
+    @property
+    def captured(self) -> bool:
+        """Whether a consumer has read :attr:`recording` (the capture ran)."""
+        return "recording" in self.__dict__  # where functools.cached_property keeps it
 
     @cached_property
     def recording(self) -> AttentionRecording:

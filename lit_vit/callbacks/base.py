@@ -24,7 +24,7 @@ from torch import Tensor
 from lit_vit.callbacks._data import class_names, predicted_class_names
 from lit_vit.callbacks.analysis import ProbeAnalysis
 from lit_vit.callbacks.outputs import ProbeRun
-from lit_vit.callbacks.probe import AttentionProbe
+from lit_vit.callbacks.probe import AttentionProbe, attach_probe
 from lit_vit.callbacks.report import ReportSection
 
 
@@ -83,7 +83,7 @@ class AttentionCallback(Callback):
     # -- Lightning hooks --------------------------------------------------------------
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.probe = AttentionProbe.attach(trainer, pl_module, stage, self)
+        self.probe = attach_probe(trainer, pl_module, stage, self)
         self.check_model(self.probe.num_layers)
 
     # -- for subclasses ---------------------------------------------------------------

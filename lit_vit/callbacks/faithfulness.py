@@ -169,15 +169,7 @@ class Faithfulness(HistoryCallback):
             method: (float(deletion.mean()), float(insertion.mean()))
             for method, (deletion, insertion) in _aucs(results).items()
         }
-        self.log_scalars(
-            pl_module,
-            analysis.run,
-            {
-                f"faithfulness/{kind}_{method.replace(' ', '_')}": pair[index]
-                for method, pair in means.items()
-                for index, kind in enumerate(("deletion", "insertion"))
-            },
-        )
+        self.log_scalars(pl_module, analysis.run, _auc_scalars(means))
         path = self.log_figure(
             trainer, analysis.run, "faithfulness", faithfulness_figure(*_curves(results))
         )
@@ -193,7 +185,8 @@ class Faithfulness(HistoryCallback):
             self.log_scalars(pl_module, analysis.run, _metric_means(per_image))
             count = len(results["rollout"].deletion)
             _, relevance = self._probe_relevance(trainer, pl_module, analysis)
-            self.report_section = self._section(per_image, count, path, evolution, relevance)
+            body = _report_body(per_image, count, self.steps, path, evolution, relevance)
+            self.report_section = ReportSection(self.title("Faithfulness"), self.report_order, body)
 
     def _score_probe(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
@@ -293,41 +286,41 @@ class Faithfulness(HistoryCallback):
                 values = self.history[kind].setdefault(method, [math.nan] * analysed)
                 values.append(pair[index])
 
-    def _section(
-        self,
-        per_image: dict[str, dict[str, Tensor]],
-        count: int,
-        figure: str,
-        evolution: str | None,
-        relevance: str,
-    ) -> ReportSection:
-        maps = list(next(iter(per_image.values())))
-        rows = [
-            (name, *(float(per_image[metric][name].mean()) for metric in per_image))
-            for name in maps
+
+def _report_body(
+    per_image: dict[str, dict[str, Tensor]],
+    count: int,
+    steps: int,
+    figure: str,
+    evolution: str | None,
+    relevance: str,
+) -> str:
+    """The report section's Markdown: what each metric does, the means of every map on
+    ``count`` images, and the figures (curves, CP-LRP relevance, evolution when trained)."""
+    maps = list(next(iter(per_image.values())))
+    rows = [
+        (name, *(float(per_image[metric][name].mean()) for metric in per_image)) for name in maps
+    ]
+    return "\n\n".join(
+        [
+            *_metric_definitions(count, steps),
+            "Means over the images (intervals and verdicts: *Which explainer can I trust here?*):",
+            markdown_table(["map", *per_image], rows),
+            f"![deletion and insertion curves (background)]({figure})",
+            "CP-LRP's signed relevance on the probe images, for the predicted class (red: "
+            "evidence for it, blue: against; each panel on its own symmetric scale):",
+            f"![CP-LRP relevance]({relevance})",
+            *(
+                [
+                    "The probe's AUCs at each analysed epoch of training "
+                    "(from the checkpoint's history):",
+                    f"![faithfulness over the epochs]({evolution})",
+                ]
+                if evolution
+                else []
+            ),
         ]
-        body = "\n\n".join(
-            [
-                *_metric_definitions(count, self.steps),
-                "Means over the images (intervals and verdicts: *Which explainer can I trust "
-                "here?*):",
-                markdown_table(["map", *per_image], rows),
-                f"![deletion and insertion curves (background)]({figure})",
-                "CP-LRP's signed relevance on the probe images, for the predicted class (red: "
-                "evidence for it, blue: against; each panel on its own symmetric scale):",
-                f"![CP-LRP relevance]({relevance})",
-                *(
-                    [
-                        "The probe's AUCs at each analysed epoch of training "
-                        "(from the checkpoint's history):",
-                        f"![faithfulness over the epochs]({evolution})",
-                    ]
-                    if evolution
-                    else []
-                ),
-            ]
-        )
-        return ReportSection(self.title("Faithfulness"), self.report_order, body)
+    )
 
 
 def _evolution_figure(history: dict[str, Any]) -> Figure:
@@ -373,6 +366,15 @@ def _metric_definitions(count: int, steps: int) -> list[str]:
         "(set to the image's mean); 1 when every more salient group costs more "
         "confidence, about 0 for a random map.",
     ]
+
+
+def _auc_scalars(means: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Scalars ``faithfulness/deletion_<map>`` and ``.../insertion_<map>`` of the mean AUCs."""
+    return {
+        f"faithfulness/{kind}_{method.replace(' ', '_')}": pair[index]
+        for method, pair in means.items()
+        for index, kind in enumerate(("deletion", "insertion"))
+    }
 
 
 def _metric_means(per_image: dict[str, dict[str, Tensor]]) -> dict[str, float]:

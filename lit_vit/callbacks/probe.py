@@ -24,19 +24,15 @@ from lit_vit._private import logged_step
 from lit_vit.attention import (
     EXPLAINERS,
     AttentionRecorder,
-    AttentionRecording,
     NonFiniteAttentionError,
     TokenLayout,
 )
-from lit_vit.attention.reduced import HEAD_FUSIONS
-from lit_vit.callbacks._data import Probe, check_probe_size, select_probe
+from lit_vit.callbacks._data import Probe, ProbeSelection, check_probe_size
 from lit_vit.callbacks.analysis import ProbeAnalysis, ProbeConsumer, check_distinct_names
 from lit_vit.callbacks.explained import ExplainedBatch, ExplainedTestSet, explain_test_set
-from lit_vit.callbacks.outputs import ProbeRun, RunOutputs
+from lit_vit.callbacks.outputs import RunOutputs
 from lit_vit.callbacks.report import ProbeFacts, TrustScores, report_header, write_report
 
-# Gradient targets an analysis callback may ask for, in the order they are recorded.
-GRADIENT_TARGETS = ("predicted", "true")
 # Strategies whose parameters are sharded: a forward pass on rank zero alone would deadlock.
 SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
@@ -44,18 +40,14 @@ SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrateg
 class AttentionProbe(Callback):
     """Owns the probe: selects it, captures it once per analysed run, writes the report.
 
-    At the end of each validation run for which one of the analysis
-    callbacks (:class:`~lit_vit.callbacks.AttentionMaps` and the others) is
-    due, and once at test, it records the attention of the probe images in one
-    forward pass, with gradients only for the targets those callbacks declare,
-    and hands the result to each of them. Heavy work runs on rank zero only;
-    never during the sanity check. At the end of the test it writes
-    ``<log_dir>/attention/report.md`` from the callbacks' sections.
-
-    The validation probe is ``size`` class-balanced images of the validation
-    set, drawn with ``seed``; at test, the same draw from the test set. Its
-    state (dataset positions and a fingerprint) is checkpointed, so a resumed
-    run analyses the same images.
+    For each run its analysis callbacks declare (due validation runs, fit end,
+    test), it hands them one :class:`~lit_vit.callbacks.analysis.ProbeAnalysis`
+    whose capture (one forward pass, with gradients only for the targets they
+    declare) runs on first read; on rank zero only, never during the sanity
+    check. At the end of the test it writes ``<log_dir>/attention/report.md``.
+    The validation probe is ``size`` class-balanced validation images drawn with
+    ``seed`` (at test, the same draw from the test set); its positions and a
+    fingerprint are checkpointed, so a resumed run analyses the same images.
 
     Args:
         size: Number of probe images.
@@ -102,16 +94,7 @@ class AttentionProbe(Callback):
         full_attention: bool = False,
         explainers: list[str] | None = None,
     ) -> None:
-        for name, value in (("size", size), ("figure_rows", figure_rows)):
-            if value < 1:
-                raise ValueError(f"AttentionProbe: {name}={value} must be at least 1.")
-        unknown = [name for name in explainers or () if name not in EXPLAINERS]
-        if unknown:
-            raise ValueError(
-                f"AttentionProbe: explainers={explainers} names {unknown}; choose from "
-                f"{list(EXPLAINERS)}."
-            )
-        self.explainers = tuple(n for n in EXPLAINERS if explainers is None or n in explainers)
+        self.explainers = _checked_arguments(size, figure_rows, explainers)
         self.size = size
         self.seed = seed
         self.module = module
@@ -122,8 +105,7 @@ class AttentionProbe(Callback):
         self.outputs = RunOutputs()
         self.trust = TrustScores()
         self._setup_key: tuple[int, str] | None = None
-        self._probes: dict[str, Probe] = {}
-        self._restored: dict[str, Any] | None = None
+        self.selection = ProbeSelection(size, seed)
         self._checkpoint: dict[str, Any] = {}
         self._test_images = 0
         self._heads = 0
@@ -131,35 +113,8 @@ class AttentionProbe(Callback):
         self._warned_divergence = False
         self._explained = ExplainedTestSet()  # this test run's, shared by the consumers
 
-    # -- finding the probe ------------------------------------------------------------
-
-    @classmethod
-    def attach(
-        cls, trainer: Trainer, pl_module: LightningModule, stage: str, consumer: ProbeConsumer
-    ) -> AttentionProbe:
-        """The trainer's probe (added with defaults when it has none), set up, with
-        ``consumer`` registered.
-
-        Raises:
-            ValueError: Several probes, or ``consumer``'s name taken by another
-                callback of its kind.
-        """
-        probes = [cb for cb in trainer.callbacks if isinstance(cb, AttentionProbe)]
-        if len(probes) > 1:
-            raise ValueError(
-                f"the trainer has {len(probes)} AttentionProbe callbacks; keep one: it is "
-                "shared by every attention callback."
-            )
-        if probes:
-            probe = probes[0]
-        else:
-            probe = cls()
-            trainer.callbacks.append(probe)
-        probe.setup(trainer, pl_module, stage)
-        probe._register(consumer)
-        return probe
-
-    def _register(self, consumer: ProbeConsumer) -> None:
+    def register(self, consumer: ProbeConsumer) -> None:
+        """Add ``consumer`` (once), its name checked against the others'."""
         if consumer not in self.consumers:
             check_distinct_names([*self.consumers, consumer])
             self.consumers.append(consumer)
@@ -174,16 +129,10 @@ class AttentionProbe(Callback):
         if self._setup_key == (id(trainer), stage):
             return
         if self._setup_key is not None and self._setup_key[0] != id(trainer):
-            self._probes = {}  # another trainer, maybe other data: select the probe anew
+            self.selection.forget()  # another trainer, maybe other data: select it anew
         self._setup_key = (id(trainer), stage)
         self.consumers = []
-        strategy = type(trainer.strategy).__name__
-        if strategy in SHARDED_STRATEGIES:
-            raise ValueError(
-                f"AttentionProbe: strategy {strategy} shards the model's parameters, and the "
-                "probe's forward pass runs on rank zero only, which would deadlock. Use "
-                "strategy=ddp (or a single device) for runs with attention callbacks."
-            )
+        _refuse_sharded(trainer)
         self.recorder = AttentionRecorder(pl_module, vit_name=self.module)
         self.outputs.setup(trainer)
         check_probe_size(trainer, stage, self.size, self.num_layers, self.figure_rows)
@@ -244,19 +193,10 @@ class AttentionProbe(Callback):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        probe = self._probes.get("val")
-        if probe is None:
-            return dict(self._restored or {})
-        return {
-            "size": self.size,
-            "seed": self.seed,
-            "indices": probe.indices.tolist(),
-            "fingerprint": probe.fingerprint,
-        }
+        return self.selection.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restored = dict(state_dict) if state_dict else None
-        self._probes.pop("val", None)
+        self.selection.load_state_dict(state_dict)
 
     # -- for the analysis callbacks ---------------------------------------------------
 
@@ -271,10 +211,7 @@ class AttentionProbe(Callback):
 
     def probe(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> Probe:
         """The probe of ``"val"`` (also used at fit end) or ``"test"``, selected once."""
-        split = "test" if stage == "test" else "val"
-        if split not in self._probes:
-            self._probes[split] = self._select(trainer, pl_module, split)
-        return self._probes[split]
+        return self.selection.get(trainer, pl_module, stage)
 
     def explained_test_set(
         self, trainer: Trainer, pl_module: LightningModule, limit: int | None
@@ -312,7 +249,12 @@ class AttentionProbe(Callback):
         ]
         if not consumers or not trainer.is_global_zero:
             return
-        analysis = self._analysis(pl_module, self.outputs.run(trainer, stage), consumers)
+        analysis = ProbeAnalysis.prepare(
+            self.recorder, self.probe(trainer, pl_module, stage),
+            self.outputs.run(trainer, stage), consumers, device=pl_module.device,
+            full_attention=self.full_attention, figure_rows=self.figure_rows,
+            reduced=self.reduced,
+        )  # fmt: skip
         for consumer in consumers:
             consumer.progress(analysis.run, "analysing")
             try:
@@ -320,54 +262,16 @@ class AttentionProbe(Callback):
             except NonFiniteAttentionError as error:
                 self._warn_divergence(trainer, consumers, error)
                 return
-
-    def _analysis(
-        self, pl_module: LightningModule, run: ProbeRun, consumers: Sequence[ProbeConsumer]
-    ) -> ProbeAnalysis:
-        """The run's analysis: its probe, and a capture with the gradients, head fusions and
-        block outputs ``consumers`` declare, run when first read."""
-        probe = self.probe(pl_module.trainer, pl_module, run.stage)
-        wanted = {target for consumer in consumers for target in consumer.gradients}
-        targets = [target for target in GRADIENT_TARGETS if target in wanted]
-        fusions = {"mean"}.union(*(consumer.head_fusions for consumer in consumers))
-
-        def record() -> AttentionRecording:
-            labels = probe.labels.to(pl_module.device)
-            recording = self.recorder.record(
-                probe.images.to(pl_module.device),
-                grad_targets=[None if target == "predicted" else labels for target in targets],
-                full=self.full_attention,
-                head_fusions=[fusion for fusion in HEAD_FUSIONS if fusion in fusions],
-                hidden_states=any(consumer.hidden_states for consumer in consumers),
-            )
-            self._heads, self._layout = recording.reduced.query_rows.shape[2], recording.layout
-            return recording
-
-        return ProbeAnalysis(
-            probe=probe,
-            run=run,
-            figure_rows=min(self.figure_rows, len(probe.labels)),
-            record=record,
-            reduced=self.reduced,
-            _gradient_index={target: index for index, target in enumerate(targets)},
-        )
+        if analysis.captured:  # the report's header shows the model as the test saw it
+            self._heads = analysis.recording.reduced.query_rows.shape[2]
+            self._layout = analysis.recording.layout
 
     def _warn_divergence(
         self, trainer: Trainer, consumers: Sequence[ProbeConsumer], error: Exception
     ) -> None:
-        if self._warned_divergence:
-            return
-        self._warned_divergence = True
-        names = ", ".join(type(consumer).__name__ for consumer in consumers)
-        rank_zero_warn(
-            f"AttentionProbe: at epoch {trainer.current_epoch} {error} The loss has most likely "
-            f"diverged: lower the learning rate (--model.lr). Skipping the analysis of "
-            f"{names} while it lasts (warned once); training and checkpoints go on."
-        )
-
-    def _select(self, trainer: Trainer, pl_module: LightningModule, split: str) -> Probe:
-        restored = self._restored if split == "val" else None
-        return select_probe(trainer, pl_module, split, self.size, self.seed, restored)
+        if not self._warned_divergence:
+            self._warned_divergence = True
+            rank_zero_warn(divergence_message(trainer.current_epoch, consumers, error))
 
     def _report_header(self, trainer: Trainer, pl_module: LightningModule) -> list[str]:
         facts = ProbeFacts(
@@ -382,3 +286,68 @@ class AttentionProbe(Callback):
             explainers=self.explainers,
         )
         return report_header(trainer, pl_module, facts)
+
+
+def attach_probe(
+    trainer: Trainer, pl_module: LightningModule, stage: str, consumer: ProbeConsumer
+) -> AttentionProbe:
+    """The trainer's probe (added with defaults when it has none), set up, with ``consumer``
+    registered.
+
+    Raises:
+        ValueError: Several probes, or ``consumer``'s name taken by another
+            callback of its kind.
+    """
+    probes = [cb for cb in trainer.callbacks if isinstance(cb, AttentionProbe)]
+    if len(probes) > 1:
+        raise ValueError(
+            f"the trainer has {len(probes)} AttentionProbe callbacks; keep one: it is "
+            "shared by every attention callback."
+        )
+    if probes:
+        probe = probes[0]
+    else:
+        probe = AttentionProbe()
+        trainer.callbacks.append(probe)
+    probe.setup(trainer, pl_module, stage)
+    probe.register(consumer)
+    return probe
+
+
+def divergence_message(epoch: int, consumers: Sequence[ProbeConsumer], error: Exception) -> str:
+    """What the probe says once when a capture is not finite."""
+    names = ", ".join(type(consumer).__name__ for consumer in consumers)
+    return (
+        f"AttentionProbe: at epoch {epoch} {error} The loss has most likely diverged: lower the "
+        f"learning rate (--model.lr). Skipping the analysis of {names} while it lasts (warned "
+        "once); training and checkpoints go on."
+    )
+
+
+def _checked_arguments(
+    size: int, figure_rows: int, explainers: list[str] | None
+) -> tuple[str, ...]:
+    """The explainers to compare, in :data:`~lit_vit.attention.EXPLAINERS` order, once the
+    arguments are checked."""
+    for name, value in (("size", size), ("figure_rows", figure_rows)):
+        if value < 1:
+            raise ValueError(f"AttentionProbe: {name}={value} must be at least 1.")
+    unknown = [name for name in explainers or () if name not in EXPLAINERS]
+    if unknown:
+        raise ValueError(
+            f"AttentionProbe: explainers={explainers} names {unknown}; choose from "
+            f"{list(EXPLAINERS)}."
+        )
+    return tuple(name for name in EXPLAINERS if explainers is None or name in explainers)
+
+
+def _refuse_sharded(trainer: Trainer) -> None:
+    """The probe's forward pass runs on rank zero only: with sharded parameters it would
+    deadlock."""
+    strategy = type(trainer.strategy).__name__
+    if strategy in SHARDED_STRATEGIES:
+        raise ValueError(
+            f"AttentionProbe: strategy {strategy} shards the model's parameters, and the "
+            "probe's forward pass runs on rank zero only, which would deadlock. Use "
+            "strategy=ddp (or a single device) for runs with attention callbacks."
+        )
