@@ -103,7 +103,7 @@ PROBE_SELECTION: Key = ("once per fit", "probe selection (scan of 4,096 val imag
 OTHER: Key = ("other", "scalar logging, bookkeeping")
 # (group, piece, "module:attribute" where the callbacks look the function up when calling it)
 PIECES = (
-    (*PROBE_SELECTION, "lit_vit.callbacks.probe:select_probe"),
+    (*PROBE_SELECTION, "lit_vit.callbacks._data:select_probe"),
     (
         "capture",
         "record: forward + gradients of 2 classes",

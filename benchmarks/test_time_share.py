@@ -31,8 +31,8 @@ from collections import defaultdict
 from pathlib import Path
 from unittest import mock
 
+import lit_vit.attention.battery as battery
 import lit_vit.attention.explainers as explainers
-import lit_vit.callbacks.faithfulness as faithfulness
 import lit_vit.callbacks.probe as probe_module
 from lit_vit.callbacks import (
     AttentionMaps,
@@ -59,8 +59,8 @@ TIMED = {
     "FocusCoverage (without the shared explanation)": (FocusCoverage, "analyze"),
     "CP-LRP, wherever maps are explained (probe, sanity checks)": (explainers, "cp_lrp_map"),
     "Faithfulness (deletion / insertion, background and blurred)": (Faithfulness, "analyze"),
-    "Faithfulness: ROAD (imputation and forwards)": (faithfulness, "road"),
-    "Faithfulness: SaCo": (faithfulness, "saco"),
+    "Faithfulness: ROAD (imputation and forwards)": (battery, "road"),
+    "Faithfulness: SaCo": (battery, "saco"),
     "ResolutionSweep": (ResolutionSweep, "sweep"),
     "SanityChecks (cascading randomisation, random logit)": (SanityChecks, "check"),
 }
