@@ -110,7 +110,7 @@ class Faithfulness(HistoryCallback):
         trainer:
           callbacks:
             - class_path: lit_vit.callbacks.Faithfulness
-              init_args: {steps: 16, val_steps: 8, test_images: 256, max_batch: 512}
+              init_args: {steps: 16, val_steps: 8, test_images: 256}
     """
 
     report_order = 60
