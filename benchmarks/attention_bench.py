@@ -69,7 +69,7 @@ from lit_vit.attention import (
     rollout,
 )
 from lit_vit.attention._validate import check_attention
-from lit_vit.attention.reduced import ReducedAttention, reduce_layer
+from lit_vit.attention.reduction import reduce_attention
 from lit_vit.model import LitViT
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist.yaml"
@@ -116,7 +116,7 @@ def rollout_case(grid: int, method: str, repeats: int, out: str) -> None:
     check_s = median_time(lambda: check_attention(attention, layout), repeats, warmup=0)
     read_s = median_time(lambda: attention.sum(), repeats, warmup=0)  # one read pass
     if method == "reduced":  # what the recorder keeps of it: heads fused per layer
-        reduced = ReducedAttention.from_layers([reduce_layer(a, layout) for a in attention], layout)
+        reduced = reduce_attention(attention, layout, parts=(), validate=False)
         del attention
 
         def call() -> torch.Tensor:

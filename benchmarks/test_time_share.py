@@ -11,8 +11,8 @@ Fashion-MNIST test images as PNGs in class folders (written to a temporary
 folder; resized to the model's input size by analyze) with the options after ``--``.
 
 Runs ``lit-vit test --config configs/fashion_mnist.yaml --ckpt_path <ckpt>`` in this
-process with timers around each attention callback's test-time work (its ``analyze``,
-``SanityChecks.check``, ``ResolutionSweep.sweep``) and around the probe's one explanation
+process with timers around each attention callback's test-time work (its ``analyze``)
+and around the probe's one explanation
 of the test images shared by Faithfulness, FocusCoverage and SanityChecks (attention flow,
 gradients, input x gradient, CP-LRP, controls), and inside Faithfulness around ROAD and SaCo,
 and prints each as a share of the whole run's wall time. The
@@ -61,8 +61,8 @@ TIMED = {
     "Faithfulness (deletion / insertion, background and blurred)": (Faithfulness, "analyze"),
     "Faithfulness: ROAD (imputation and forwards)": (battery, "road"),
     "Faithfulness: SaCo": (battery, "saco"),
-    "ResolutionSweep": (ResolutionSweep, "sweep"),
-    "SanityChecks (cascading randomisation, random logit)": (SanityChecks, "check"),
+    "ResolutionSweep": (ResolutionSweep, "analyze"),
+    "SanityChecks (cascading randomisation, random logit)": (SanityChecks, "analyze"),
 }
 
 

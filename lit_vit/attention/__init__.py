@@ -27,8 +27,6 @@ from lit_vit.attention.flow import attention_flow
 from lit_vit.attention.layout import TokenLayout, find_vit
 from lit_vit.attention.lrp import conservative_backward, cp_lrp, patch_relevance
 from lit_vit.attention.metrics import (
-    AttentionDistance,
-    AttentionEntropy,
     ObjectMass,
     attention_entropy,
     coverage,
@@ -39,7 +37,13 @@ from lit_vit.attention.metrics import (
     object_mass,
     query_distribution,
 )
-from lit_vit.attention.reduced import ReducedAttention
+from lit_vit.attention.reduced import (
+    AttentionDistance,
+    AttentionEntropy,
+    QueryAttention,
+    ReducedAttention,
+)
+from lit_vit.attention.reduction import reduce_attention
 from lit_vit.attention.representations import (
     HIGH_NORM_ABSOLUTE,
     HIGH_NORM_RATIO,
@@ -61,7 +65,7 @@ from lit_vit.attention.resolution import (
     resolution_sweep,
 )
 from lit_vit.attention.road import ROAD_FRACTIONS, RoadResult, noisy_linear_imputation, road
-from lit_vit.attention.rollout import QueryAttention, cls_attention, gradient_rollout, rollout
+from lit_vit.attention.rollout import cls_attention, gradient_rollout, rollout
 from lit_vit.attention.saco import saco, saco_coefficient
 from lit_vit.attention.sanity import (
     RandomizationCurve,
@@ -153,6 +157,7 @@ __all__ = [
     "query_distribution",
     "random_logit_targets",
     "randomization_steps",
+    "reduce_attention",
     "resize_images",
     "resolution_sweep",
     "rollout",

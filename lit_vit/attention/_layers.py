@@ -10,8 +10,8 @@ from torch import Tensor
 
 from lit_vit.attention._validate import ValueChecks
 from lit_vit.attention.layout import TokenLayout
-from lit_vit.attention.reduced import LayerReduction, reduce_layer
-from lit_vit.attention.rollout import gradient_product
+from lit_vit.attention.propagation import gradient_product
+from lit_vit.attention.reduction import LayerReduction, reduce_layer
 
 
 class CapturedLayers:

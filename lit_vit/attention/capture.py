@@ -31,10 +31,9 @@ from lit_vit.attention.backends import (
 )
 from lit_vit.attention.blocks import block_modules
 from lit_vit.attention.layout import TokenLayout, _unwrap
-from lit_vit.attention.reduced import (
-    HEAD_FUSIONS,
-    ReducedAttention,
-)
+from lit_vit.attention.propagation import HEAD_FUSIONS
+from lit_vit.attention.reduced import ReducedAttention
+from lit_vit.attention.reduction import stack_layers
 
 __all__ = ["AttentionRecorder", "AttentionRecording"]
 
@@ -213,7 +212,7 @@ class AttentionRecorder:
             raise NonFiniteAttentionError("the model's logits have NaN or inf values.")
         return AttentionRecording(
             logits=None if logits is None else logits.detach(),
-            reduced=ReducedAttention.from_layers(layers.reductions, layout, products),
+            reduced=stack_layers(layers.reductions, layout, products),
             layout=layout,
             attention=torch.stack([a.detach().float() for a in layers.kept]) if full else None,
             attention_grads=grads,

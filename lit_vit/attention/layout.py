@@ -86,6 +86,11 @@ class TokenLayout:
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         return torch.stack([grid_y.reshape(-1), grid_x.reshape(-1)], dim=-1)
 
+    def patch_distances(self, device: torch.device | str | None = None) -> Tensor:
+        """``(G, G)`` float32 pixel distances between the :meth:`patch_centers`."""
+        centers = self.patch_centers(device=device).double()
+        return torch.cdist(centers[None], centers[None])[0].float()
+
     @classmethod
     def from_model(cls, vit: nn.Module, image_size: tuple[int, int]) -> TokenLayout:
         """Layout of a timm-style ViT for inputs of ``image_size`` pixels.

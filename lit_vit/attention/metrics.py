@@ -1,7 +1,11 @@
-"""Per-head, per-layer and per-image measures of ViT attention.
+"""Per-head, per-layer and per-image measures of ViT attention, and of saliency maps.
 
 Definitions, shapes and units are in ``docs/attention.md``. Every function is
 batched, runs on the input's device in float32 and never modifies its inputs.
+The attention measures take ``(L, B, H, N, N)`` attention, reduce it once with
+:func:`~lit_vit.attention.reduction.reduce_attention` (whose arguments and
+errors they share) and call the :class:`~lit_vit.attention.ReducedAttention`
+method of their name, which defines the measure.
 """
 
 from __future__ import annotations
@@ -13,15 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_vit.attention._validate import (
-    check_fraction,
-    check_layout,
-    check_saliency,
-    checked_attention,
-    renormalize,
-)
+from lit_vit.attention._validate import check_fraction, check_layout, check_saliency
 from lit_vit.attention.layout import TokenLayout
-from lit_vit.attention.rollout import cls_attention
+from lit_vit.attention.reduced import AttentionDistance, AttentionEntropy, ReducedAttention
+from lit_vit.attention.reduction import reduce_attention
 
 __all__ = [
     "AttentionDistance",
@@ -40,183 +39,41 @@ __all__ = [
 _TINY = torch.finfo(torch.float32).tiny
 
 
-def _plogp(p: Tensor, log=torch.log) -> Tensor:
-    """``p * log(p)`` with ``0 log 0 = 0``."""
-    return torch.where(p > 0, p * log(p.clamp_min(_TINY)), torch.zeros_like(p))
-
-
 def query_distribution(attention: Tensor, layout: TokenLayout, *, validate: bool = True) -> Tensor:
-    """Query distribution ``q`` of every layer, image and head over the patches.
-
-    With a class token: row 0 restricted to patch keys; without: the mean of the
-    patch query rows over patch keys. Renormalised to sum 1 (see
-    :func:`~lit_vit.attention.rollout.cls_attention` for the prefix mass).
-
-    Args:
-        attention: ``(L, B, H, N, N)`` post-softmax attention.
-        layout: token layout with ``N`` tokens.
-        validate: check the values (skip it for an already validated
-            :class:`~lit_vit.attention.AttentionRecording`); shapes are always checked.
-
-    Returns:
-        ``(L, B, H, G)`` float32, rows sum to 1.
-
-    Raises:
-        ValueError: bad attention or layout.
-    """
-    return cls_attention(attention, layout, validate=validate).maps.flatten(-2)
+    """:meth:`ReducedAttention.query_distribution
+    <lit_vit.attention.ReducedAttention.query_distribution>`: ``(L, B, H, G)``."""
+    return _query_rows(attention, layout, validate).query_distribution()
 
 
 def head_diversity(attention: Tensor, layout: TokenLayout, *, validate: bool = True) -> Tensor:
-    """Mean pairwise Jensen-Shannon divergence between the heads of each layer.
-
-    JS in bits (log base 2), so in [0, 1]: 0 when all heads attend alike, 1 for
-    heads with disjoint supports. Averaged over head pairs, then over images.
-
-    Args:
-        attention: ``(L, B, H, N, N)`` post-softmax attention.
-        layout: token layout with ``N`` tokens.
-        validate: check the values (skip it for an already validated
-            :class:`~lit_vit.attention.AttentionRecording`); shapes are always checked.
-
-    Returns:
-        ``(L,)`` float32 in [0, 1]; 0 for a single head.
-
-    Raises:
-        ValueError: bad attention or layout.
-    """
-    return diversity_of_queries(query_distribution(attention, layout, validate=validate))
-
-
-def diversity_of_queries(q: Tensor) -> Tensor:
-    """:func:`head_diversity` of the ``(L, B, H, G)`` query distributions: ``(L,)``."""
-    heads = q.shape[2]
-    if heads < 2:
-        return q.new_zeros(q.shape[0])
-    # JS(p, r) = H(m) - (H(p) + H(r)) / 2 with m = (p + r) / 2, entropies in bits
-    first, second = torch.triu_indices(heads, heads, offset=1, device=q.device)
-    own = -_plogp(q, torch.log2).sum(dim=-1)  # (L, B, H)
-    mixed = 0.5 * (q[:, :, first] + q[:, :, second])  # (L, B, pairs, G)
-    mixed_entropy = -_plogp(mixed, torch.log2).sum(dim=-1)  # (L, B, pairs)
-    pairs = mixed_entropy - 0.5 * (own[:, :, first] + own[:, :, second])
-    pairs = pairs.clamp(0.0, 1.0)
-    return pairs.mean(dim=-1).mean(dim=-1)
-
-
-class AttentionEntropy(NamedTuple):
-    """Entropy of each head's query distribution, averaged over images.
-
-    Attributes:
-        normalized: ``(L, H)`` entropy / log G, in [0, 1]; 1 is uniform.
-        effective_area: ``(L, H)`` ``exp(entropy in nats) / G``, in (0, 1]: the
-            fraction of the grid a uniform map of the same entropy would cover;
-            comparable across input resolutions.
-    """
-
-    normalized: Tensor
-    effective_area: Tensor
+    """:meth:`ReducedAttention.head_diversity <lit_vit.attention.ReducedAttention.head_diversity>`:
+    ``(L,)`` in [0, 1]."""
+    return _query_rows(attention, layout, validate).head_diversity()
 
 
 def attention_entropy(
     attention: Tensor, layout: TokenLayout, *, validate: bool = True
 ) -> AttentionEntropy:
-    """Normalised entropy and effective area of each head's query distribution.
-
-    Args:
-        attention: ``(L, B, H, N, N)`` post-softmax attention.
-        layout: token layout with ``N`` tokens.
-        validate: check the values (skip it for an already validated
-            :class:`~lit_vit.attention.AttentionRecording`); shapes are always checked.
-
-    Returns:
-        :class:`AttentionEntropy` of ``(L, H)`` tensors. With a single patch
-        (``G = 1``) both are 1.
-
-    Raises:
-        ValueError: bad attention or layout.
-    """
-    return entropy_of_queries(query_distribution(attention, layout, validate=validate))
-
-
-def entropy_of_queries(q: Tensor) -> AttentionEntropy:
-    """:func:`attention_entropy` of the ``(L, B, H, G)`` query distributions."""
-    grid = q.shape[-1]
-    nats = -_plogp(q).sum(dim=-1)  # (L, B, H)
-    normalized = (nats / math.log(grid)).clamp(0.0, 1.0) if grid > 1 else torch.ones_like(nats)
-    area = (torch.exp(nats) / grid).clamp(max=1.0)
-    return AttentionEntropy(normalized=normalized.mean(dim=1), effective_area=area.mean(dim=1))
-
-
-class AttentionDistance(NamedTuple):
-    """Mean attention distance of each head (Dosovitskiy et al. 2020, Fig. 7).
-
-    Attributes:
-        pixels: ``(L, H)`` expected distance in input pixels from a patch query
-            to the patches it attends to.
-        relative: ``(L, H)`` ``pixels`` divided by the same quantity for
-            uniform attention over the grid; 1.0 = as global as uniform.
-    """
-
-    pixels: Tensor
-    relative: Tensor
+    """:meth:`ReducedAttention.attention_entropy
+    <lit_vit.attention.ReducedAttention.attention_entropy>`: ``(L, H)`` each."""
+    return _query_rows(attention, layout, validate).attention_entropy()
 
 
 def mean_attention_distance(
     attention: Tensor, layout: TokenLayout, *, validate: bool = True
 ) -> AttentionDistance:
-    """Mean attention distance of patch queries over patch keys.
-
-    For each patch query ``i`` the patch-to-patch row is renormalised over patch
-    keys; the distance is ``sum_j a_ij * ||c_i - c_j||`` with ``c`` the patch
-    centres in pixels, averaged over queries and then images.
-
-    Args:
-        attention: ``(L, B, H, N, N)`` post-softmax attention.
-        layout: token layout with ``N`` tokens.
-        validate: check the values (skip it for an already validated
-            :class:`~lit_vit.attention.AttentionRecording`); shapes are always checked.
-
-    Returns:
-        :class:`AttentionDistance` of ``(L, H)`` tensors. With a single patch
-        ``relative`` is 1.
-
-    Raises:
-        ValueError: bad attention or layout.
-    """
-    attention = checked_attention(attention, layout, validate)
-    return distance_summary(patch_query_distances(attention, layout), layout)
+    """:meth:`ReducedAttention.mean_attention_distance
+    <lit_vit.attention.ReducedAttention.mean_attention_distance>`: ``(L, H)`` each."""
+    reduced = reduce_attention(
+        attention, layout, parts=("distances",), head_fusions=(), validate=validate
+    )
+    return reduced.mean_attention_distance()
 
 
-def patch_query_distances(attention: Tensor, layout: TokenLayout) -> Tensor:
-    """Mean attention distance in pixels of every image and head, before averaging over images.
-
-    Args:
-        attention: ``(..., H, N, N)`` float attention, e.g. ``(L, B, H, N, N)`` or one
-            layer's ``(B, H, N, N)``.
-        layout: token layout with ``N`` tokens.
-
-    Returns:
-        ``(..., H)``: ``sum_j a_ij ||c_i - c_j||`` averaged over patch queries ``i``.
-    """
-    p = layout.num_prefix_tokens
-    patch_rows = renormalize(attention[..., p:, p:])  # (..., H, G, G)
-    dist = _patch_distances(layout, attention.device)  # (G, G)
-    return torch.einsum("...ij,ij->...", patch_rows, dist) / layout.num_patches
-
-
-def distance_summary(pixels: Tensor, layout: TokenLayout) -> AttentionDistance:
-    """:class:`AttentionDistance` of the ``(L, B, H)`` per-image distances of
-    :func:`patch_query_distances`: averaged over images, relative to uniform attention."""
-    pixels = pixels.mean(dim=1)  # (L, H)
-    uniform = _patch_distances(layout, pixels.device).mean()
-    relative = pixels / uniform if float(uniform) > 0 else torch.ones_like(pixels)
-    return AttentionDistance(pixels=pixels, relative=relative)
-
-
-def _patch_distances(layout: TokenLayout, device: torch.device) -> Tensor:
-    """``(G, G)`` float32 pixel distances between patch centres."""
-    centers = layout.patch_centers(device=device).double()
-    return torch.cdist(centers[None], centers[None])[0].float()
+def _query_rows(attention: Tensor, layout: TokenLayout, validate: bool) -> ReducedAttention:
+    return reduce_attention(
+        attention, layout, parts=("query_rows",), head_fusions=(), validate=validate
+    )
 
 
 def _top_count(fraction: float, total: int) -> int:

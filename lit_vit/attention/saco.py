@@ -38,12 +38,10 @@ def saco(
 ) -> Tensor | dict[str, Tensor]:
     """SaCo of saliency maps: ``K = groups`` perturbed copies per image and map.
 
+    ``model``, ``images``, ``saliency`` and ``patch_size`` as in
+    :func:`~lit_vit.attention.road`.
+
     Args:
-        model: maps ``(n, C, H, W)`` images to ``(n, K)`` logits; run in eval mode
-            without gradients, modes restored.
-        images: ``(B, C, H, W)`` images as the model takes them.
-        saliency: ``(B, gh, gw)`` map (larger = more salient), or names -> maps.
-        patch_size: ``(ph, pw)``, an int, or a ``TokenLayout``.
         groups: Number ``K`` of patch groups, at least 2 and at most the patches.
         max_batch: Largest number of perturbed images in one forward pass.
 

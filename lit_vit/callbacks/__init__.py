@@ -4,6 +4,19 @@ One :class:`AttentionProbe` owns a fixed, class-balanced set of validation
 images and captures their attention once per analysed validation run (and
 once at test); each analysis callback receives that capture and logs its
 figures, scalars and report section.
+
+In a LightningCLI config every callback is a ``class_path`` under
+``trainer.callbacks`` with its constructor's arguments as ``init_args``;
+``configs/fashion_mnist.yaml`` lists them all:
+
+.. code-block:: yaml
+
+    trainer:
+      callbacks:
+        - class_path: lit_vit.callbacks.AttentionProbe
+          init_args: {size: 16, seed: 0}
+        - class_path: lit_vit.callbacks.AttentionRollout
+          init_args: {head_fusion: max, discard_ratio: 0.9, name: rollout_max}
 """
 
 from lit_vit.callbacks.analysis import ProbeAnalysis

@@ -19,7 +19,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from lit_vit.attention import AttentionRecorder, AttentionRecording, QueryAttention
-from lit_vit.attention.reduced import HEAD_FUSIONS
+from lit_vit.attention.propagation import HEAD_FUSIONS
 from lit_vit.callbacks._data import Probe
 from lit_vit.callbacks.outputs import ProbeRun
 from lit_vit.callbacks.report import ReportSection
@@ -157,6 +157,7 @@ class ProbeConsumer(Protocol):
 
     name: str | None
     stages: frozenset[str]
+    on_reduced_runs: bool
     hidden_states: bool
     report_section: ReportSection | None
 

@@ -38,13 +38,6 @@ class AttentionMaps(AttentionCallback):
     Example::
 
         Trainer(callbacks=[AttentionMaps(head_layers=[0, -1])])
-
-    .. code-block:: yaml
-
-        trainer:
-          callbacks:
-            - class_path: lit_vit.callbacks.AttentionMaps
-              init_args: {head_layers: [0, 11]}
     """
 
     report_order = 10

@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_vit.attention import resize_images
-from lit_vit.attention.reduced import HEAD_FUSIONS
+from lit_vit.attention.propagation import HEAD_FUSIONS
 from lit_vit.callbacks._data import predicted_class_names
 from lit_vit.callbacks.analysis import ProbeAnalysis
 from lit_vit.callbacks.base import HistoryCallback, ReportSection
@@ -66,15 +66,6 @@ class AttentionRollout(HistoryCallback):
                 AttentionRollout(head_fusion="max", discard_ratio=0.9, name="rollout_max"),
             ]
         )
-
-    .. code-block:: yaml
-
-        trainer:
-          callbacks:
-            - class_path: lit_vit.callbacks.AttentionRollout
-              init_args: {head_fusion: mean, discard_ratio: 0.0}
-            - class_path: lit_vit.callbacks.AttentionRollout
-              init_args: {head_fusion: max, discard_ratio: 0.9, name: rollout_max}
     """
 
     report_order = 40

@@ -45,6 +45,8 @@ class AttentionCallback(Callback):
     report_order: ClassVar[int] = 100
     # The runs the probe hands this callback: "val" (due validation runs), "fit_end", "test".
     stages: frozenset[str] = frozenset({"val", "test"})
+    # Analyse fast_dev_run's reduced runs too (off where a few batches prove nothing).
+    on_reduced_runs: ClassVar[bool] = True
     hidden_states: ClassVar[bool] = False  # reads every block's output from the capture
 
     def __init__(self, every_n_epochs: int = 1, name: str | None = None) -> None:

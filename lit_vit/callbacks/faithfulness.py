@@ -104,13 +104,6 @@ class Faithfulness(HistoryCallback):
     Example::
 
         Trainer(callbacks=[Faithfulness(steps=16, val_steps=8, test_images=256)])
-
-    .. code-block:: yaml
-
-        trainer:
-          callbacks:
-            - class_path: lit_vit.callbacks.Faithfulness
-              init_args: {steps: 16, val_steps: 8, test_images: 256}
     """
 
     report_order = 60

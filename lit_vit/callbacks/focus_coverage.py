@@ -105,13 +105,6 @@ class FocusCoverage(AttentionCallback):
     Example::
 
         Trainer(callbacks=[FocusCoverage(k=0.1, m=0.5, test_images=None)])
-
-    .. code-block:: yaml
-
-        trainer:
-          callbacks:
-            - class_path: lit_vit.callbacks.FocusCoverage
-              init_args: {k: 0.1, m: 0.5, test_images: 1000}
     """
 
     report_order = 50

@@ -60,12 +60,6 @@ class HeadDiversity(HistoryCallback):
     Example::
 
         Trainer(callbacks=[HeadDiversity(every_n_epochs=5)])
-
-    .. code-block:: yaml
-
-        trainer:
-          callbacks:
-            - class_path: lit_vit.callbacks.HeadDiversity
     """
 
     report_order = 20

@@ -75,14 +75,6 @@ class AttentionProbe(Callback):
     Example::
 
         Trainer(callbacks=[AttentionProbe(size=16), AttentionMaps(), AttentionRollout()])
-
-    .. code-block:: yaml
-
-        trainer:
-          callbacks:
-            - class_path: lit_vit.callbacks.AttentionProbe
-              init_args: {size: 16, seed: 0}
-            - class_path: lit_vit.callbacks.AttentionMaps
     """
 
     def __init__(
@@ -245,7 +237,9 @@ class AttentionProbe(Callback):
         consumers = [
             consumer
             for consumer in self.consumers
-            if stage in consumer.stages and (stage != "val" or consumer.due(trainer))
+            if stage in consumer.stages
+            and (stage != "val" or consumer.due(trainer))
+            and (consumer.on_reduced_runs or not self.reduced)
         ]
         if not consumers or not trainer.is_global_zero:
             return

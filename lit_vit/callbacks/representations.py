@@ -100,13 +100,6 @@ class LayerRepresentations(HistoryCallback):
     Example::
 
         Trainer(callbacks=[AttentionProbe(), LayerRepresentations()])
-
-    .. code-block:: yaml
-
-        trainer:
-          callbacks:
-            - class_path: lit_vit.callbacks.LayerRepresentations
-              init_args: {collapse_fraction: 0.1}
     """
 
     report_order = 25

@@ -11,7 +11,6 @@ from lit_vit.attention import ResolutionResult, check_size, resize_images, resol
 from lit_vit.callbacks._data import class_names, iterate_batches
 from lit_vit.callbacks.analysis import ProbeAnalysis
 from lit_vit.callbacks.base import AttentionCallback, ReportSection
-from lit_vit.callbacks.outputs import ProbeRun
 from lit_vit.callbacks.report import markdown_table
 from lit_vit.plotting import resolution_figure
 
@@ -92,17 +91,11 @@ class ResolutionSweep(AttentionCallback):
     Example::
 
         Trainer(callbacks=[ResolutionSweep(sizes=[20, 28, 36, 56], images=1024)])
-
-    .. code-block:: yaml
-
-        trainer:
-          callbacks:
-            - class_path: lit_vit.callbacks.ResolutionSweep
-              init_args: {sizes: [20, 28, 36, 56], images: 1024}
     """
 
     report_order = 30
     stages = frozenset({"fit_end", "test"})
+    on_reduced_runs = False  # fast_dev_run: skipped
 
     def __init__(
         self,
@@ -152,11 +145,8 @@ class ResolutionSweep(AttentionCallback):
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None:
-        if not analysis.reduced:  # fast_dev_run: skipped
-            self.sweep(trainer, pl_module, analysis.run)
-
-    def sweep(self, trainer: Trainer, pl_module: LightningModule, run: ProbeRun) -> None:
-        """Evaluate every size on the images of ``run``'s stage; log, and at test report."""
+        """Evaluate every size on the images of the run's stage; log, and at test report."""
+        run = analysis.run
         split = "test" if run.stage == "test" else "val"
         self.progress(run, f"{len(self._pairs)} input sizes on up to {self.images:,} test images")
         batches = list(iterate_batches(trainer, pl_module, split, self.images))

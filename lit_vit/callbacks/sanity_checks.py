@@ -89,16 +89,10 @@ class SanityChecks(AttentionCallback):
     Example::
 
         Trainer(callbacks=[AttentionProbe(), SanityChecks(threshold=0.5, images=32)])
-
-    .. code-block:: yaml
-
-        trainer:
-          callbacks:
-            - class_path: lit_vit.callbacks.SanityChecks
-              init_args: {threshold: 0.5, images: 32}
     """
 
     report_order = 70
+    on_reduced_runs = False  # fast_dev_run: skipped
 
     def __init__(
         self,
@@ -131,12 +125,9 @@ class SanityChecks(AttentionCallback):
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
     ) -> None:
-        if not analysis.reduced:  # fast_dev_run: skipped
-            self.check(trainer, pl_module, analysis.run)
-
-    def check(self, trainer: Trainer, pl_module: LightningModule, run: ProbeRun) -> None:
-        """Both checks on ``run``'s images (test: the first ``images`` test images; fit end:
+        """Both checks on the run's images (test: the first ``images`` test images; fit end:
         the validation probe); at test, the report's section and trust-table columns too."""
+        run = analysis.run
         images = self._images(trainer, pl_module, run.stage)
         recorder = self.probe.recorder
         logits = recorder.record(images, full=False).logits

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -36,6 +38,31 @@ def set_margins(
         top=1 - top / height,
         wspace=wspace / panel if columns > 1 else None,
     )
+
+
+def finish_axes(
+    ax: Axes, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None
+) -> None:
+    """Label ``ax`` as every chart does: axis labels at ``FONT + 1``, the title at
+    ``TITLE_FONT``, tick labels at ``FONT``, no top or right spine."""
+    if xlabel is not None:
+        ax.set_xlabel(xlabel, fontsize=FONT + 1)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel, fontsize=FONT + 1)
+    if title is not None:
+        ax.set_title(title, fontsize=TITLE_FONT)
+    ax.tick_params(labelsize=FONT)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def set_value_limits(ax: Axes, values: Sequence[float], below: float, above: float) -> None:
+    """Y limits for bars of ``values`` with their labels: from ``min(values, 0)`` (less
+    ``below`` of the span when negative) to ``max(values, 0)`` plus ``above`` of the span."""
+    finite = [value for value in values if math.isfinite(value)]
+    high = max([*finite, 0.0]) if finite else 1.0
+    low = min([*finite, 0.0])
+    span = (high - low) or 1.0
+    ax.set_ylim(low - (below * span if low < 0 else 0.0), high + above * span)
 
 
 def as_cpu(x: Tensor | Sequence[float], name: str) -> Tensor:

@@ -17,7 +17,9 @@ from lit_vit.plotting._style import (
     as_cpu,
     category_colors,
     check_dim,
+    finish_axes,
     set_margins,
+    set_value_limits,
 )
 
 
@@ -37,19 +39,9 @@ def layer_bar_figure(values: Tensor, title: str, ylabel: str) -> Figure:
     set_margins(fig, left=0.6, right=0.15, bottom=0.45, top=0.3)
     bars = ax.bar(range(layers), values.numpy(), color="#5b3a8c", width=0.7)
     ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2, rotation=90 if layers > 12 else 0)
-    finite = values[torch.isfinite(values)]
-    high = max(float(finite.max()), 0.0) if finite.numel() else 1.0
-    low = min(float(finite.min()), 0.0) if finite.numel() else 0.0
-    span = (high - low) or 1.0
-    ax.set_ylim(
-        low - (0.15 * span if low < 0 else 0.0), high + (0.3 if layers > 12 else 0.15) * span
-    )
+    set_value_limits(ax, values.tolist(), below=0.15, above=0.3 if layers > 12 else 0.15)
     ax.set_xticks(range(layers))
-    ax.set_xlabel("layer", fontsize=FONT + 1)
-    ax.set_ylabel(ylabel, fontsize=FONT + 1)
-    ax.set_title(title, fontsize=TITLE_FONT)
-    ax.tick_params(labelsize=FONT)
-    ax.spines[["top", "right"]].set_visible(False)
+    finish_axes(ax, title, xlabel="layer", ylabel=ylabel)
     return fig
 
 
@@ -98,12 +90,9 @@ def distance_scatter_figure(
     ax.set_ylim(0, 1.08 * top if top > 0 else 1.0)
     ax.set_xlim(-0.6, layers - 0.4)
     ax.set_xticks(range(layers))
-    ax.set_xlabel("layer (network depth)", fontsize=FONT + 1)
-    ax.set_ylabel(ylabel, fontsize=FONT + 1)
     quantity = re.sub(r"\s*\([^)]*\)\s*$", "", ylabel) or "distance"
-    ax.set_title(quantity[0].upper() + quantity[1:] + " per head", fontsize=TITLE_FONT)
-    ax.tick_params(labelsize=FONT)
-    ax.spines[["top", "right"]].set_visible(False)
+    title = quantity[0].upper() + quantity[1:] + " per head"
+    finish_axes(ax, title, xlabel="layer (network depth)", ylabel=ylabel)
     ax.legend(
         fontsize=7,
         loc="upper left",

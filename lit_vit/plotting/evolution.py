@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from torch import Tensor
 
-from lit_vit.plotting._style import DPI, FONT, MAP_CMAP, TITLE_FONT, as_cpu, check_dim
+from lit_vit.plotting._style import DPI, FONT, MAP_CMAP, TITLE_FONT, as_cpu, check_dim, finish_axes
 
 # A heatmap with at most this many cells prints its values in them.
 MAX_ANNOTATED_CELLS = 60
@@ -122,11 +122,7 @@ def evolution_curves_figure(
             raise ValueError(f"{name} has {values.shape[0]} rows, rows names {len(rows)}")
         for line, row, color in zip(values.numpy(), rows, colors, strict=True):
             ax.plot(epochs, line, marker="o", markersize=3, lw=1.4, color=color, label=row)
-        ax.set_xlabel("epoch", fontsize=FONT + 1)
-        ax.set_ylabel(ylabels.get(name, name), fontsize=FONT + 1)
-        ax.set_title(name, fontsize=TITLE_FONT)
-        ax.tick_params(labelsize=FONT)
-        ax.spines[["top", "right"]].set_visible(False)
+        finish_axes(ax, name, xlabel="epoch", ylabel=ylabels.get(name, name))
         ax.ticklabel_format(axis="y", useOffset=False)
     axes[-1].legend(
         fontsize=FONT, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0

@@ -10,7 +10,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
-from lit_vit.plotting._style import DPI, FONT, MAP_CMAP, TITLE_FONT, as_cpu, check_dim, set_margins
+from lit_vit.plotting._style import (
+    DPI,
+    FONT,
+    MAP_CMAP,
+    TITLE_FONT,
+    as_cpu,
+    check_dim,
+    finish_axes,
+    set_margins,
+)
 from lit_vit.plotting.evolution import MAX_ANNOTATED_CELLS, _print_values
 
 
@@ -77,10 +86,7 @@ def layer_curves_figure(
         if references and panel in references:
             ax.axhline(references[panel], color="0.5", linestyle="--", linewidth=0.8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("layer", fontsize=FONT + 1)
-        ax.set_ylabel(panel, fontsize=FONT + 1)
-        ax.tick_params(labelsize=FONT)
-        ax.spines[["top", "right"]].set_visible(False)
+        finish_axes(ax, xlabel="layer", ylabel=panel)
         ax.legend(fontsize=FONT, frameon=False, loc="upper left", bbox_to_anchor=(-0.15, -0.22),
                   ncols=2)  # fmt: skip
     fig.suptitle(title, fontsize=TITLE_FONT)

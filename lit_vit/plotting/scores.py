@@ -19,7 +19,9 @@ from lit_vit.plotting._style import (
     as_cpu,
     category_colors,
     check_dim,
+    finish_axes,
     set_margins,
+    set_value_limits,
 )
 
 # Above this many classes, per-class charts show only the classes with images.
@@ -82,12 +84,9 @@ def faithfulness_figure(fractions: Tensor, curves: Mapping[str, Tensor]) -> Figu
             else:
                 style = {"color": palette[methods.index(method)], "ls": "-"}
             ax.plot(x, mean.numpy(), lw=1.5, label=f"{method} (AUC {auc:.3f})", **style)
-        ax.set_title(f"{kind} ({hint[kind]})", fontsize=TITLE_FONT)
-        ax.set_xlabel("fraction of patches", fontsize=FONT + 1)
         ax.set_xlim(float(x.min()), float(x.max()))
         ax.set_ylim(0, 1.02)
-        ax.tick_params(labelsize=FONT)
-        ax.spines[["top", "right"]].set_visible(False)
+        finish_axes(ax, f"{kind} ({hint[kind]})", xlabel="fraction of patches")
         ax.legend(fontsize=7, frameon=False, loc="best")
     axes[0].set_ylabel("probability of predicted class", fontsize=FONT + 1)
     batch = next(iter(panels.values()))[0][1].shape[0]
@@ -191,19 +190,12 @@ def metric_by_class_figure(
             float(values[valid].mean()), color="0.4", ls="--", lw=1, label="mean of all images"
         )
         ax.legend(fontsize=7, frameon=False, loc="lower right")
-    finite = [means[c] for c in present]
-    high = max(finite + [0.0])
-    low = min(finite + [0.0])
-    span = (high - low) or 1.0
-    ax.set_ylim(low - (0.1 * span if low < 0 else 0.0), high + 0.25 * span)
+    set_value_limits(ax, [means[c] for c in present], below=0.1, above=0.25)
     ax.set_xticks(range(classes))
     ax.set_xticklabels(
         names, rotation=35 if long_names else 0, ha="right" if long_names else "center"
     )
-    ax.set_ylabel(ylabel, fontsize=FONT + 1)
-    ax.set_title(title, fontsize=TITLE_FONT)
-    ax.tick_params(labelsize=FONT)
-    ax.spines[["top", "right"]].set_visible(False)
+    finish_axes(ax, title, ylabel=ylabel)
     return fig
 
 
@@ -250,9 +242,7 @@ def per_image_metrics_figure(
         ax.axvline(reference, color="0.4", ls="--", lw=1)
         high = max([reference, *(value for value in shown)])
         ax.set_xlim(0, 1.25 * high if high > 0 else 1.0)
-        ax.set_title(title, fontsize=10)
-        ax.tick_params(labelsize=8)
-        ax.spines[["top", "right"]].set_visible(False)
+        finish_axes(ax, title)
     axes[0].set_yticks(rows)
     axes[0].set_yticklabels(labels)
     axes[0].invert_yaxis()
@@ -290,10 +280,11 @@ def randomization_figure(
     ax.set_xticks(steps)
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=FONT)
     ax.set_ylim(lowest, 1.05)  # Spearman is at most 1; a strong anti-correlation stays in view
-    ax.set_xlabel("randomised cumulatively, from the top", fontsize=FONT + 1)
-    ax.set_ylabel("Spearman with the trained map", fontsize=FONT + 1)
-    ax.set_title("Cascading model-parameter randomisation", fontsize=TITLE_FONT)
-    ax.tick_params(labelsize=FONT)
+    finish_axes(
+        ax,
+        "Cascading model-parameter randomisation",
+        xlabel="randomised cumulatively, from the top",
+        ylabel="Spearman with the trained map",
+    )
     ax.legend(fontsize=FONT, frameon=False, loc="best")
-    ax.spines[["top", "right"]].set_visible(False)
     return fig

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lit_vit.attention import TokenLayout, attention_flow, rollout
-from lit_vit.attention.rollout import mixed_attention
+from lit_vit.attention.propagation import fuse_heads, mixed_attention
 
 
 def max_flow(capacity: np.ndarray, source: int, sink: int) -> float:
@@ -50,7 +50,8 @@ def reference_flow(attention: torch.Tensor, layout: TokenLayout, **rollout_args)
         nodes = (levels + 1) * n + 1
         capacity = np.zeros((nodes, nodes))
         for k in range(levels):
-            mixed = mixed_attention(attention[start + k, image : image + 1], layout, fusion, ratio)
+            fused = fuse_heads(attention[start + k, image : image + 1], fusion)
+            mixed = mixed_attention(fused, layout, ratio)
             for i in range(n):
                 for j in range(n):
                     capacity[k * n + j, (k + 1) * n + i] = float(mixed[0, i, j])

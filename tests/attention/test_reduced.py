@@ -13,9 +13,10 @@ from lit_vit.attention import (
     gradient_rollout,
     head_diversity,
     mean_attention_distance,
+    reduce_attention,
     rollout,
 )
-from lit_vit.attention.reduced import HEAD_FUSIONS
+from lit_vit.attention.propagation import HEAD_FUSIONS
 
 HEADS, LAYERS = 3, 3
 
@@ -107,3 +108,53 @@ def test_reduced_values_are_validated_layer_by_layer_with_the_layer_named(make_v
     broken.attn_drop.register_forward_hook(lambda _m, _i, out: out * float("nan"))
     with pytest.raises(ValueError, match=r"NaN or inf values in layer\(s\) \[1, 2\]"):
         AttentionRecorder(model).record(torch.randn(2, 1, 28, 28), full=False)
+
+
+def test_a_full_tensor_reduced_in_one_image_chunks_equals_the_recorders_reduction(
+    make_vit, monkeypatch
+):
+    """``reduce_attention`` walks the tensor in chunks of one image per layer and joins them;
+    every part equals what the recorder reduced layer by layer."""
+    from lit_vit.attention import _validate
+
+    model = make_vit(depth=LAYERS, num_heads=HEADS, embed_dim=24).eval()
+    images = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    full, recorded = record_both(model, images, [None])
+    monkeypatch.setattr(_validate, "CHUNK_BYTES", 1)
+    reduced = reduce_attention(
+        full.attention,
+        full.layout,
+        head_fusions=HEAD_FUSIONS,
+        gradients=full.attention_grads,
+        validate=False,
+    )
+    for part in ("query_rows", "distances", "key_mass"):
+        torch.testing.assert_close(getattr(reduced, part), getattr(recorded.reduced, part))
+    for fusion in HEAD_FUSIONS:
+        torch.testing.assert_close(reduced.fused[fusion], recorded.reduced.fused[fusion])
+        torch.testing.assert_close(
+            reduced.fused_row_sums[fusion], recorded.reduced.fused_row_sums[fusion]
+        )
+    torch.testing.assert_close(
+        reduced.gradient_products[0], recorded.reduced.gradient_products[0], atol=1e-7, rtol=1e-5
+    )
+
+
+def test_a_reduction_keeps_only_the_parts_asked_for_and_names_a_missing_one(random_attention):
+    from lit_vit.attention import TokenLayout
+
+    layout = TokenLayout(
+        num_prefix_tokens=1, has_class_token=True, grid_size=(2, 3), patch_size=(4, 4)
+    )
+    attention = random_attention(layout, layers=2, batch=2, heads=2)
+    reduced = reduce_attention(attention, layout, parts=("distances",), head_fusions=())
+    assert reduced.query_rows is None and reduced.key_mass is None and not reduced.fused
+    assert reduced.nbytes == reduced.distances.nbytes == 2 * 2 * 2 * 4
+    with pytest.raises(ValueError, match=r"query_rows was not kept; .*parts including"):
+        reduced.head_diversity()
+    with pytest.raises(ValueError, match=r"parts \['rows'\] are unknown; choose from"):
+        reduce_attention(attention, layout, parts=("rows",))
+    with pytest.raises(ValueError, match=r"head_fusion must be one of .*'median'"):
+        reduce_attention(attention, layout, head_fusions=("median",))
+    with pytest.raises(ValueError, match=r"attention_grad has shape \(1, 2, 2, 7, 7\)"):
+        reduce_attention(attention, layout, gradients=(attention[:1],))
