@@ -48,6 +48,14 @@ def compiled_original(module: Any) -> Any:
     return getattr(module, "_orig_mod", None)
 
 
+def unwrap_compiled(module: Any) -> Any:
+    """The eager module behind any number of ``torch.compile`` wrappers (``module`` itself
+    when it is none)."""
+    while hasattr(compiled_original(module), "forward"):
+        module = compiled_original(module)
+    return module
+
+
 def attention_implementation(config: Any) -> str:
     """A Hugging Face model's attention implementation (``config._attn_implementation``; the
     public setter has no getter)."""

@@ -57,6 +57,8 @@ def test_the_module_behind_torch_compile():
     model = nn.Linear(2, 2)
     assert _private.compiled_original(torch.compile(model)) is model
     assert _private.compiled_original(model) is None
+    assert _private.unwrap_compiled(torch.compile(model)) is model
+    assert _private.unwrap_compiled(model) is model
 
 
 def test_a_hugging_face_models_attention_implementation():

@@ -5,7 +5,7 @@ then compute rollout and the measures defined in ``docs/attention.md``.
 """
 
 from lit_vit.attention._validate import NonFiniteAttentionError
-from lit_vit.attention.backends import Readout
+from lit_vit.attention.backends import Readout, find_vit
 from lit_vit.attention.battery import SACO_GROUPS, Battery, faithfulness_battery
 from lit_vit.attention.blocks import block_modules
 from lit_vit.attention.capture import AttentionRecorder, AttentionRecording
@@ -24,7 +24,7 @@ from lit_vit.attention.faithfulness import (
     gaussian_blur,
 )
 from lit_vit.attention.flow import attention_flow
-from lit_vit.attention.layout import TokenLayout, find_vit
+from lit_vit.attention.layout import TokenLayout
 from lit_vit.attention.lrp import conservative_backward, cp_lrp, patch_relevance
 from lit_vit.attention.metrics import (
     ObjectMass,

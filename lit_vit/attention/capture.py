@@ -12,14 +12,13 @@ implementations and train/eval modes are restored afterwards, whatever happens.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from lit_vit._private import unwrap_compiled
 from lit_vit.attention._layers import CapturedLayers
 from lit_vit.attention._validate import NonFiniteAttentionError
 from lit_vit.attention.backends import (
@@ -28,9 +27,10 @@ from lit_vit.attention.backends import (
     find_backend,
     model_logits,
     no_attention_message,
+    with_pattern,
 )
 from lit_vit.attention.blocks import block_modules
-from lit_vit.attention.layout import TokenLayout, _unwrap
+from lit_vit.attention.layout import TokenLayout
 from lit_vit.attention.propagation import HEAD_FUSIONS
 from lit_vit.attention.reduced import ReducedAttention
 from lit_vit.attention.reduction import stack_layers
@@ -117,7 +117,7 @@ class AttentionRecorder:
                 f"(prefix tokens, patch grid). {err}"
             ) from err
         if module_pattern is not None:
-            backend = _with_pattern(model, backend, module_pattern)
+            backend = with_pattern(model, backend, module_pattern)
         elif not backend.modules:
             raise ValueError(no_attention_message(backend))
         self.backend: CaptureBackend = backend
@@ -192,7 +192,7 @@ class AttentionRecorder:
             x = images.detach().to(eval_mode_dtype(self.vit))
             x = x.clone().requires_grad_(True) if want_grad else x
             with _eager():
-                output = _unwrap(self.model)(x)
+                output = unwrap_compiled(self.model)(x)
             logits = model_logits(output)
             if logits is not None and (logits.dim() != 2 or len(logits) != batch):
                 logits = None
@@ -310,36 +310,6 @@ def _check_targets(
     unknown = [fusion for fusion in head_fusions if fusion not in HEAD_FUSIONS]
     if unknown or not head_fusions:
         raise ValueError(f"head_fusions must be among {HEAD_FUSIONS}, got {head_fusions!r}.")
-
-
-def _with_pattern(model: nn.Module, backend: CaptureBackend, pattern: str) -> CaptureBackend:
-    """``backend`` recording the modules whose qualified names fully match ``pattern``.
-
-    A matched module that has an ``attn_drop`` is read there; any other must
-    itself output the ``(B, H, N, N)`` attention probabilities.
-    """
-    try:
-        regex = re.compile(pattern)
-    except re.error as err:
-        raise ValueError(f"module_pattern {pattern!r} is not a regex: {err}") from err
-    named = [(n, m) for n, m in model.named_modules() if not _is_wrapper(m)]
-    chosen = [(n, m) for n, m in named if regex.fullmatch(n)]
-    if not chosen:
-        raise ValueError(
-            f"module_pattern {pattern!r} matches no module name (re.fullmatch); "
-            f"attention-like modules: {backend.module_names or 'none'}; a few names: "
-            f"{[n for n, _ in named][:12]}."
-        )
-    return dataclasses.replace(
-        backend,
-        by_pattern=True,
-        module_names=[n for n, _ in chosen],
-        modules=[m for _, m in chosen],
-    )
-
-
-def _is_wrapper(module: nn.Module) -> bool:
-    return _unwrap(module) is not module
 
 
 def _eager():

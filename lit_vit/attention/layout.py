@@ -7,9 +7,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lit_vit._private import compiled_original
+from lit_vit._private import unwrap_compiled
 
-__all__ = ["TokenLayout", "find_vit"]
+__all__ = ["TokenLayout", "is_timm_style"]
+
+
+def is_timm_style(module: nn.Module) -> bool:
+    """A timm-style ViT: a module with a ``patch_embed`` submodule and an int
+    ``num_prefix_tokens`` (what :meth:`TokenLayout.from_model` reads)."""
+    return isinstance(getattr(module, "patch_embed", None), nn.Module) and isinstance(
+        getattr(module, "num_prefix_tokens", None), int
+    )
 
 
 def _pair(value: int | tuple[int, ...] | list[int], name: str) -> tuple[int, int]:
@@ -107,8 +115,8 @@ class TokenLayout:
             ValueError: the model is not ViT-like, or it cannot take inputs of
                 this size (the message says the sizes and how to fix it).
         """
-        vit = _unwrap(vit)
-        if not _is_vit(vit):
+        vit = unwrap_compiled(vit)
+        if not is_timm_style(vit):
             raise ValueError(
                 f"{type(vit).__name__} is not a timm-style ViT (needs `patch_embed` and "
                 "`num_prefix_tokens`); use find_vit(model) to locate the ViT inside a model."
@@ -151,71 +159,3 @@ def _check_image_size(embed: nn.Module, size: tuple[int, int], patch: tuple[int,
             f"{ph}x{pw}. Resize them to a multiple (e.g. {near_h}x{near_w}), or create "
             "the model with dynamic_img_pad=True."
         )
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    """The eager module behind ``torch.compile`` wrappers."""
-    while isinstance(compiled_original(module), nn.Module):
-        module = compiled_original(module)
-    return module
-
-
-def _is_compiled_wrapper(module: nn.Module) -> bool:
-    return isinstance(compiled_original(module), nn.Module)
-
-
-def _is_vit(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "patch_embed", None), nn.Module) and isinstance(
-        getattr(module, "num_prefix_tokens", None), int
-    )
-
-
-def find_vit(module: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
-    """The timm-style ViT inside any module.
-
-    A ViT is a module with a ``patch_embed`` submodule and an int
-    ``num_prefix_tokens``. ``torch.compile`` wrappers are looked through
-    (``_orig_mod``), so the module returned always runs eagerly.
-
-    Args:
-        module: the model, a wrapper of it (e.g. a LightningModule) or the ViT.
-        name: qualified name of the ViT inside ``module`` (as in
-            ``module.named_modules()``); needed when there are several.
-
-    Returns:
-        ``(qualified_name, vit)``; the name is ``""`` for ``module`` itself.
-
-    Raises:
-        ValueError: no ViT, ``name`` not found or not a ViT, or several ViTs
-            and no ``name``; the message lists the candidates.
-    """
-    named = dict(module.named_modules())
-    found = [(n, m) for n, m in named.items() if not _is_compiled_wrapper(m) and _is_vit(m)]
-    if name is not None:
-        if name not in named:
-            raise ValueError(
-                f"find_vit: no submodule named {name!r}; ViT-like modules found: "
-                f"{[n for n, _ in found] or 'none'}."
-            )
-        target = named[name]
-        inner = _unwrap(target)
-        if not _is_vit(inner):
-            raise ValueError(
-                f"find_vit: {name!r} is a {type(inner).__name__}, not a timm-style ViT "
-                f"(needs `patch_embed` and `num_prefix_tokens`); ViT-like modules found: "
-                f"{[n for n, _ in found] or 'none'}."
-            )
-        if inner is not target:
-            name = next(n for n, m in named.items() if m is inner)
-        return name, inner
-    if not found:
-        kinds = sorted({type(m).__name__ for m in named.values()})
-        raise ValueError(
-            "find_vit: no timm-style ViT (a module with `patch_embed` and "
-            f"`num_prefix_tokens`) in {type(module).__name__}; module types found: {kinds}."
-        )
-    if len(found) > 1:
-        raise ValueError(
-            f"find_vit: several ViTs found: {[n for n, _ in found]}; pass name= to pick one."
-        )
-    return found[0]

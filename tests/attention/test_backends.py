@@ -18,13 +18,14 @@ from torchvision.models import VisionTransformer
 from lit_vit.attention import (
     AttentionRecorder,
     block_modules,
+    find_vit,
     gradient_rollout,
     logit_lens,
     resize_images,
     resolution_sweep,
     rollout,
 )
-from lit_vit.attention.backends import find_backend, model_logits
+from lit_vit.attention.backends import PatternBackend, find_backend, model_logits
 
 transformers = pytest.importorskip("transformers")
 
@@ -297,3 +298,36 @@ def test_the_logit_lens_at_the_last_layer_is_the_models_output(family):
     expected = recording.logits.softmax(-1).max(-1).values.mean()
     assert float(lens.true_probability[-1]) == pytest.approx(float(expected), rel=1e-5)
     assert lens.first_readable_layer(1.0) in (0, 1)
+
+
+def test_one_finder_finds_every_family_and_looks_through_torch_compile():
+    """``find_vit`` and ``find_backend`` are one finder: the ViT of any family, by name when
+    the model holds several, the eager module behind a compiled one."""
+    hf, tv = hf_vit(), torchvision_vit()
+    assert find_vit(hf) == ("", hf)
+    assert find_vit(nn.ModuleDict({"net": tv})) == ("net", tv)
+    both = nn.ModuleDict({"teacher": hf, "student": torch.compile(tv)})
+    with pytest.raises(ValueError, match=r"several ViTs found: \['teacher', 'student._orig_mod'\]"):
+        find_vit(both)
+    assert find_vit(both, name="student") == ("student._orig_mod", tv)
+    assert (
+        find_backend(both, "student").module_names[0]
+        == "student._orig_mod.encoder.layers.encoder_layer_0.self_attention"
+    )
+
+
+@pytest.mark.parametrize("family", ["huggingface", "torchvision"])
+def test_a_module_pattern_keeps_everything_else_of_the_family_found(family):
+    """The pattern backend records the modules the user names (read as timm's are) and keeps
+    the family's layout, input size, square inputs and readout."""
+    model = hf_vit() if family == "huggingface" else torchvision_vit()
+    found = find_backend(model)
+    recorder = AttentionRecorder(model, module_pattern=found.module_names[1].replace(".", r"\."))
+    backend = recorder.backend
+    assert isinstance(backend, PatternBackend) and backend.family == family
+    assert backend.module_names == found.module_names[1:2]
+    assert backend.square_inputs == (family == "torchvision")
+    assert backend.layout((SIZE, SIZE)) == found.layout((SIZE, SIZE))
+    assert backend.input_size() == found.input_size()
+    tokens = torch.randn(2, found.layout((SIZE, SIZE)).num_tokens, WIDTH)
+    torch.testing.assert_close(backend.readout().logits(tokens), found.readout().logits(tokens))

@@ -143,7 +143,7 @@ def test_find_vit_direct_wrapped_and_compiled(make_vit) -> None:
 
 
 def test_find_vit_errors(make_vit) -> None:
-    with pytest.raises(ValueError, match=r"no timm-style ViT .* module types found: \['Linear'"):
+    with pytest.raises(ValueError, match=r"no ViT lit-vit knows .* module types found: \['Linear'"):
         find_vit(nn.Linear(2, 2))
     two = nn.ModuleDict({"student": make_vit(), "teacher": make_vit()})
     with pytest.raises(
@@ -153,7 +153,7 @@ def test_find_vit_errors(make_vit) -> None:
     assert find_vit(two, name="teacher") == ("teacher", two["teacher"])
     with pytest.raises(ValueError, match=r"no submodule named 'pupil'.*\['student', 'teacher'\]"):
         find_vit(two, name="pupil")
-    with pytest.raises(ValueError, match="'student.head' is a Linear, not a timm-style ViT"):
+    with pytest.raises(ValueError, match="'student.head' is a Linear, not a ViT lit-vit knows"):
         find_vit(two, name="student.head")
 
 

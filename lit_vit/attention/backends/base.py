@@ -69,8 +69,6 @@ class CaptureBackend:
         vit: The ViT module.
         module_names: Qualified names (in the model) of its attention modules.
         modules: The attention modules, in module order.
-        by_pattern: The modules were chosen by the user's name pattern: each is read
-            at its ``attn_drop`` or its own output, as timm's are.
     """
 
     family: ClassVar[str] = ""
@@ -79,7 +77,6 @@ class CaptureBackend:
     vit: nn.Module
     module_names: list[str]
     modules: list[nn.Module]
-    by_pattern: bool = False
 
     # -- what each family answers ----------------------------------------------------------
 
@@ -157,10 +154,7 @@ class CaptureBackend:
         """For the duration of the block, every attention module passes its probabilities to
         ``capture``; everything changed is restored afterwards."""
         with contextlib.ExitStack() as restore:
-            if self.by_pattern:
-                capture_at_attn_drop(self.modules, capture, restore)
-            else:
-                self.capture_modules(capture, restore)
+            self.capture_modules(capture, restore)
             yield
 
 

@@ -15,7 +15,7 @@ from lit_vit.attention.backends.base import (
     capture_at_attn_drop,
     eval_mode_dtype,
 )
-from lit_vit.attention.layout import TokenLayout, _is_vit
+from lit_vit.attention.layout import TokenLayout, is_timm_style
 
 try:  # timm's standard attention; look-alikes are duck-typed below
     from timm.layers import Attention as _TimmAttention
@@ -28,7 +28,7 @@ class TimmBackend(CaptureBackend):
 
     @classmethod
     def claims(cls, module: nn.Module) -> bool:
-        return _is_vit(module) and compiled_original(module) is None
+        return is_timm_style(module) and compiled_original(module) is None
 
     @classmethod
     def is_attention(cls, module: nn.Module) -> bool:
