@@ -13,7 +13,7 @@ from lit_vit import __version__
 from lit_vit.cli import main
 from lit_vit.data import CLASS_NAMES
 from lit_vit.model import LitViT
-from tests.conftest import every_callback_small, read_events, run_dirs, tiny_run_args
+from tests.conftest import read_events, run_dirs, tiny_run_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,6 @@ def test_test_and_predict_from_the_checkpoint(fitted, fake_fashion_mnist, caplog
     args = tiny_run_args(
         tmp_path,
         fake_fashion_mnist,
-        f"--config={every_callback_small(tmp_path)}",
         f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
     )
     main(["test", *args])
@@ -210,8 +209,7 @@ def test_best_and_last_resolve_to_the_latest_run_with_them(
 ):
     tmp_path, run_dir = fitted
     caplog.set_level("INFO")
-    small = f"--config={every_callback_small(tmp_path)}"
-    main(["test", *tiny_run_args(tmp_path, fake_fashion_mnist, small, "--ckpt_path=best")])
+    main(["test", *tiny_run_args(tmp_path, fake_fashion_mnist, "--ckpt_path=best")])
     results = capsys.readouterr().out
     assert "test/acc" in results and "test_attention" not in results, "the result, not buried"
     assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]

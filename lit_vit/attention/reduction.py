@@ -121,33 +121,47 @@ def reduce_attention(
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise ValueError(f"parts {unknown} are unknown; choose from {list(PARTS)}.")
-    num_layers = check_attention_shape(attention, layout).shape[0]
-    pieces: list[list[LayerReduction]] = [[] for _ in range(num_layers)]
+    shape = tuple(check_attention_shape(attention, layout).shape[:4])  # (L, B, H, N)
+    reduced = _empty(layout, shape, parts, head_fusions, attention.device)
     for chunk in checked_chunks(attention, layout, check_values=validate):
-        pieces[chunk.layer].append(reduce_layer(chunk.attention, layout, head_fusions, parts))
+        piece = reduce_layer(chunk.attention, layout, head_fusions, parts)
+        _write(reduced, piece, (chunk.layer, chunk.images))
     products = tuple(_gradient_products(grad, attention, layout, validate) for grad in gradients)
-    reduced = stack_layers([_joined(layer) for layer in pieces], layout)
     return replace(reduced, gradient_products=products)
 
 
-def _joined(pieces: Sequence[LayerReduction]) -> LayerReduction:
-    """One layer's reductions of consecutive image chunks, joined along the batch."""
-    if len(pieces) == 1:
-        return pieces[0]
+def _empty(
+    layout: TokenLayout,
+    shape: tuple[int, int, int, int],
+    parts: Sequence[str],
+    head_fusions: Sequence[str],
+    device: torch.device,
+) -> ReducedAttention:
+    """A :class:`ReducedAttention` of uninitialised float32 tensors for ``(L, B, H, N)``
+    attention, filled chunk by chunk (so the result is the only copy made)."""
+    layers, batch, heads, n = shape
 
-    def cat(tensors: Sequence[Tensor | None]) -> Tensor | None:
-        return None if tensors[0] is None else torch.cat(list(tensors))
+    def empty(*size: int) -> Tensor:
+        return torch.empty(*size, device=device)
 
-    first = pieces[0]
-    return LayerReduction(
-        query_rows=cat([piece.query_rows for piece in pieces]),
-        fused={f: torch.cat([piece.fused[f] for piece in pieces]) for f in first.fused},
-        fused_row_sums={
-            f: torch.cat([piece.fused_row_sums[f] for piece in pieces]) for f in first.fused
-        },
-        distances=cat([piece.distances for piece in pieces]),
-        key_mass=cat([piece.key_mass for piece in pieces]),
+    return ReducedAttention(
+        layout=layout,
+        query_rows=empty(layers, batch, heads, n) if "query_rows" in parts else None,
+        fused={fusion: empty(layers, batch, n, n) for fusion in head_fusions},
+        fused_row_sums={fusion: empty(layers, batch, n) for fusion in head_fusions},
+        distances=empty(layers, batch, heads) if "distances" in parts else None,
+        key_mass=empty(layers, batch, heads, n) if "key_mass" in parts else None,
     )
+
+
+def _write(reduced: ReducedAttention, piece: LayerReduction, index: tuple[int, slice]) -> None:
+    """Copy one chunk's reduction into ``reduced`` at ``[layer, images]``."""
+    for name in PARTS:
+        if getattr(piece, name) is not None:
+            getattr(reduced, name)[index] = getattr(piece, name)
+    for fusion, matrix in piece.fused.items():
+        reduced.fused[fusion][index] = matrix
+        reduced.fused_row_sums[fusion][index] = piece.fused_row_sums[fusion]
 
 
 def _gradient_products(

@@ -28,7 +28,7 @@ from lit_vit.callbacks import (
 from lit_vit.callbacks import explained as explained_module
 from lit_vit.cli import main
 from lit_vit.model import LitViT
-from tests.conftest import every_callback_small, read_events, tiny_run_args
+from tests.conftest import read_events, tiny_run_args
 
 
 def tiny_model(**kwargs) -> LitViT:
@@ -170,7 +170,6 @@ def test_every_callback_fits_and_tests_in_reduced_precision_through_the_cli(
     args = tiny_run_args(
         tmp_path,
         fake_fashion_mnist,
-        f"--config={every_callback_small(tmp_path)}",
         f"--trainer.precision={precision}",
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=2",
