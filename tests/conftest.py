@@ -79,17 +79,14 @@ def every_callback_small(tmp_path: Path) -> Path:
     return path
 
 
-def tiny_run_args(
-    tmp_path: Path, system_dir: Path, *extra: str, smoke_callbacks: bool = False
-) -> list[str]:
-    """CLI arguments for a 2-layer, 32-wide ViT on the small files, a few batches: every
-    attention callback, on few test images (:func:`every_callback_small`) unless
-    ``smoke_callbacks`` (then ``configs/smoke.yaml``'s own)."""
-    small = [] if smoke_callbacks else ["--config", str(every_callback_small(tmp_path))]
+def tiny_run_args(tmp_path: Path, system_dir: Path, *extra: str) -> list[str]:
+    """CLI arguments for a 2-layer, 32-wide ViT on the small files, a few batches, with every
+    attention callback on few test images (:func:`every_callback_small`)."""
     return [
         "--config",
         "configs/smoke.yaml",
-        *small,
+        "--config",
+        str(every_callback_small(tmp_path)),
         f"--data.system_dir={system_dir}",
         f"--data.data_dir={tmp_path / 'data'}",
         "--data.val_size=128",
