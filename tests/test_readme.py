@@ -94,6 +94,8 @@ def test_the_toolkit_example(tmp_path, monkeypatch):
         assert namespace[name].shape == (4, *grid), name
     assert set(namespace["every"]) >= {"rollout", "flow", "grad rollout"}
     assert namespace["reduced"].query_rows.shape == (2, 4, 2, 1 + grid[0] * grid[1])
+    torch.testing.assert_close(namespace["diversity"], namespace["reduced"].head_diversity())
+    assert namespace["entropy"].normalized.shape == (2, 2)
     # The second block goes on from the first.
     (trust,) = [block for block in blocks if "relevance = cp_lrp(" in block]
     exec(compile(trust, str(README), "exec"), namespace)
