@@ -6,15 +6,15 @@
   and without registers), the eager attention implementation;
 - :class:`TorchvisionBackend`: torchvision's ``VisionTransformer``, an explicit
   ``nn.MultiheadAttention`` forward with the probabilities kept;
-- modules chosen by the user's name pattern (``AttentionRecorder(module_pattern=...)``)
-  on any of them, read as timm's are.
+- :class:`PatternBackend`: the modules the user's name pattern chooses
+  (``AttentionRecorder(module_pattern=...)``) on any of them, read as timm's are.
 
 Each answers the same questions (:class:`CaptureBackend`): does it claim this
 model, its token layout, its input size and a resized copy, its readout, a
-capturing context. :func:`find_backend` asks each family in turn; a user's
-``module_pattern`` makes a :class:`PatternBackend` around the family found. Hierarchical
-and windowed models (Swin and the like) have no global token grid and are
-refused with a message that says so.
+capturing context. :func:`find_backend` (``discovery.py``) asks each family in
+turn and is the one finder (:func:`find_vit` returns its ViT). Hierarchical and
+windowed models (Swin and the like) have no global token grid and are refused
+with a message that says so.
 """
 
 from __future__ import annotations
