@@ -31,7 +31,7 @@ from lit_vit.attention.backends import (
 )
 from lit_vit.attention.blocks import block_modules
 from lit_vit.attention.layout import TokenLayout
-from lit_vit.attention.propagation import HEAD_FUSIONS
+from lit_vit.attention.propagation import HEAD_FUSIONS, check_head_fusions
 from lit_vit.attention.reduced import ReducedAttention
 from lit_vit.attention.reduction import stack_layers
 
@@ -307,9 +307,9 @@ def _check_targets(
                 f"indices, got {getattr(target, 'shape', target)!r} "
                 f"{getattr(target, 'dtype', '')}."
             )
-    unknown = [fusion for fusion in head_fusions if fusion not in HEAD_FUSIONS]
-    if unknown or not head_fusions:
-        raise ValueError(f"head_fusions must be among {HEAD_FUSIONS}, got {head_fusions!r}.")
+    check_head_fusions(head_fusions)
+    if not head_fusions:
+        raise ValueError(f"head_fusions must name at least one of {HEAD_FUSIONS}, got none.")
 
 
 def _eager():

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from lit_vit.attention._validate import check_attention_shape
 from lit_vit.attention.layout import TokenLayout
-from lit_vit.attention.propagation import HeadFusion
+from lit_vit.attention.propagation import HeadFusion, check_rollout_settings
 from lit_vit.attention.reduction import reduce_attention
 
 __all__ = ["attention_flow"]
@@ -27,6 +28,8 @@ def attention_flow(
     ``attention``, ``layout``, ``validate`` and the errors as
     :func:`~lit_vit.attention.reduction.reduce_attention`; the settings as the method.
     """
+    num_layers = check_attention_shape(attention, layout).shape[0]
+    check_rollout_settings(head_fusion, discard_ratio, start_layer, num_layers)  # fail fast
     reduced = reduce_attention(
         attention, layout, parts=(), head_fusions=(head_fusion,), validate=validate
     )

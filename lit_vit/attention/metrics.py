@@ -42,13 +42,13 @@ _TINY = torch.finfo(torch.float32).tiny
 def query_distribution(attention: Tensor, layout: TokenLayout, *, validate: bool = True) -> Tensor:
     """:meth:`ReducedAttention.query_distribution
     <lit_vit.attention.ReducedAttention.query_distribution>`: ``(L, B, H, G)``."""
-    return _query_rows(attention, layout, validate).query_distribution()
+    return _query_reduction(attention, layout, validate).query_distribution()
 
 
 def head_diversity(attention: Tensor, layout: TokenLayout, *, validate: bool = True) -> Tensor:
     """:meth:`ReducedAttention.head_diversity <lit_vit.attention.ReducedAttention.head_diversity>`:
     ``(L,)`` in [0, 1]."""
-    return _query_rows(attention, layout, validate).head_diversity()
+    return _query_reduction(attention, layout, validate).head_diversity()
 
 
 def attention_entropy(
@@ -56,7 +56,7 @@ def attention_entropy(
 ) -> AttentionEntropy:
     """:meth:`ReducedAttention.attention_entropy
     <lit_vit.attention.ReducedAttention.attention_entropy>`: ``(L, H)`` each."""
-    return _query_rows(attention, layout, validate).attention_entropy()
+    return _query_reduction(attention, layout, validate).attention_entropy()
 
 
 def mean_attention_distance(
@@ -70,7 +70,7 @@ def mean_attention_distance(
     return reduced.mean_attention_distance()
 
 
-def _query_rows(attention: Tensor, layout: TokenLayout, validate: bool) -> ReducedAttention:
+def _query_reduction(attention: Tensor, layout: TokenLayout, validate: bool) -> ReducedAttention:
     return reduce_attention(
         attention, layout, parts=("query_rows",), head_fusions=(), validate=validate
     )

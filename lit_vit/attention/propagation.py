@@ -23,10 +23,23 @@ HeadFusion = Literal["mean", "max", "min"]
 HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
 
 
+def check_head_fusions(head_fusions: object) -> None:
+    """Raise a ValueError naming any head fusion not in :data:`HEAD_FUSIONS`."""
+    unknown = [fusion for fusion in head_fusions if fusion not in HEAD_FUSIONS]
+    if unknown:
+        raise ValueError(f"head_fusions must be among {HEAD_FUSIONS}, got {list(head_fusions)!r}.")
+
+
 def check_rollout_settings(
-    head_fusion: object, discard_ratio: object, start_layer: object, num_layers: int
+    head_fusion: object,
+    discard_ratio: object,
+    start_layer: object,
+    num_layers: int,
+    method: object = "row",
 ) -> None:
     """Raise a ValueError naming the bad value of rollout's (and flow's) settings."""
+    if method not in ("row", "matrix"):
+        raise ValueError(f"method must be 'row' or 'matrix', got {method!r}.")
     if head_fusion not in HEAD_FUSIONS:
         raise ValueError(f"head_fusion must be one of 'mean', 'max', 'min', got {head_fusion!r}.")
     if (

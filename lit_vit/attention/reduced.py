@@ -243,9 +243,7 @@ class ReducedAttention:
         Raises:
             ValueError: ``head_fusion`` was not kept, a bad setting or ``method``.
         """
-        if method not in ("row", "matrix"):
-            raise ValueError(f"method must be 'row' or 'matrix', got {method!r}.")
-        fused = self._fused(head_fusion, discard_ratio, start_layer)
+        fused = self._fused(head_fusion, discard_ratio, start_layer, method)
         if method == "matrix":
             row = rollout_matrix(fused, self.layout, discard_ratio, start_layer)
         else:
@@ -297,9 +295,11 @@ class ReducedAttention:
             raise ValueError(f"{name} was not kept; reduce with parts including {name!r}.")
         return value
 
-    def _fused(self, head_fusion: str, discard_ratio: float, start_layer: int) -> Tensor:
+    def _fused(
+        self, head_fusion: str, discard_ratio: float, start_layer: int, method: str = "row"
+    ) -> Tensor:
         """The ``(L, B, N, N)`` fused matrices after checking the settings against them."""
-        check_rollout_settings(head_fusion, discard_ratio, start_layer, self.num_layers)
+        check_rollout_settings(head_fusion, discard_ratio, start_layer, self.num_layers, method)
         if head_fusion not in self.fused:
             raise ValueError(
                 f"head_fusion {head_fusion!r} was not recorded (recorded: {sorted(self.fused)}); "

@@ -19,7 +19,7 @@ from lit_vit.attention._validate import (
 from lit_vit.attention.layout import TokenLayout
 from lit_vit.attention.propagation import (
     HEAD_FUSIONS,
-    check_rollout_settings,
+    check_head_fusions,
     fuse_heads,
     gradient_product,
     query_rows,
@@ -116,8 +116,7 @@ def reduce_attention(
             layers, rows not summing to 1, negative entries), an unknown part or
             head fusion, or a gradient of another shape.
     """
-    for fusion in head_fusions:
-        check_rollout_settings(fusion, 0.0, 0, 1)
+    check_head_fusions(head_fusions)
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise ValueError(f"parts {unknown} are unknown; choose from {list(PARTS)}.")

@@ -55,9 +55,9 @@ def rollout(
 
     Mean fusion without discard streams the input (one pass, no fused matrix).
     """
+    num_layers = check_attention_shape(attention, layout).shape[0]
+    check_rollout_settings(head_fusion, discard_ratio, start_layer, num_layers, method)  # fail fast
     if method == "row" and head_fusion == "mean" and discard_ratio == 0:
-        num_layers = check_attention_shape(attention, layout).shape[0]
-        check_rollout_settings(head_fusion, discard_ratio, start_layer, num_layers)
         return to_grid(mean_rollout_row(attention, layout, start_layer, validate), layout)
     reduced = reduce_attention(
         attention, layout, parts=(), head_fusions=(head_fusion,), validate=validate

@@ -100,6 +100,8 @@ def test_a_head_fusion_not_recorded_is_refused_naming_the_fix(make_vit):
         reduced.rollout("max")
     with pytest.raises(ValueError, match=r"head_fusions must be among .*'median'"):
         AttentionRecorder(model).record(torch.randn(2, 1, 28, 28), head_fusions=["median"])
+    with pytest.raises(ValueError, match=r"head_fusions must name at least one of"):
+        AttentionRecorder(model).record(torch.randn(2, 1, 28, 28), head_fusions=[])
 
 
 def test_reduced_values_are_validated_layer_by_layer_with_the_layer_named(make_vit):
@@ -154,7 +156,7 @@ def test_a_reduction_keeps_only_the_parts_asked_for_and_names_a_missing_one(rand
         reduced.head_diversity()
     with pytest.raises(ValueError, match=r"parts \['rows'\] are unknown; choose from"):
         reduce_attention(attention, layout, parts=("rows",))
-    with pytest.raises(ValueError, match=r"head_fusion must be one of .*'median'"):
+    with pytest.raises(ValueError, match=r"head_fusions must be among .*'median'"):
         reduce_attention(attention, layout, head_fusions=("median",))
     with pytest.raises(ValueError, match=r"attention_grad has shape \(1, 2, 2, 7, 7\)"):
         reduce_attention(attention, layout, gradients=(attention[:1],))
