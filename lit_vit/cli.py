@@ -356,7 +356,7 @@ def _keeps_no_files(logger) -> bool:
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of ``lit-vit`` and ``python -m lit_vit``.
+    """The CLI of ``lit-vit`` and ``python -m lit_vit`` (:mod:`lit_vit.__main__`).
 
     Errors caused by the user's input or environment (bad values; missing or
     broken files, data or weights; an accelerator this machine lacks:

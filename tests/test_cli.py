@@ -2,6 +2,7 @@
 
 import csv
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -141,15 +142,18 @@ def test_pretrained_config_path_with_a_tiny_width(tmp_path, fake_fashion_mnist):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_python_dash_m_is_the_same_program():
-    result = subprocess.run(
-        [sys.executable, "-m", "lit_vit", "fit", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0 and result.stdout.startswith("usage: lit-vit [options] fit ")
-    assert "--model.model_name" in result.stdout and "--checkpoint.monitor" in result.stdout
+def test_python_dash_m_is_the_same_program(monkeypatch, capsys, recwarn):
+    # What `python -m lit_vit fit --help` runs, in this process (a new one imports for 9 s).
+    monkeypatch.setattr(sys, "argv", ["lit_vit", "fit", "--help"])
+    monkeypatch.delitem(sys.modules, "lit_vit.__main__", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("lit_vit", run_name="__main__", alter_sys=True)
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr()
+    assert printed.out.startswith("usage: lit-vit [options] fit ")
+    assert "--model.model_name" in printed.out and "--checkpoint.monitor" in printed.out
+    assert printed.err == ""
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]
 
 
 # -- faults and messages (issue: the CLI a user can trust) -------------------------------
@@ -407,7 +411,7 @@ def test_long_schedule_config_composes_with_the_default(capsys):
     assert "cutmix_alpha: 1.0" in printed, "the default recipe underneath"
 
 
-def test_the_console_shows_no_args_warning_and_no_tips(caplog):
+def test_version_answers_before_importing_lightning_and_the_console_shows_no_tips(caplog, capsys):
     import logging
 
     from lightning.pytorch import Trainer
@@ -418,7 +422,22 @@ def test_the_console_shows_no_args_warning_and_no_tips(caplog):
         [sys.executable, "-m", "lit_vit", "--version"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and result.stdout.strip() == f"lit-vit {__version__}"
-    assert result.stderr == ""  # no "LightningCLI's args parameter ..." warning
+    assert result.stderr == ""
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.argv = ['lit-vit', '--version']; import lit_vit.__main__ as m; "
+            "m.main(); print(sorted(n for n in ('lightning', 'torch') if n in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert imported.stdout.splitlines() == [f"lit-vit {__version__}", "[]"], imported.stderr
+    with pytest.raises(SystemExit, match="0"):
+        main(["--version"])  # the CLI's own --version, in-process
+    assert capsys.readouterr().out.strip() == f"lit-vit {__version__}"
     quiet_lightning()
     with caplog.at_level(logging.INFO):
         Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)

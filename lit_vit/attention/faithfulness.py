@@ -34,7 +34,19 @@ from torch import Tensor, nn
 from lit_vit.attention.backends import eval_mode_dtype, model_logits
 
 if TYPE_CHECKING:
+    from typing_extensions import TypedDict, Unpack
+
     from lit_vit.attention.layout import TokenLayout
+
+    class _AucOptions(TypedDict, total=False):
+        """The keyword arguments of :func:`deletion_insertion_auc`, for its overloads."""
+
+        steps: int
+        baseline: float | Literal["blur"] | None
+        insertion: bool
+        max_batch: int
+        seed: int
+
 
 __all__ = ["FaithfulnessResult", "classifier_logits", "deletion_insertion_auc", "gaussian_blur"]
 
@@ -121,12 +133,7 @@ def deletion_insertion_auc(
     images: Tensor,
     saliency: Tensor,
     patch_size: int | tuple[int, int] | TokenLayout,
-    *,
-    steps: int = ...,
-    baseline: float | Literal["blur"] | None = ...,
-    insertion: bool = ...,
-    max_batch: int = ...,
-    seed: int = ...,
+    **options: Unpack[_AucOptions],
 ) -> FaithfulnessResult: ...
 
 
@@ -136,12 +143,7 @@ def deletion_insertion_auc(
     images: Tensor,
     saliency: Mapping[str, Tensor],
     patch_size: int | tuple[int, int] | TokenLayout,
-    *,
-    steps: int = ...,
-    baseline: float | Literal["blur"] | None = ...,
-    insertion: bool = ...,
-    max_batch: int = ...,
-    seed: int = ...,
+    **options: Unpack[_AucOptions],
 ) -> dict[str, FaithfulnessResult]: ...
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_vit._arguments import check_counts
 from lit_vit.attention.backends import (
     CaptureBackend,
     eval_mode_dtype,
@@ -174,10 +175,7 @@ def resolution_sweep(
         raise ValueError(
             f"labels must be (B,) = {tuple(images.shape[:1])}, got {tuple(labels.shape)}"
         )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if timing_repeats < 1:
-        raise ValueError(f"timing_repeats must be >= 1, got {timing_repeats}")
+    check_counts("", batch_size=batch_size, timing_repeats=timing_repeats)
     if len(sizes) == 0:
         raise ValueError("sizes is empty")
 

@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from lit_vit._arguments import check_counts
 from lit_vit.callbacks._data import class_names, predicted_class_names
 from lit_vit.callbacks.analysis import ProbeAnalysis
 from lit_vit.callbacks.outputs import ProbeRun
@@ -50,10 +51,7 @@ class AttentionCallback(Callback):
     hidden_states: ClassVar[bool] = False  # reads every block's output from the capture
 
     def __init__(self, every_n_epochs: int = 1, name: str | None = None) -> None:
-        if every_n_epochs < 1:
-            raise ValueError(
-                f"{type(self).__name__}: every_n_epochs={every_n_epochs} must be at least 1."
-            )
+        check_counts(type(self).__name__, every_n_epochs=every_n_epochs)
         if name is not None and not name.strip("/ "):
             raise ValueError(f"{type(self).__name__}: name={name!r} must be a non-empty string.")
         self.every_n_epochs = every_n_epochs

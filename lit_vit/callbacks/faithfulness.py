@@ -13,6 +13,7 @@ from lightning.pytorch import LightningModule, Trainer
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from lit_vit._arguments import check_counts
 from lit_vit.attention import (
     EXPLAINERS,
     FAITHFULNESS_METRICS,
@@ -119,14 +120,13 @@ class Faithfulness(HistoryCallback):
         name: str | None = None,
     ) -> None:
         super().__init__(every_n_epochs, name)
-        for name, value in (
-            ("steps", steps),
-            ("val_steps", val_steps),
-            ("test_images", test_images),
-            ("max_batch", max_batch),
-        ):
-            if value is not None and value < 1:
-                raise ValueError(f"Faithfulness: {name}={value} must be at least 1.")
+        check_counts(
+            "Faithfulness",
+            steps=steps,
+            val_steps=val_steps,
+            test_images=test_images,
+            max_batch=max_batch,
+        )
         self.steps = steps
         self.val_steps = val_steps
         self.test_images = test_images

@@ -20,6 +20,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_vit._arguments import check_counts
 from lit_vit._private import logged_step
 from lit_vit.attention import (
     EXPLAINERS,
@@ -323,9 +324,7 @@ def _checked_arguments(
 ) -> tuple[str, ...]:
     """The explainers to compare, in :data:`~lit_vit.attention.EXPLAINERS` order, once the
     arguments are checked."""
-    for name, value in (("size", size), ("figure_rows", figure_rows)):
-        if value < 1:
-            raise ValueError(f"AttentionProbe: {name}={value} must be at least 1.")
+    check_counts("AttentionProbe", size=size, figure_rows=figure_rows)
     unknown = [name for name in explainers or () if name not in EXPLAINERS]
     if unknown:
         raise ValueError(

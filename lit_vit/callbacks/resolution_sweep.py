@@ -7,6 +7,7 @@ import copy
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
+from lit_vit._arguments import check_counts
 from lit_vit.attention import ResolutionResult, check_size, resize_images, resolution_sweep
 from lit_vit.callbacks._data import class_names, iterate_batches
 from lit_vit.callbacks.analysis import ProbeAnalysis
@@ -115,10 +116,7 @@ class ResolutionSweep(AttentionCallback):
                 raise ValueError(
                     f"ResolutionSweep: sizes={sizes} repeats {repeated}; list each size once."
                 )
-        if images < 1:
-            raise ValueError(f"ResolutionSweep: images={images} must be at least 1.")
-        if figure_images < 1:
-            raise ValueError(f"ResolutionSweep: figure_images={figure_images} must be at least 1.")
+        check_counts("ResolutionSweep", images=images, figure_images=figure_images)
         self.sizes = sizes
         self.images = images
         self.figure_images = figure_images
@@ -135,12 +133,8 @@ class ResolutionSweep(AttentionCallback):
         super().setup(trainer, pl_module, stage)
         backend = self.probe.recorder.backend
         self.training_size = backend.input_size()
-        self._pairs = self._resolve_sizes(backend.layout(self.training_size).patch_size)
-        if backend.square_inputs and any(h != w for h, w in self._pairs):
-            raise ValueError(
-                f"ResolutionSweep: torchvision's VisionTransformer takes square images only; "
-                f"sizes {self.sizes} give {self._pairs}. List square sizes (ints)."
-            )
+        patch_size = backend.layout(self.training_size).patch_size
+        self._pairs = self._resolve_sizes(patch_size, backend.square_inputs)
 
     def analyze(
         self, trainer: Trainer, pl_module: LightningModule, analysis: ProbeAnalysis
@@ -253,7 +247,17 @@ class ResolutionSweep(AttentionCallback):
             self.title("Effect of input resolution"), self.report_order, body, [summary]
         )
 
-    def _resolve_sizes(self, patch: tuple[int, int]) -> list[tuple[int, int]]:
+    def _resolve_sizes(self, patch: tuple[int, int], square_inputs: bool) -> list[tuple[int, int]]:
+        """The ``(height, width)`` sizes to sweep, the training size among them."""
+        pairs = self._listed_sizes(patch)
+        if square_inputs and any(h != w for h, w in pairs):
+            raise ValueError(
+                f"ResolutionSweep: torchvision's VisionTransformer takes square images only; "
+                f"sizes {self.sizes} give {pairs}. List square sizes (ints)."
+            )
+        return pairs
+
+    def _listed_sizes(self, patch: tuple[int, int]) -> list[tuple[int, int]]:
         height, width = self.training_size
         if self.sizes is None:
             offsets = [(height + k * patch[0], width + k * patch[1]) for k in (-2, -1, 0, 1, 2)]

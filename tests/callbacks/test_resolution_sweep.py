@@ -116,7 +116,7 @@ def test_size_off_the_patch_grid_fails_at_setup(tmp_path, fake_fashion_mnist, ca
 def test_default_sizes_around_the_training_size():
     callback = ResolutionSweep()
     callback.training_size = (28, 28)
-    assert callback._resolve_sizes((4, 4)) == [
+    assert callback._resolve_sizes((4, 4), square_inputs=True) == [
         (20, 20),
         (24, 24),
         (28, 28),
@@ -125,10 +125,10 @@ def test_default_sizes_around_the_training_size():
         (56, 56),
     ]
     callback.training_size = (8, 8)
-    assert callback._resolve_sizes((4, 4)) == [(8, 8), (12, 12), (16, 16)]
+    assert callback._resolve_sizes((4, 4), square_inputs=True) == [(8, 8), (12, 12), (16, 16)]
     callback = ResolutionSweep(sizes=[36, 20])
     callback.training_size = (28, 28)
-    assert callback._resolve_sizes((4, 4)) == [(20, 20), (28, 28), (36, 36)]
+    assert callback._resolve_sizes((4, 4), square_inputs=True) == [(20, 20), (28, 28), (36, 36)]
 
 
 @pytest.mark.parametrize(
