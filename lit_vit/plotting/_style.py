@@ -40,6 +40,12 @@ def set_margins(
     )
 
 
+def set_title(ax: Axes, title: str, fontsize: float = TITLE_FONT) -> None:
+    """Title ``ax`` at a fixed height above it: no chart has ticks on top, and matplotlib's
+    search for them measures every tick label again at each draw."""
+    ax.set_title(title, fontsize=fontsize, y=1.0)
+
+
 def finish_axes(
     ax: Axes, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None
 ) -> None:
@@ -50,7 +56,7 @@ def finish_axes(
     if ylabel is not None:
         ax.set_ylabel(ylabel, fontsize=FONT + 1)
     if title is not None:
-        ax.set_title(title, fontsize=TITLE_FONT)
+        set_title(ax, title)
     ax.tick_params(labelsize=FONT)
     ax.spines[["top", "right"]].set_visible(False)
 

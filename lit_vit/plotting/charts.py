@@ -13,12 +13,12 @@ from lit_vit.plotting._style import (
     DPI,
     FONT,
     MAP_CMAP,
-    TITLE_FONT,
     as_cpu,
     category_colors,
     check_dim,
     finish_axes,
     set_margins,
+    set_title,
     set_value_limits,
 )
 
@@ -155,6 +155,6 @@ def layer_head_heatmap_figure(
     ax.set_yticks(range(layers))
     ax.set_xlabel("head", fontsize=FONT + 1)
     ax.set_ylabel("layer", fontsize=FONT + 1)
-    ax.set_title(title, fontsize=TITLE_FONT)
+    set_title(ax, title)
     ax.tick_params(labelsize=FONT, length=0)
     return fig

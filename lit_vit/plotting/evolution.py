@@ -11,7 +11,16 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from torch import Tensor
 
-from lit_vit.plotting._style import DPI, FONT, MAP_CMAP, TITLE_FONT, as_cpu, check_dim, finish_axes
+from lit_vit.plotting._style import (
+    DPI,
+    FONT,
+    MAP_CMAP,
+    TITLE_FONT,
+    as_cpu,
+    check_dim,
+    finish_axes,
+    set_title,
+)
 
 # A heatmap with at most this many cells prints its values in them.
 MAX_ANNOTATED_CELLS = 60
@@ -78,7 +87,7 @@ def evolution_figure(
         if rows is not None:
             ax.set_yticklabels(list(rows), fontsize=FONT)
         ax.set_ylabel(row_title, fontsize=FONT + 1)
-        ax.set_title(name, fontsize=TITLE_FONT)
+        set_title(ax, name)
         ax.tick_params(labelsize=FONT, length=0)
     fig.suptitle(title, fontsize=TITLE_FONT)
     return fig

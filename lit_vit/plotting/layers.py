@@ -19,6 +19,7 @@ from lit_vit.plotting._style import (
     check_dim,
     finish_axes,
     set_margins,
+    set_title,
 )
 from lit_vit.plotting.evolution import MAX_ANNOTATED_CELLS, _print_values
 
@@ -48,7 +49,7 @@ def similarity_figure(matrices: Mapping[str, Tensor], title: str) -> Figure:
         ax.set_yticks(range(len(values)))
         ax.set_xlabel("layer", fontsize=FONT + 1)
         ax.set_ylabel("layer", fontsize=FONT + 1)
-        ax.set_title(name, fontsize=TITLE_FONT)
+        set_title(ax, name)
         ax.tick_params(labelsize=FONT, length=0)
     if matrices:  # one colour bar: every panel is on the same 0-1 scale
         colorbar = fig.colorbar(image, ax=list(axes), pad=0.03, aspect=25, fraction=0.05)

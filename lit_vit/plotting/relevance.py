@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from lit_vit.plotting._style import DPI, FONT, TITLE_FONT, as_cpu, check_dim
+from lit_vit.plotting._style import DPI, FONT, TITLE_FONT, as_cpu, check_dim, set_title
 
 __all__ = ["RELEVANCE_CMAP", "signed_relevance_figure"]
 
@@ -57,8 +57,8 @@ def signed_relevance_figure(
         limit = float(relevance[column].abs().max()) or 1.0
         panel = bottom.imshow(relevance[column], cmap=RELEVANCE_CMAP, vmin=-limit, vmax=limit)
         if titles is not None:
-            top.set_title(titles[column], fontsize=FONT)
-        bottom.set_title(f"|R| max {limit:.2g}", fontsize=FONT)
+            set_title(top, titles[column], FONT)
+        set_title(bottom, f"|R| max {limit:.2g}", FONT)
         for ax in (top, bottom):
             ax.set_xticks([])
             ax.set_yticks([])
