@@ -418,11 +418,12 @@ def test_version_answers_before_importing_lightning_and_the_console_shows_no_tip
 
     from lit_vit.progress import quiet_lightning
 
-    result = subprocess.run(
-        [sys.executable, "-m", "lit_vit", "--version"], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0 and result.stdout.strip() == f"lit-vit {__version__}"
-    assert result.stderr == ""
+    for command in ([sys.executable, "-m", "lit_vit"], [Path(sys.executable).with_name("lit-vit")]):
+        result = subprocess.run(
+            [*command, "--version"], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0 and result.stdout.strip() == f"lit-vit {__version__}"
+        assert result.stderr == ""
     imported = subprocess.run(
         [
             sys.executable,
