@@ -19,6 +19,9 @@ from tests.conftest import hparams_rows, read_events
 
 CLASSES = ("boot", "coat", "shirt")
 TINY_TIMM = "{depth: 2, embed_dim: 32, num_heads: 2, img_size: 32}"
+# For the shared run's checkpoint (49 patches: a max flow per patch, image and cascade step),
+# where a test is about data and classes; flow is analysed on the tiny timm model's 4 patches.
+NO_FLOW = "--skip=flow"
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +147,7 @@ def test_a_lit_vit_checkpoint_is_analysed_on_fashion_mnist(tmp_path, attention_r
         tmp_path,
         f"--ckpt_path={attention_run.checkpoint}",
         f"--data_dir={attention_run.data_dir}",
+        NO_FLOW,
     )
     report = (run_dir / "attention" / "report.md").read_text()
     assert f"- Checkpoint: `{attention_run.checkpoint}` (epoch" in report
@@ -175,7 +179,9 @@ def test_a_checkpoint_on_a_folder_is_scored_by_class_name_not_folder_order(
     labels_by_folder = {"ankle_boot": 9, "bag": 8, "t-shirt_top": 0}
     folder = fashion_folder(tmp_path / "photos", attention_run.data_dir, labels_by_folder)
     with caplog.at_level("INFO"):
-        run_dir = analyze(tmp_path, f"--ckpt_path={attention_run.checkpoint}", f"--data={folder}")
+        run_dir = analyze(
+            tmp_path, f"--ckpt_path={attention_run.checkpoint}", f"--data={folder}", NO_FLOW
+        )
     assert run_dir.parent.name == "analyze_smoke_version_0", "named after the checkpoint's run"
     module = ImageTestDataModule(
         str(folder),
@@ -200,7 +206,9 @@ def test_a_folder_class_the_model_does_not_name_means_no_accuracy(tmp_path, atte
     labels_by_folder = {"ankle_boot": 9, "zebra": 3}
     folder = fashion_folder(tmp_path / "photos", attention_run.data_dir, labels_by_folder)
     with caplog.at_level("INFO"):
-        run_dir = analyze(tmp_path, f"--ckpt_path={attention_run.checkpoint}", f"--data={folder}")
+        run_dir = analyze(
+            tmp_path, f"--ckpt_path={attention_run.checkpoint}", f"--data={folder}", NO_FLOW
+        )
     assert "test/acc" not in read_events(run_dir).Tags()["scalars"]
     assert "No accuracy: the data's classes zebra are none of the model's" in caplog.text
     assert "--classes" in caplog.text
