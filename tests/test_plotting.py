@@ -554,3 +554,22 @@ def test_signed_relevance_is_centred_on_zero_per_panel_with_titles_clear_of_the_
     assert all(box.y1 < title.y0 for box in top_titles)  # nothing under the figure's title
     with pytest.raises(ValueError, match="titles must name each of the 3 images"):
         signed_relevance_figure(torch.rand(3, 1, 28, 28), relevance, ["a"])
+
+
+def test_figures_render_text_unhinted_and_leave_the_users_settings_alone():
+    import matplotlib
+
+    def chart() -> Figure:
+        return plotting.layer_bar_figure(torch.tensor([0.2, 0.5, 0.3]), "Head diversity", "JS")
+
+    def drawn(settings: dict) -> np.ndarray:
+        canvas = FigureCanvasAgg(chart())
+        with matplotlib.rc_context(settings):
+            canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3]
+
+    with matplotlib.rc_context({"text.hinting": "auto"}):
+        rendered = plotting.figure_to_image(chart()).permute(1, 2, 0).numpy()
+        assert matplotlib.rcParams["text.hinting"] == "auto"
+    np.testing.assert_array_equal(rendered, drawn({"text.hinting": "none"}))
+    assert not np.array_equal(rendered, drawn({"text.hinting": "auto"})), "hinting shows"
