@@ -150,3 +150,7 @@ def test_bad_inputs(data, make_vit) -> None:
         resolution_sweep(make_vit(), images, labels[:3], [28])
     with pytest.raises(ValueError, match="non-empty"):
         resolution_sweep(make_vit(), images[:0], labels[:0], [28])
+    with pytest.raises(ValueError, match=r"^batch_size=0 must be at least 1\.$"):
+        resolution_sweep(make_vit(), images, labels, [28], batch_size=0)
+    with pytest.raises(ValueError, match=r"^timing_repeats=-1 must be at least 1\.$"):
+        resolution_sweep(make_vit(), images, labels, [28], timing_repeats=-1)
