@@ -26,7 +26,6 @@ from lit_vit.attention.backends import (
     eval_mode_dtype,
     find_backend,
     model_logits,
-    no_attention_message,
     with_pattern,
 )
 from lit_vit.attention.blocks import block_modules
@@ -119,7 +118,7 @@ class AttentionRecorder:
         if module_pattern is not None:
             backend = with_pattern(model, backend, module_pattern)
         elif not backend.modules:
-            raise ValueError(no_attention_message(backend))
+            raise ValueError(backend.no_attention_message())
         self.backend: CaptureBackend = backend
         self.vit_name, self.vit = backend.vit_name, backend.vit
         self.module_names: list[str] = backend.module_names

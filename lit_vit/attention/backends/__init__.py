@@ -30,7 +30,6 @@ from lit_vit.attention.backends.discovery import (
     BACKENDS,
     find_backend,
     find_vit,
-    no_attention_message,
 )
 from lit_vit.attention.backends.hugging_face import HuggingFaceBackend
 from lit_vit.attention.backends.pattern import PatternBackend, with_pattern
@@ -50,6 +49,5 @@ __all__ = [
     "find_backend",
     "find_vit",
     "model_logits",
-    "no_attention_message",
     "with_pattern",
 ]

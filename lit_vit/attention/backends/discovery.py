@@ -10,7 +10,7 @@ from lit_vit.attention.backends.hugging_face import HuggingFaceBackend
 from lit_vit.attention.backends.timm_vit import TimmBackend
 from lit_vit.attention.backends.torchvision_vit import TorchvisionBackend
 
-__all__ = ["BACKENDS", "find_backend", "find_vit", "no_attention_message"]
+__all__ = ["BACKENDS", "find_backend", "find_vit"]
 
 # The families, asked in this order (a Hugging Face or torchvision ViT may look timm-like).
 BACKENDS: tuple[type[CaptureBackend], ...] = (HuggingFaceBackend, TorchvisionBackend, TimmBackend)
@@ -51,7 +51,7 @@ def find_backend(model: nn.Module, vit_name: str | None = None) -> CaptureBacken
         ValueError: A windowed model (Swin and the like), no ViT of a known family,
             ``vit_name`` not found or not such a ViT, or several and no ``vit_name``.
             A ViT without attention modules of a known kind gets a backend without
-            modules (see :func:`no_attention_message`).
+            modules (see :meth:`CaptureBackend.no_attention_message`).
     """
     named = dict(model.named_modules())
     _refuse_windowed(model, named)
@@ -83,11 +83,6 @@ def find_backend(model: nn.Module, vit_name: str | None = None) -> CaptureBacken
         module_names=[n for n, _ in chosen],
         modules=[m for _, m in chosen],
     )
-
-
-def no_attention_message(backend: CaptureBackend) -> str:
-    """Why ``backend`` found no attention module, naming what it did find."""
-    return backend.no_attention_message()
 
 
 def _family(module: nn.Module) -> type[CaptureBackend] | None:
