@@ -53,16 +53,16 @@ def fake_fashion_mnist(tmp_path_factory) -> Path:
     return folder
 
 
-def every_callback_small(tmp_path: Path) -> Path:
+def every_callback_small(tmp_path: Path, flow: bool = False) -> Path:
     """A config of every attention callback on few test images (``--config`` after
     ``configs/smoke.yaml``, whose callbacks it replaces): for tests of what runs, not of
-    how much. Attention flow (a maximum flow per patch and image) is left out of the
-    explainers compared at test: the shared run of ``tests/callbacks/conftest.py`` and
-    analyze's tests compute it."""
+    how much. Attention flow (a maximum flow per patch and image) is among the explainers
+    compared at test only with ``flow``: the shared run of ``tests/callbacks/conftest.py``,
+    the precision matrix and analyze's tests compute it."""
     from lit_vit.attention import EXPLAINERS
     from lit_vit.callbacks.sanity_checks import MIN_IMAGES
 
-    without_flow = [name for name in EXPLAINERS if name != "flow"]
+    explainers = [name for name in EXPLAINERS if flow or name != "flow"]
 
     path = tmp_path / "every_callback_small.yaml"
     path.write_text(
@@ -70,7 +70,7 @@ def every_callback_small(tmp_path: Path) -> Path:
         + "".join(
             f"    - class_path: lit_vit.callbacks.{name}\n      init_args: {{{options}}}\n"
             for name, options in (
-                ("AttentionProbe", f"size: 4, explainers: {without_flow}"),
+                ("AttentionProbe", f"size: 4, explainers: {explainers}"),
                 ("AttentionMaps", ""),
                 ("AttentionRollout", ""),
                 ("HeadDiversity", ""),
@@ -85,14 +85,15 @@ def every_callback_small(tmp_path: Path) -> Path:
     return path
 
 
-def tiny_run_args(tmp_path: Path, system_dir: Path, *extra: str) -> list[str]:
+def tiny_run_args(tmp_path: Path, system_dir: Path, *extra: str, flow: bool = False) -> list[str]:
     """CLI arguments for a 2-layer, 32-wide ViT on the small files, a few batches, with every
-    attention callback on few test images (:func:`every_callback_small`)."""
+    attention callback on few test images (:func:`every_callback_small`; ``flow``: with
+    attention flow among the explainers)."""
     return [
         "--config",
         "configs/smoke.yaml",
         "--config",
-        str(every_callback_small(tmp_path)),
+        str(every_callback_small(tmp_path, flow)),
         f"--data.system_dir={system_dir}",
         f"--data.data_dir={tmp_path / 'data'}",
         "--data.val_size=128",

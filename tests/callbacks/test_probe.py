@@ -173,12 +173,14 @@ def test_every_callback_fits_and_tests_in_reduced_precision_through_the_cli(
         f"--trainer.precision={precision}",
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=2",
+        flow=True,
     )
     main(["fit", *args])
     (checkpoint,) = (tmp_path / "logs").glob("*/version_0/checkpoints/last.ckpt")
     main(["test", *args, f"--ckpt_path={checkpoint}"])
     report = next((tmp_path / "logs").glob("*/version_1/attention/report.md")).read_text()
     assert "## Faithfulness" in report and "## Sanity checks" in report
+    assert "| flow |" in report, "every explainer, attention flow too"
     assert (checkpoint.parents[1] / "attention" / "epoch_000" / "cp_lrp.png").is_file()
 
 
